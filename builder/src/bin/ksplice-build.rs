@@ -1,0 +1,2 @@
+//! `ksplice-build`: low-level builder commands.
+fn main() {}

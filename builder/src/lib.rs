@@ -1,0 +1,1 @@
+//! The ksplice builder: from two kernel versions to a signed live update.

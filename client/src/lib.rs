@@ -1,0 +1,1 @@
+//! The ksplice client library: verify, apply, undo and show live updates.

@@ -1,0 +1,2 @@
+//! `ksplice`: the host client.
+fn main() {}

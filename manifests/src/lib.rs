@@ -1,0 +1,1 @@
+//! Signed ksplice update manifests and packages.

@@ -1,0 +1,1 @@
+//! Helpers for the ksplice integration tests and end-to-end harness.
