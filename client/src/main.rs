@@ -1,2 +1,8 @@
-//! `ksplice`: the host client.
-fn main() {}
+//! `ksplice`: the host client (also answers to `ksplice-apply`, `ksplice-undo`
+//! and `ksplice-view` when copied or linked under those names).
+
+mod cli;
+
+fn main() -> std::process::ExitCode {
+    cli::main(None)
+}

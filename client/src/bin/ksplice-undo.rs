@@ -1,0 +1,8 @@
+//! `ksplice-undo`: the seed's name for `ksplice undo`.
+
+#[path = "../cli.rs"]
+mod cli;
+
+fn main() -> std::process::ExitCode {
+    cli::main(Some("undo"))
+}

@@ -1,0 +1,224 @@
+//! The command line of `ksplice` and its seed-named aliases (`ksplice-apply`,
+//! `ksplice-undo`, `ksplice-view`): parse, call the library, print, exit.
+//!
+//! Shared by the binaries through `#[path]`; the library does the work.
+
+use std::ffi::OsString;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use client::ops::{self, Event, Targets};
+use client::{exit, Host, RealSys};
+
+/// Rebootless kernel updates: verify, apply, undo and show them on this host.
+#[derive(Debug, Parser)]
+#[command(name = "ksplice", version, about)]
+struct Cli {
+    /// Trust policy [env KSPLICE_TRUST; default /etc/ksplice/trust.toml].
+    #[arg(long, global = true, value_name = "FILE")]
+    trust: Option<PathBuf>,
+    /// State directory [env KSPLICE_STATE_DIR; default /var/lib/ksplice].
+    #[arg(long, global = true, value_name = "DIR")]
+    state_dir: Option<PathBuf>,
+    /// Seconds a livepatch transition may take before it is reversed.
+    #[arg(long, global = true, value_name = "SECS", default_value_t = 60)]
+    timeout: u64,
+    /// Directory standing for / (tests and fixtures) [env KSPLICE_ROOT].
+    #[arg(long, global = true, hide = true, value_name = "DIR")]
+    root: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Verify packages against the trust policy and print what they contain.
+    Verify {
+        #[arg(required = true, value_name = "PKG")]
+        packages: Vec<PathBuf>,
+    },
+    /// Verify, install and apply packages to the running kernel, in order.
+    Apply {
+        #[arg(
+            value_name = "PKG",
+            required_unless_present = "installed",
+            conflicts_with = "installed"
+        )]
+        packages: Vec<PathBuf>,
+        /// Re-apply the installed updates built for the running kernel (boot).
+        #[arg(long)]
+        installed: bool,
+    },
+    /// Reverse applied updates and remove them from the host.
+    Undo {
+        #[arg(
+            value_name = "ID",
+            required_unless_present = "all",
+            conflicts_with = "all"
+        )]
+        ids: Vec<String>,
+        /// Undo every update, newest first.
+        #[arg(long)]
+        all: bool,
+    },
+    /// Show installed and applied updates.
+    View {
+        #[arg(value_name = "ID")]
+        id: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// One line: the effective kernel version; exit 0 up to date, 1 pending.
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Write this host's kernel profile (System.map, config, build-id, ...) for ksplice-create.
+    Profile {
+        #[arg(value_name = "DIR")]
+        dir: PathBuf,
+    },
+}
+
+/// The subcommand an alias name stands for.
+fn preset_for(argv0: &Path) -> Option<&'static str> {
+    match argv0.file_name()?.to_str()? {
+        "ksplice-apply" => Some("apply"),
+        "ksplice-undo" => Some("undo"),
+        "ksplice-view" => Some("view"),
+        _ => None,
+    }
+}
+
+fn env_path(name: &str) -> Option<PathBuf> {
+    std::env::var_os(name)
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+}
+
+/// Run the client; `preset` is the subcommand of an alias binary, otherwise
+/// it is taken from the program name (so a copy or symlink named
+/// `ksplice-apply` works too).
+pub fn main(preset: Option<&'static str>) -> ExitCode {
+    let mut args: Vec<OsString> = std::env::args_os().collect();
+    let argv0 = args.first().map(PathBuf::from).unwrap_or_default();
+    if let Some(sub) = preset.or_else(|| preset_for(&argv0)) {
+        args.insert(1, sub.into());
+        args[0] = "ksplice".into();
+    }
+    let cli = match Cli::try_parse_from(args) {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(if e.use_stderr() {
+                exit::USAGE
+            } else {
+                exit::OK
+            });
+        }
+    };
+    let sys = RealSys;
+    let root = cli
+        .root
+        .clone()
+        .or_else(|| env_path("KSPLICE_ROOT"))
+        .unwrap_or_else(|| PathBuf::from("/"));
+    let mut host = Host::new(root, &sys);
+    if let Some(t) = cli.trust.clone().or_else(|| env_path("KSPLICE_TRUST")) {
+        host.trust = t;
+    }
+    if let Some(s) = cli
+        .state_dir
+        .clone()
+        .or_else(|| env_path("KSPLICE_STATE_DIR"))
+    {
+        host.state_dir = s;
+    }
+    host.timeouts.transition = Duration::from_secs(cli.timeout);
+    match run(&host, cli.command) {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            eprintln!("ksplice: {e}");
+            ExitCode::from(e.exit_code())
+        }
+    }
+}
+
+fn print_event(e: Event) {
+    println!("{e}");
+    let _ = std::io::stdout().flush();
+}
+
+fn run(host: &Host<'_>, command: Command) -> client::Result<u8> {
+    match command {
+        Command::Verify { packages } => {
+            let policy = ops::load_policy(host)?;
+            for pkg in packages {
+                let summary = ops::summarize(&pkg, &policy)?;
+                print!("{summary}");
+            }
+            Ok(exit::OK)
+        }
+        Command::Apply {
+            packages,
+            installed,
+        } => {
+            if installed {
+                ops::apply_installed(host, &mut print_event)?;
+            } else {
+                ops::apply(host, &packages, &mut print_event)?;
+            }
+            Ok(exit::OK)
+        }
+        Command::Undo { ids, all } => {
+            let targets = if all { Targets::All } else { Targets::Ids(ids) };
+            ops::undo(host, &targets, &mut print_event)?;
+            Ok(exit::OK)
+        }
+        Command::View { id, json } => {
+            let (running, mut updates) = ops::view(host)?;
+            if let Some(id) = &id {
+                updates.retain(|u| &u.id == id);
+                if updates.is_empty() {
+                    return Err(client::Error::UnknownUpdate { id: id.clone() });
+                }
+            }
+            if json {
+                let text = serde_json::to_string_pretty(&updates).unwrap_or_default();
+                println!("{text}");
+            } else {
+                if id.is_none() {
+                    println!(
+                        "running kernel {} {} build-id {}",
+                        running.release, running.arch, running.build_id
+                    );
+                    if updates.is_empty() {
+                        println!("no updates installed");
+                    }
+                }
+                for u in &updates {
+                    print!("{}", ops::ViewText(u));
+                }
+            }
+            Ok(exit::OK)
+        }
+        Command::Status { json } => {
+            let s = ops::status(host)?;
+            if json {
+                let text = serde_json::to_string(&s).unwrap_or_default();
+                println!("{text}");
+            } else {
+                println!("{s}");
+            }
+            Ok(s.exit_code())
+        }
+        Command::Profile { dir } => {
+            let files = client::profile::profile(host, &dir)?;
+            println!("profile written to {}: {}", dir.display(), files.join(", "));
+            Ok(exit::OK)
+        }
+    }
+}

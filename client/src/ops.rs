@@ -1,0 +1,618 @@
+//! The commands that change a host: verify, apply (also `--installed` at
+//! boot) and undo, as sequences of journaled steps.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+use manifests::keys::TrustPolicy;
+use manifests::manifest::Manifest;
+use manifests::Verified;
+
+use crate::error::{Error, Result};
+use crate::fsutil;
+use crate::host::Host;
+use crate::identity::Running;
+use crate::kmsg;
+use crate::livepatch::PatchState;
+use crate::state::{now_utc, Entry, Phase, State};
+use crate::sys::Step;
+
+/// Longest livepatch module name (contracts.md C; MODULE_NAME_LEN - 1 is 55).
+const MAX_MODULE_NAME: usize = 55;
+
+/// What a command did, one event per update, for the CLI to print.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    Applied {
+        id: String,
+    },
+    AlreadyApplied {
+        id: String,
+    },
+    Skipped {
+        id: String,
+        reason: String,
+    },
+    Undone {
+        id: String,
+    },
+    /// Removed from the state directory; it was installed but not applied.
+    Removed {
+        id: String,
+    },
+    /// `apply --installed` found `ksplice=off` on the kernel command line.
+    DisabledByCmdline,
+}
+
+impl std::fmt::Display for Event {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Event::Applied { id } => write!(f, "applied {id}"),
+            Event::AlreadyApplied { id } => write!(f, "already applied {id}: nothing to do"),
+            Event::Skipped { id, reason } => write!(f, "skipped {id}: {reason}"),
+            Event::Undone { id } => write!(f, "undone {id}"),
+            Event::Removed { id } => write!(f, "removed {id} (installed, was not applied)"),
+            Event::DisabledByCmdline => {
+                f.write_str("skipped: ksplice=off on the kernel command line")
+            }
+        }
+    }
+}
+
+/// Load the trust policy the host is configured with.
+pub fn load_policy(host: &Host<'_>) -> Result<TrustPolicy> {
+    TrustPolicy::load(&host.trust).map_err(|source| Error::TrustPolicy {
+        path: host.trust.clone(),
+        source,
+    })
+}
+
+/// Verify signatures and payload digests, then check the names the client
+/// turns into paths. Touches nothing.
+pub fn verify(pkg: &Path, policy: &TrustPolicy) -> Result<Verified<Manifest>> {
+    let m = manifests::package::verify_package(pkg, policy).map_err(|source| Error::Package {
+        path: pkg.to_owned(),
+        source,
+    })?;
+    check_names(&m)?;
+    Ok(m)
+}
+
+/// The id becomes a file name and the module name a sysfs path: both must be
+/// plain names whatever the signer wrote (defence in depth; the manifests
+/// crate validates the id too).
+fn check_names(m: &Manifest) -> Result<()> {
+    let id_ok = !m.id.is_empty()
+        && m.id.len() <= 48
+        && m.id
+            .bytes()
+            .next()
+            .is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+        && m.id
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-');
+    if !id_ok {
+        return Err(Error::InvalidName {
+            what: "update id",
+            name: m.id.clone(),
+        });
+    }
+    let name = &m.module.name;
+    let module_ok = !name.is_empty()
+        && name.len() <= MAX_MODULE_NAME
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+    if !module_ok {
+        return Err(Error::InvalidName {
+            what: "module name",
+            name: name.clone(),
+        });
+    }
+    Ok(())
+}
+
+/// `ksplice apply PKG...`: verify every package and check it against the
+/// running kernel before touching anything, then apply them in order,
+/// stopping at the first failure.
+pub fn apply(host: &Host<'_>, pkgs: &[PathBuf], on: &mut dyn FnMut(Event)) -> Result<()> {
+    let policy = load_policy(host)?;
+    let running = Running::read(host)?;
+    let mut checked = Vec::with_capacity(pkgs.len());
+    for pkg in pkgs {
+        let m = verify(pkg, &policy)?;
+        // 3. The exact kernel it was built for, field by field.
+        running.check(&m.id, &m.target)?;
+        checked.push((pkg.as_path(), m));
+    }
+    let mut state = State::open(host)?;
+    for (pkg, m) in checked {
+        apply_one(&mut state, pkg, &m, &policy, on)?;
+    }
+    Ok(())
+}
+
+fn apply_one(
+    state: &mut State<'_, '_>,
+    pkg: &Path,
+    m: &Verified<Manifest>,
+    policy: &TrustPolicy,
+    on: &mut dyn FnMut(Event),
+) -> Result<()> {
+    let host = state.host;
+    let id = m.id.clone();
+    let sha = fsutil::sha256_file(pkg)?;
+    if let Some(i) = state.index(&id) {
+        let e = state.entry(i);
+        if e.phase == Phase::Applied {
+            on(Event::AlreadyApplied { id });
+            return Ok(());
+        }
+        if e.package_sha256 != sha {
+            // Another build under the same id, not applied: replace it.
+            state.remove(i)?;
+        }
+    }
+    if let Some(other) = state
+        .entries()
+        .iter()
+        .find(|e| e.module == m.module.name && e.id != id)
+    {
+        return Err(Error::ModuleClash {
+            id,
+            module: m.module.name.clone(),
+            other: other.id.clone(),
+        });
+    }
+    check_bases(state, m)?;
+    // 4. Install: journal first, so a crash mid-copy is recognised.
+    let (i, fresh) = match state.index(&id) {
+        Some(i) => (i, false),
+        None => {
+            let i = state.push(Entry {
+                id: id.clone(),
+                module: m.module.name.clone(),
+                phase: Phase::Installing,
+                package_sha256: sha,
+                installed_at: now_utc(),
+                applied_at: None,
+                applied_seq: None,
+                manifest: (**m).clone(),
+            })?;
+            fsutil::copy_atomic(pkg, &host.package_path(&id))?;
+            state.checkpoint(Step::StateFile("package installed"))?;
+            state.set_phase(i, Phase::Installed)?;
+            (i, true)
+        }
+    };
+    match load(state, i, policy) {
+        Ok(()) => {
+            on(Event::Applied { id });
+            Ok(())
+        }
+        // A crash leaves everything for the next command to resolve.
+        Err(e @ Error::Interrupted { .. }) => Err(e),
+        Err(e) => {
+            // The kernel is unchanged; forget an install made by this command.
+            if fresh {
+                if let Some(i) = state.index(&id) {
+                    if state.entry(i).phase == Phase::Installed {
+                        state.remove(i)?;
+                    }
+                }
+            }
+            Err(e)
+        }
+    }
+}
+
+fn check_bases(state: &State<'_, '_>, m: &Manifest) -> Result<()> {
+    for base in &m.builds_on {
+        let applied = state.find(base).is_some_and(|e| e.phase == Phase::Applied);
+        if !applied {
+            return Err(Error::MissingBase {
+                id: m.id.clone(),
+                missing: base.clone(),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Load entry `i` from its installed package (verified again: the state
+/// directory is not trusted more than the network), and wait for the switch.
+fn load(state: &mut State<'_, '_>, i: usize, policy: &TrustPolicy) -> Result<()> {
+    let host = state.host;
+    let e = state.entry(i).clone();
+    let pkg = host.package_path(&e.id);
+    let opened =
+        manifests::package::open_package(&pkg, policy, &host.state("work")).map_err(|source| {
+            Error::Package {
+                path: pkg.clone(),
+                source,
+            }
+        })?;
+    let result = (|| {
+        let ko = opened.dir.join(&opened.manifest.module.file);
+        let file = File::open(&ko).map_err(|err| Error::io(&ko, err))?;
+        state.set_phase(i, Phase::Loading)?;
+        let mark = kmsg::Mark::now(host);
+        if let Err(err) = host.sys.finit_module(&file) {
+            let lines = kmsg::run_pre_lines(&mark.messages(), &e.module);
+            state.set_phase(i, Phase::Installed)?;
+            if !lines.is_empty() {
+                return Err(Error::RunPre {
+                    module: e.module.clone(),
+                    messages: lines,
+                });
+            }
+            return Err(Error::Load {
+                module: e.module.clone(),
+                path: ko,
+                source: err,
+            });
+        }
+        state.checkpoint(Step::Loaded)?;
+        state.set_phase(i, Phase::Transitioning)?;
+        state.finish_apply(i)
+    })();
+    // Best effort: work/ is emptied by the next command anyway.
+    let _ = std::fs::remove_dir_all(&opened.dir);
+    result
+}
+
+/// `ksplice apply --installed` (at boot): apply, in install order, every
+/// installed update built for the running kernel; skip the others with a
+/// message. Goes on after a failure and returns the first one.
+pub fn apply_installed(host: &Host<'_>, on: &mut dyn FnMut(Event)) -> Result<()> {
+    if host.disabled_on_cmdline() {
+        on(Event::DisabledByCmdline);
+        return Ok(());
+    }
+    let policy = load_policy(host)?;
+    let running = Running::read(host)?;
+    let mut state = State::open(host)?;
+    let ids: Vec<String> = state.entries().iter().map(|e| e.id.clone()).collect();
+    let mut first_err = None;
+    for id in ids {
+        let Some(i) = state.index(&id) else { continue };
+        let e = state.entry(i).clone();
+        if e.phase == Phase::Applied {
+            on(Event::AlreadyApplied { id });
+            continue;
+        }
+        if let Err(mismatch) = running.check(&e.id, &e.manifest.target) {
+            on(Event::Skipped {
+                id,
+                reason: mismatch.to_string(),
+            });
+            continue;
+        }
+        let r = check_bases(&state, &e.manifest).and_then(|()| load(&mut state, i, &policy));
+        match r {
+            Ok(()) => on(Event::Applied { id }),
+            Err(err @ Error::Interrupted { .. }) => return Err(err),
+            Err(err) => {
+                on(Event::Skipped {
+                    id,
+                    reason: err.to_string(),
+                });
+                first_err.get_or_insert(err);
+            }
+        }
+    }
+    first_err.map_or(Ok(()), Err)
+}
+
+/// Which updates `undo` works on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Targets {
+    Ids(Vec<String>),
+    /// Every update: applied ones newest first, then installed ones.
+    All,
+}
+
+/// `ksplice undo ID... | --all`
+pub fn undo(host: &Host<'_>, targets: &Targets, on: &mut dyn FnMut(Event)) -> Result<()> {
+    let mut state = State::open(host)?;
+    let ids = match targets {
+        Targets::Ids(ids) => ids.clone(),
+        Targets::All => {
+            let mut applied: Vec<&Entry> = state
+                .entries()
+                .iter()
+                .filter(|e| e.phase == Phase::Applied)
+                .collect();
+            applied.sort_by_key(|e| std::cmp::Reverse(e.applied_seq));
+            let mut ids: Vec<String> = applied.iter().map(|e| e.id.clone()).collect();
+            ids.extend(
+                state
+                    .entries()
+                    .iter()
+                    .filter(|e| e.phase != Phase::Applied)
+                    .map(|e| e.id.clone()),
+            );
+            ids
+        }
+    };
+    for id in ids {
+        undo_one(&mut state, &id, on)?;
+    }
+    Ok(())
+}
+
+fn undo_one(state: &mut State<'_, '_>, id: &str, on: &mut dyn FnMut(Event)) -> Result<()> {
+    let i = state
+        .index(id)
+        .ok_or_else(|| Error::UnknownUpdate { id: id.to_owned() })?;
+    // An applied update built on top of this one would lose its base.
+    if let Some(by) = state.entries().iter().find(|e| {
+        e.id != id && e.phase != Phase::Installed && e.manifest.builds_on.iter().any(|b| b == id)
+    }) {
+        return Err(Error::UndoBlocked {
+            id: id.to_owned(),
+            by: by.id.clone(),
+        });
+    }
+    let e = state.entry(i).clone();
+    if e.phase == Phase::Applied {
+        state.set_phase(i, Phase::Disabling)?;
+        state.finish_undo(i)?;
+        on(Event::Undone { id: e.id });
+    } else {
+        state.remove(i)?;
+        on(Event::Removed { id: e.id });
+    }
+    Ok(())
+}
+
+/// One update as `view` shows it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct UpdateView {
+    pub id: String,
+    pub description: String,
+    pub cves: Vec<String>,
+    /// Journal phase: `installed`, `applied`, or an interrupted step.
+    pub state: String,
+    /// What /sys/kernel/livepatch/<module>/ says.
+    pub livepatch: String,
+    pub module: String,
+    pub installed_at: String,
+    pub applied_at: Option<String>,
+    pub builds_on: Vec<String>,
+    pub target: manifests::manifest::TargetKernel,
+    pub for_running_kernel: bool,
+    pub objects: Vec<manifests::manifest::PatchedObject>,
+}
+
+/// Everything installed, in install order. Recovers first when the state
+/// directory is writable; otherwise reads it as it is.
+pub fn view(host: &Host<'_>) -> Result<(Running, Vec<UpdateView>)> {
+    let running = Running::read(host)?;
+    let state = open_for_reading(host)?;
+    let mut out = Vec::new();
+    for e in state.entries() {
+        out.push(UpdateView {
+            id: e.id.clone(),
+            description: e.manifest.description.clone(),
+            cves: e.manifest.cves.clone(),
+            state: e.phase.name().to_owned(),
+            livepatch: PatchState::read(host, &e.module)?.describe().to_owned(),
+            module: e.module.clone(),
+            installed_at: e.installed_at.clone(),
+            applied_at: e.applied_at.clone(),
+            builds_on: e.manifest.builds_on.clone(),
+            target: e.manifest.target.clone(),
+            for_running_kernel: running.matches(&e.manifest.target),
+            objects: e.manifest.objects.clone(),
+        });
+    }
+    Ok((running, out))
+}
+
+fn open_for_reading<'h, 's>(host: &'h Host<'s>) -> Result<State<'h, 's>> {
+    if !host.state_dir.exists() {
+        return State::peek(host);
+    }
+    match State::open(host) {
+        Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::PermissionDenied => {
+            State::peek(host)
+        }
+        r => r,
+    }
+}
+
+/// `ksplice status`
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Status {
+    pub release: String,
+    /// Applied updates, in application order.
+    pub applied: Vec<String>,
+    /// Installed for this kernel, not applied (or interrupted).
+    pub pending: Vec<String>,
+}
+
+impl Status {
+    /// Base release plus applied updates: `6.1.0-56-amd64+fix-a+fix-b`.
+    pub fn effective_version(&self) -> String {
+        let mut v = self.release.clone();
+        for id in &self.applied {
+            v.push('+');
+            v.push_str(id);
+        }
+        v
+    }
+
+    /// The exit code for monitoring: 0 up to date, 1 updates pending.
+    pub fn exit_code(&self) -> u8 {
+        if self.pending.is_empty() {
+            crate::error::exit::OK
+        } else {
+            crate::error::exit::PENDING
+        }
+    }
+}
+
+impl std::fmt::Display for Status {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "effective kernel {}: ", self.effective_version())?;
+        if self.pending.is_empty() {
+            write!(f, "up to date ({} applied)", self.applied.len())
+        } else {
+            write!(
+                f,
+                "{} installed update(s) not applied: {}",
+                self.pending.len(),
+                self.pending.join(", ")
+            )
+        }
+    }
+}
+
+pub fn status(host: &Host<'_>) -> Result<Status> {
+    let running = Running::read(host)?;
+    let state = open_for_reading(host)?;
+    let mut applied: Vec<&Entry> = Vec::new();
+    let mut pending = Vec::new();
+    for e in state.entries() {
+        let live = matches!(
+            PatchState::read(host, &e.module)?,
+            PatchState::Present { enabled: true, .. }
+        );
+        if e.phase == Phase::Applied && live {
+            applied.push(e);
+        } else if running.matches(&e.manifest.target) {
+            pending.push(e.id.clone());
+        }
+    }
+    applied.sort_by_key(|e| e.applied_seq);
+    Ok(Status {
+        release: running.release,
+        applied: applied.iter().map(|e| e.id.clone()).collect(),
+        pending,
+    })
+}
+
+/// What `ksplice verify` prints for a good package.
+#[derive(Debug, Clone)]
+pub struct Summary {
+    pub path: PathBuf,
+    pub manifest: Manifest,
+    /// Trusted keys whose signature verified.
+    pub signers: Vec<String>,
+}
+
+/// Verify a package fully (signatures, digests, extraction into a private
+/// temporary directory that is removed again) and summarize it.
+pub fn summarize(pkg: &Path, policy: &TrustPolicy) -> Result<Summary> {
+    let tmp = std::env::temp_dir().join(format!("ksplice-verify-{}", std::process::id()));
+    fsutil::create_dir_durable(&tmp)?;
+    let opened = manifests::package::open_package(pkg, policy, &tmp);
+    let result = opened
+        .map_err(|source| Error::Package {
+            path: pkg.to_owned(),
+            source,
+        })
+        .and_then(|o| {
+            check_names(&o.manifest)?;
+            // Every trusted key listed in manifest.sig verified (the verifier
+            // refuses a bad signature by a trusted key), so those are the signers.
+            let trusted: Vec<String> = policy
+                .keys()
+                .iter()
+                .map(|k| k.key_id().as_str().to_owned())
+                .collect();
+            let sig = String::from_utf8_lossy(&o.signature_bytes).into_owned();
+            let signers = sig
+                .lines()
+                .filter_map(|l| l.split_whitespace().next())
+                .filter(|k| trusted.iter().any(|t| t == k))
+                .map(str::to_owned)
+                .collect();
+            Ok(Summary {
+                path: pkg.to_owned(),
+                manifest: (*o.manifest).clone(),
+                signers,
+            })
+        });
+    let _ = std::fs::remove_dir_all(&tmp);
+    result
+}
+
+impl std::fmt::Display for Summary {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let m = &self.manifest;
+        writeln!(f, "verified {} ({})", m.id, self.path.display())?;
+        writeln!(f, "  description: {}", m.description)?;
+        if !m.cves.is_empty() {
+            writeln!(f, "  cves: {}", m.cves.join(", "))?;
+        }
+        writeln!(
+            f,
+            "  target: {} {} build-id {} ({})",
+            m.target.release, m.target.arch, m.target.build_id, m.target.version
+        )?;
+        writeln!(f, "  signed by: {}", self.signers.join(", "))?;
+        writeln!(f, "  module: {} ({})", m.module.name, m.module.file)?;
+        if !m.builds_on.is_empty() {
+            writeln!(f, "  builds on: {}", m.builds_on.join(", "))?;
+        }
+        write_objects(f, &m.objects)
+    }
+}
+
+fn write_objects(
+    f: &mut std::fmt::Formatter<'_>,
+    objects: &[manifests::manifest::PatchedObject],
+) -> std::fmt::Result {
+    for o in objects {
+        let funcs: Vec<String> = o
+            .functions
+            .iter()
+            .map(|fc| {
+                let kind = match fc.kind {
+                    manifests::manifest::ChangeKind::Replaced => "replaced",
+                    manifests::manifest::ChangeKind::Added => "added",
+                };
+                if fc.sympos > 0 {
+                    format!("{},{} ({kind})", fc.name, fc.sympos)
+                } else {
+                    format!("{} ({kind})", fc.name)
+                }
+            })
+            .collect();
+        writeln!(f, "  {}: {}", o.name, funcs.join(", "))?;
+    }
+    Ok(())
+}
+
+/// Human-readable form of one [`UpdateView`].
+#[derive(Debug)]
+pub struct ViewText<'a>(pub &'a UpdateView);
+
+impl std::fmt::Display for ViewText<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let u = self.0;
+        writeln!(f, "{}: {}", u.id, u.state)?;
+        writeln!(f, "  description: {}", u.description)?;
+        if !u.cves.is_empty() {
+            writeln!(f, "  cves: {}", u.cves.join(", "))?;
+        }
+        writeln!(f, "  livepatch: {} ({})", u.module, u.livepatch)?;
+        writeln!(f, "  installed: {}", u.installed_at)?;
+        if let Some(at) = &u.applied_at {
+            writeln!(f, "  applied: {at}")?;
+        }
+        if !u.builds_on.is_empty() {
+            writeln!(f, "  builds on: {}", u.builds_on.join(", "))?;
+        }
+        if !u.for_running_kernel {
+            writeln!(
+                f,
+                "  target: {} build-id {} (not the running kernel)",
+                u.target.release, u.target.build_id
+            )?;
+        }
+        write_objects(f, &u.objects)
+    }
+}
