@@ -1,1 +1,30 @@
 //! Signed ksplice update manifests and packages.
+//!
+//! - [`manifest`]: the manifest schema and its validation;
+//! - [`keys`]: ed25519 keys, key ids and the [`TrustPolicy`];
+//! - [`signature`]: `manifest.sig` and signature checking;
+//! - [`package`]: the `ksplice-<id>.tar.gz` archive, written signed and read verified;
+//! - [`Verified`]: the proof type only verification produces.
+//!
+//! File formats, caps and errors are described in docs/package-format.md.
+
+#![forbid(unsafe_code)]
+
+mod entry_name;
+pub mod error;
+pub mod keys;
+pub mod manifest;
+pub mod package;
+pub mod signature;
+mod verified;
+
+pub use entry_name::MAX_PATH_BYTES;
+pub use error::{Error, Result};
+pub use keys::{KeyId, PublicKey, SigningKey, TrustPolicy};
+pub use manifest::{
+    ChangeKind, FunctionChange, Manifest, ModuleInfo, PatchedObject, PayloadFile, TargetKernel,
+    FORMAT,
+};
+pub use package::{open_package, verify_package, write_package, OpenedPackage};
+pub use signature::{sign_manifest, verify_manifest, MANIFEST_DOMAIN};
+pub use verified::Verified;

@@ -4,7 +4,12 @@
 //! rejected so that a newer builder cannot smuggle in meaning an older client
 //! would silently ignore.
 
+use std::collections::BTreeSet;
+
 use serde::{Deserialize, Serialize};
+
+use crate::entry_name::{self, NameProblem};
+use crate::error::{Error, Result};
 
 /// The only manifest format this crate reads and writes.
 pub const FORMAT: u32 = 1;
@@ -112,4 +117,508 @@ pub struct PayloadFile {
     pub len: u64,
     /// Lowercase hex sha256 of the content.
     pub sha256: String,
+}
+
+// ---- parsing and validation ------------------------------------------------------------------
+
+/// Longest update id (the package name `ksplice-<id>.tar.gz` and module name derive from it).
+pub const MAX_ID_BYTES: usize = 48;
+/// Longest kernel module name (`MODULE_NAME_LEN` is 56 including the NUL).
+pub const MAX_MODULE_NAME_BYTES: usize = 55;
+/// Payload names the package format reserves for itself.
+const RESERVED_NAMES: [&str; 2] = ["manifest.toml", "manifest.sig"];
+
+impl Manifest {
+    /// Parses manifest TOML: checks `format` first (so a newer format gets a clear
+    /// message rather than an unknown-field error), then the schema. Does not
+    /// [`validate`](Manifest::validate), so that `pack` can read a manifest whose
+    /// `files` are still to be filled.
+    pub fn from_toml(text: &str) -> Result<Manifest> {
+        #[derive(Deserialize)]
+        struct FormatOnly {
+            format: toml::Value,
+        }
+        if let Ok(FormatOnly { format }) = toml::from_str::<FormatOnly>(text) {
+            match format.as_integer() {
+                Some(found) if found == i64::from(FORMAT) => {}
+                Some(found) => {
+                    return Err(Error::UnsupportedFormat {
+                        found,
+                        expected: FORMAT,
+                    })
+                }
+                None => {
+                    return Err(Error::InvalidField {
+                        field: "format",
+                        value: format.to_string(),
+                        reason: "must be an integer",
+                    })
+                }
+            }
+        }
+        toml::from_str(text).map_err(|source| Error::ManifestSyntax { source })
+    }
+
+    /// Parses and validates signed manifest bytes.
+    pub(crate) fn from_signed_bytes(bytes: &[u8]) -> Result<Manifest> {
+        let text = std::str::from_utf8(bytes).map_err(|_| Error::ManifestNotUtf8)?;
+        let manifest = Manifest::from_toml(text)?;
+        manifest.validate()?;
+        Ok(manifest)
+    }
+
+    /// The TOML text; [`Manifest::from_toml`] reads it back to an equal value.
+    pub fn to_toml(&self) -> String {
+        toml::to_string(self).expect("invariant: the manifest schema serializes to TOML")
+    }
+
+    /// `ksplice-<id>.tar.gz`.
+    pub fn package_file_name(&self) -> String {
+        format!("ksplice-{}.tar.gz", self.id)
+    }
+
+    /// Checks every rule the schema's types cannot express. Both the writer (before
+    /// signing) and the reader (after verifying) run it.
+    pub fn validate(&self) -> Result<()> {
+        if self.format != FORMAT {
+            return Err(Error::UnsupportedFormat {
+                found: i64::from(self.format),
+                expected: FORMAT,
+            });
+        }
+        check_id(&self.id)?;
+        for id in &self.builds_on {
+            check_id(id)?;
+        }
+        let utc = time::format_description::well_known::Rfc3339;
+        if !self.created.ends_with('Z') || time::OffsetDateTime::parse(&self.created, &utc).is_err()
+        {
+            return Err(invalid(
+                "created",
+                &self.created,
+                "must be an RFC 3339 UTC time like 2026-11-27T21:38:41Z",
+            ));
+        }
+        for cve in &self.cves {
+            check_cve(cve)?;
+        }
+        for (field, value) in [
+            ("target.release", &self.target.release),
+            ("target.version", &self.target.version),
+            ("target.arch", &self.target.arch),
+            ("builder_version", &self.builder_version),
+        ] {
+            if value.is_empty() || value.chars().any(char::is_control) {
+                return Err(invalid(
+                    field,
+                    value,
+                    "must be non-empty text without control characters",
+                ));
+            }
+        }
+        let build_id = &self.target.build_id;
+        if build_id.is_empty()
+            || build_id.len() & 1 != 0
+            || !build_id.bytes().all(is_lower_hex_digit)
+        {
+            return Err(invalid(
+                "target.build_id",
+                build_id,
+                "must be lowercase hex bytes",
+            ));
+        }
+        check_module_name("module.name", &self.module.name)?;
+        for object in &self.objects {
+            if object.name != "vmlinux" {
+                check_module_name("objects.name", &object.name)?;
+            }
+            for function in &object.functions {
+                check_symbol(&function.name)?;
+                match (&function.kind, &function.pre_sha256) {
+                    (ChangeKind::Replaced, Some(digest)) if is_sha256_hex(digest) => {}
+                    (ChangeKind::Replaced, Some(digest)) => {
+                        return Err(invalid(
+                            "functions.pre_sha256",
+                            digest,
+                            "must be 64 lowercase hex digits",
+                        ))
+                    }
+                    (ChangeKind::Replaced, None) => {
+                        return Err(invalid(
+                            "functions.pre_sha256",
+                            &function.name,
+                            "missing for a replaced function",
+                        ))
+                    }
+                    (ChangeKind::Added, None) => {}
+                    (ChangeKind::Added, Some(_)) => {
+                        return Err(invalid(
+                            "functions.pre_sha256",
+                            &function.name,
+                            "present for an added function",
+                        ))
+                    }
+                }
+            }
+        }
+        self.validate_files()
+    }
+
+    fn validate_files(&self) -> Result<()> {
+        use crate::package::{MAX_ENTRIES, MAX_UNPACKED_BYTES};
+        let mut seen = BTreeSet::new();
+        let mut total: u64 = 0;
+        for file in &self.files {
+            match entry_name::check(file.path.as_bytes()) {
+                Ok(()) => {}
+                Err(NameProblem::Absolute) => {
+                    return Err(invalid("files.path", &file.path, "absolute path"))
+                }
+                Err(NameProblem::ParentDirectory) => {
+                    return Err(invalid("files.path", &file.path, "'..' path component"))
+                }
+                Err(NameProblem::Invalid(reason)) => {
+                    return Err(invalid("files.path", &file.path, reason))
+                }
+            }
+            if RESERVED_NAMES.contains(&file.path.as_str()) {
+                return Err(invalid(
+                    "files.path",
+                    &file.path,
+                    "reserved for the package metadata",
+                ));
+            }
+            if !is_sha256_hex(&file.sha256) {
+                return Err(invalid(
+                    "files.sha256",
+                    &file.sha256,
+                    "must be 64 lowercase hex digits",
+                ));
+            }
+            if !seen.insert(file.path.as_str()) {
+                return Err(Error::DuplicateListedFile {
+                    path: file.path.clone(),
+                });
+            }
+            total = total.saturating_add(file.len);
+        }
+        // `a` and `a/b` cannot both be files. In sorted order a directory prefix
+        // `a/` sorts right before its children, but other names (`a.ko`) may sit
+        // between, so check every ancestor explicitly.
+        for path in &seen {
+            let mut ancestor = *path;
+            while let Some((parent, _)) = ancestor.rsplit_once('/') {
+                if seen.contains(parent) {
+                    return Err(Error::ConflictingListedFiles {
+                        path: parent.to_owned(),
+                        other: (*path).to_owned(),
+                    });
+                }
+                ancestor = parent;
+            }
+        }
+        // Two entries (manifest.toml, manifest.sig) come before the payload.
+        if self.files.len() > MAX_ENTRIES - 2 || total > MAX_UNPACKED_BYTES / 2 {
+            return Err(Error::ManifestOverCaps {
+                count: self.files.len(),
+                bytes: total,
+                max_count: MAX_ENTRIES - 2,
+                max_bytes: MAX_UNPACKED_BYTES / 2,
+            });
+        }
+        if !seen.contains(self.module.file.as_str()) {
+            return Err(Error::ModuleFileNotListed {
+                path: self.module.file.clone(),
+            });
+        }
+        Ok(())
+    }
+}
+
+fn invalid(field: &'static str, value: &str, reason: &'static str) -> Error {
+    Error::InvalidField {
+        field,
+        value: value.to_owned(),
+        reason,
+    }
+}
+
+fn is_lower_hex_digit(b: u8) -> bool {
+    b.is_ascii_digit() || (b'a'..=b'f').contains(&b)
+}
+
+fn is_sha256_hex(text: &str) -> bool {
+    text.len() == 64 && text.bytes().all(is_lower_hex_digit)
+}
+
+/// Update ids: `[a-z0-9][a-z0-9_-]*`, at most [`MAX_ID_BYTES`].
+pub fn check_id(id: &str) -> Result<()> {
+    let bad = |reason| {
+        Err(Error::InvalidId {
+            id: id.to_owned(),
+            reason,
+        })
+    };
+    let Some(first) = id.bytes().next() else {
+        return bad("empty");
+    };
+    if id.len() > MAX_ID_BYTES {
+        return bad("longer than 48 bytes");
+    }
+    if !(first.is_ascii_lowercase() || first.is_ascii_digit()) {
+        return bad("must start with a lowercase letter or digit");
+    }
+    if !id
+        .bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+    {
+        return bad("only lowercase letters, digits, '_' and '-' are allowed");
+    }
+    Ok(())
+}
+
+/// Module names end up in sysfs paths and `finit_module`: `[A-Za-z0-9_-]`, at most 55 bytes.
+fn check_module_name(field: &'static str, name: &str) -> Result<()> {
+    if name.is_empty() || name.len() > MAX_MODULE_NAME_BYTES {
+        return Err(invalid(field, name, "must be 1 to 55 bytes"));
+    }
+    if !name
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+    {
+        return Err(invalid(
+            field,
+            name,
+            "only letters, digits, '_' and '-' are allowed",
+        ));
+    }
+    Ok(())
+}
+
+/// Kernel symbol names: C identifiers plus the `.` of compiler suffixes (`foo.isra.0`).
+fn check_symbol(name: &str) -> Result<()> {
+    let ok = !name.is_empty()
+        && name.len() <= 512
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'.' || b == b'$');
+    if ok {
+        Ok(())
+    } else {
+        Err(invalid(
+            "functions.name",
+            name,
+            "must be a symbol name of [A-Za-z0-9_.$]",
+        ))
+    }
+}
+
+/// `CVE-<year>-<number>`.
+fn check_cve(cve: &str) -> Result<()> {
+    let parts: Vec<&str> = cve.split('-').collect();
+    let digits = |s: &str, min: usize| {
+        s.len() >= min && s.len() <= 12 && s.bytes().all(|b| b.is_ascii_digit())
+    };
+    if parts.len() == 3
+        && parts[0] == "CVE"
+        && parts[1].len() == 4
+        && digits(parts[1], 4)
+        && digits(parts[2], 4)
+    {
+        Ok(())
+    } else {
+        Err(invalid("cves", cve, "must look like CVE-2024-12345"))
+    }
+}
+
+/// A valid manifest for tests in this crate and for other crates' fixtures.
+#[doc(hidden)]
+pub fn example(id: &str) -> Manifest {
+    Manifest {
+        format: FORMAT,
+        id: id.to_owned(),
+        description: "example update".to_owned(),
+        cves: vec!["CVE-2024-12345".to_owned()],
+        created: "2026-11-27T21:38:41Z".to_owned(),
+        builder_version: "0.1.0".to_owned(),
+        builds_on: Vec::new(),
+        target: TargetKernel {
+            release: "6.1.0-56-amd64".to_owned(),
+            version: "#1 SMP PREEMPT_DYNAMIC Debian 6.1.192-2 (2026-01-01)".to_owned(),
+            arch: "x86_64".to_owned(),
+            build_id: "0123456789abcdef0123456789abcdef01234567".to_owned(),
+        },
+        module: ModuleInfo {
+            name: format!("ksplice_{}", id.replace('-', "_")),
+            file: format!("ksplice_{}.ko", id.replace('-', "_")),
+        },
+        objects: vec![PatchedObject {
+            name: "vmlinux".to_owned(),
+            functions: vec![FunctionChange {
+                name: "cmdline_proc_show".to_owned(),
+                sympos: 0,
+                kind: ChangeKind::Replaced,
+                pre_sha256: Some("ab".repeat(32)),
+                old_size: 64,
+                new_size: 80,
+            }],
+        }],
+        files: Vec::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with_files(mut m: Manifest) -> Manifest {
+        m.files = vec![PayloadFile {
+            path: m.module.file.clone(),
+            len: 3,
+            sha256: "00".repeat(32),
+        }];
+        m
+    }
+
+    #[test]
+    fn toml_round_trip_and_validation() {
+        let m = with_files(example("cve-2024-1"));
+        m.validate().expect("valid");
+        let back = Manifest::from_toml(&m.to_toml()).expect("parse");
+        assert_eq!(back, m);
+    }
+
+    #[test]
+    fn unknown_fields_and_formats_are_refused() {
+        let text = with_files(example("a")).to_toml();
+        assert!(matches!(
+            Manifest::from_toml(&format!("surprise = 1\n{text}")),
+            Err(Error::ManifestSyntax { .. })
+        ));
+        assert!(matches!(
+            Manifest::from_toml(&text.replace("format = 1", "format = 2")),
+            Err(Error::UnsupportedFormat {
+                found: 2,
+                expected: 1
+            })
+        ));
+    }
+
+    #[test]
+    fn ids_are_checked() {
+        for ok in ["a", "0", "cve-2024_1", &"a".repeat(48)] {
+            check_id(ok).expect(ok);
+        }
+        for bad in ["", "-a", "_a", "A", "a/b", "a.b", "a b", &"a".repeat(49)] {
+            assert!(
+                matches!(check_id(bad), Err(Error::InvalidId { .. })),
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn file_list_rules() {
+        let base = with_files(example("a"));
+        let mut dup = base.clone();
+        dup.files.push(dup.files[0].clone());
+        assert!(matches!(
+            dup.validate(),
+            Err(Error::DuplicateListedFile { .. })
+        ));
+
+        let mut conflict = base.clone();
+        conflict.files.push(PayloadFile {
+            path: "d/e".into(),
+            len: 0,
+            sha256: "00".repeat(32),
+        });
+        conflict.files.push(PayloadFile {
+            path: "d.x".into(),
+            len: 0,
+            sha256: "00".repeat(32),
+        });
+        conflict.files.push(PayloadFile {
+            path: "d".into(),
+            len: 0,
+            sha256: "00".repeat(32),
+        });
+        assert!(matches!(
+            conflict.validate(),
+            Err(Error::ConflictingListedFiles { .. })
+        ));
+
+        let mut unlisted = base.clone();
+        unlisted.module.file = "other.ko".into();
+        assert!(matches!(
+            unlisted.validate(),
+            Err(Error::ModuleFileNotListed { .. })
+        ));
+
+        for path in ["../x", "/x", "manifest.sig", "a//b"] {
+            let mut bad = base.clone();
+            bad.files.push(PayloadFile {
+                path: path.into(),
+                len: 0,
+                sha256: "00".repeat(32),
+            });
+            assert!(
+                matches!(
+                    bad.validate(),
+                    Err(Error::InvalidField {
+                        field: "files.path",
+                        ..
+                    })
+                ),
+                "{path}"
+            );
+        }
+    }
+
+    #[test]
+    fn field_rules() {
+        let base = with_files(example("a"));
+        let mut m = base.clone();
+        m.created = "2026-11-27T21:38:41+01:00".into();
+        assert!(matches!(
+            m.validate(),
+            Err(Error::InvalidField {
+                field: "created",
+                ..
+            })
+        ));
+        let mut m = base.clone();
+        m.target.build_id = "ABC".into();
+        assert!(matches!(
+            m.validate(),
+            Err(Error::InvalidField {
+                field: "target.build_id",
+                ..
+            })
+        ));
+        let mut m = base.clone();
+        m.module.name = "../evil".into();
+        assert!(matches!(
+            m.validate(),
+            Err(Error::InvalidField {
+                field: "module.name",
+                ..
+            })
+        ));
+        let mut m = base.clone();
+        m.cves = vec!["CVE-24-1".into()];
+        assert!(matches!(
+            m.validate(),
+            Err(Error::InvalidField { field: "cves", .. })
+        ));
+        let mut m = base;
+        m.objects[0].functions[0].pre_sha256 = None;
+        assert!(matches!(
+            m.validate(),
+            Err(Error::InvalidField {
+                field: "functions.pre_sha256",
+                ..
+            })
+        ));
+    }
 }

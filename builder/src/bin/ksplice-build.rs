@@ -1,2 +1,217 @@
-//! `ksplice-build`: low-level builder commands.
-fn main() {}
+//! `ksplice-build`: low-level builder commands (signing keys, packing; one subcommand per step).
+//!
+//! Exit codes: 0 success; 1 usage error or I/O failure; 2 refused: invalid input
+//! (bad manifest, bad key file, a key file that already exists, ...).
+//! Subcommands may define further codes in their own docs.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+
+/// Exit code for success.
+const EXIT_OK: u8 = 0;
+/// Exit code for usage errors and I/O failures.
+const EXIT_ERROR: u8 = 1;
+/// Exit code for refused or invalid input.
+const EXIT_REFUSED: u8 = 2;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "ksplice-build",
+    version,
+    about = "Low-level ksplice builder commands"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Create an ed25519 signing key pair and a trust policy listing it.
+    Keygen(KeygenArgs),
+    /// Build a signed package from a manifest and its payload files.
+    Pack(PackArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            // Help and version go to stdout and succeed; usage errors exit 1 (not clap's 2,
+            // which here means "refused").
+            let code = if e.use_stderr() { EXIT_ERROR } else { EXIT_OK };
+            let _ = e.print();
+            return ExitCode::from(code);
+        }
+    };
+    match cli.command {
+        Command::Keygen(args) => finish(keygen(&args)),
+        Command::Pack(args) => finish(pack(&args)),
+    }
+}
+
+/// A failed command: the error chain to print and the exit code.
+#[derive(Debug)]
+struct Failure {
+    code: u8,
+    error: anyhow::Error,
+}
+
+impl From<manifests::Error> for Failure {
+    fn from(error: manifests::Error) -> Self {
+        let code = match error {
+            manifests::Error::Io { .. } => EXIT_ERROR,
+            _ => EXIT_REFUSED,
+        };
+        Failure {
+            code,
+            error: error.into(),
+        }
+    }
+}
+
+impl From<anyhow::Error> for Failure {
+    fn from(error: anyhow::Error) -> Self {
+        Failure {
+            code: EXIT_ERROR,
+            error,
+        }
+    }
+}
+
+fn finish(result: Result<(), Failure>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::from(EXIT_OK),
+        Err(Failure { code, error }) => {
+            eprintln!("ksplice-build: {error:#}");
+            ExitCode::from(code)
+        }
+    }
+}
+
+// ---- keygen ----------------------------------------------------------------------------------
+
+#[derive(Debug, Args)]
+struct KeygenArgs {
+    /// Directory to write signing.key (0600), signing.pub and trust.toml into; created if
+    /// missing. Refuses (exit 2) if any of the three files exists.
+    #[arg(long, value_name = "DIR")]
+    out: PathBuf,
+}
+
+fn keygen(args: &KeygenArgs) -> Result<(), Failure> {
+    std::fs::create_dir_all(&args.out)
+        .with_context(|| format!("creating {}", args.out.display()))?;
+    let secret = args.out.join("signing.key");
+    let public = args.out.join("signing.pub");
+    let trust = args.out.join("trust.toml");
+    // Check all three first so a refusal leaves the directory as it was.
+    for path in [&secret, &public, &trust] {
+        if path.symlink_metadata().is_ok() {
+            return Err(manifests::Error::KeyExists { path: path.clone() }.into());
+        }
+    }
+    let key = manifests::SigningKey::generate()?;
+    key.save_new(&secret)?;
+    key.public().save(&public)?;
+    let policy = manifests::TrustPolicy::new(vec![key.public()], 1)?;
+    write_new(&trust, policy.to_toml().as_bytes())?;
+    println!("key id {}", key.public().key_id());
+    println!("private key {}", secret.display());
+    println!("public key  {}", public.display());
+    println!("trust policy {}", trust.display());
+    Ok(())
+}
+
+fn write_new(path: &Path, bytes: &[u8]) -> Result<(), Failure> {
+    use std::io::Write;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(path)
+        .map_err(|source| manifests::Error::Io {
+            path: path.to_owned(),
+            source,
+        })?;
+    file.write_all(bytes)
+        .map_err(|source| manifests::Error::Io {
+            path: path.to_owned(),
+            source,
+        })?;
+    Ok(())
+}
+
+// ---- pack ------------------------------------------------------------------------------------
+
+#[derive(Debug, Args)]
+struct PackArgs {
+    /// Manifest TOML; its `files` may be empty (they are filled from FILE...), otherwise
+    /// they must match FILE... exactly.
+    #[arg(long, value_name = "M")]
+    manifest: PathBuf,
+    /// Private key file to sign with; repeat for several signatures.
+    #[arg(long = "key", value_name = "K", required = true)]
+    keys: Vec<PathBuf>,
+    /// Output package path, or an existing directory to write ksplice-<id>.tar.gz in.
+    #[arg(short = 'o', long = "output", value_name = "PKG")]
+    output: PathBuf,
+    /// Payload files as `PATH` (stored under its file name) or `NAME=PATH`.
+    #[arg(value_name = "FILE", required = true)]
+    files: Vec<String>,
+}
+
+fn pack(args: &PackArgs) -> Result<(), Failure> {
+    let text = std::fs::read_to_string(&args.manifest).map_err(|source| manifests::Error::Io {
+        path: args.manifest.clone(),
+        source,
+    })?;
+    let manifest = manifests::Manifest::from_toml(&text)
+        .with_context(|| format!("{}", args.manifest.display()))
+        .map_err(|error| Failure {
+            code: EXIT_REFUSED,
+            error,
+        })?;
+    let keys = args
+        .keys
+        .iter()
+        .map(|k| manifests::SigningKey::load(k))
+        .collect::<Result<Vec<_>, _>>()?;
+    let key_refs: Vec<&manifests::SigningKey> = keys.iter().collect();
+    let payload = args
+        .files
+        .iter()
+        .map(|f| payload_arg(f))
+        .collect::<Result<Vec<_>, _>>()?;
+    let written = manifests::write_package(&args.output, &manifest, &key_refs, &payload)?;
+    println!(
+        "wrote {} (update {}, {} file(s), signed by {})",
+        written.display(),
+        manifest.id,
+        payload.len(),
+        keys.iter()
+            .map(|k| k.public().key_id().to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    Ok(())
+}
+
+/// `NAME=PATH` or `PATH` (named after its file name).
+fn payload_arg(arg: &str) -> Result<(String, PathBuf), Failure> {
+    if let Some((name, path)) = arg.split_once('=') {
+        return Ok((name.to_owned(), PathBuf::from(path)));
+    }
+    let path = PathBuf::from(arg);
+    let name = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .ok_or_else(|| Failure {
+            code: EXIT_ERROR,
+            error: anyhow::anyhow!("{arg}: not a file path"),
+        })?
+        .to_owned();
+    Ok((name, path))
+}
