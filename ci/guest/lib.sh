@@ -1,0 +1,118 @@
+# Helpers for guest scenario scripts: steps with markers, expectations, kernel-state checks.
+#
+# Every check prints one `@@KSPLICE scenario=... event=step ...` marker; a failed
+# check exits the scenario script (it runs in its own shell), so the first
+# failure is the one reported.
+
+now() { cut -d' ' -f1 /proc/uptime; }
+
+# step NAME CMD...: run CMD, show its output, pass if it exits 0.
+step() {
+	_name=$1
+	shift
+	_t0=$(now)
+	"$@" > /tmp/step.out 2>&1
+	_rc=$?
+	_t1=$(now)
+	sed 's/^/  | /' /tmp/step.out
+	_dur=$(awk "BEGIN { printf \"%.2f\", $_t1 - $_t0 }")
+	if [ $_rc -eq 0 ]; then
+		echo "@@KSPLICE scenario=$SCENARIO event=step step=$_name result=ok rc=0 dur=$_dur t=$_t1"
+	else
+		echo "@@KSPLICE scenario=$SCENARIO event=step step=$_name result=fail rc=$_rc dur=$_dur t=$_t1"
+		exit 1
+	fi
+}
+
+# refused NAME TEXT CMD...: CMD must fail and its output must contain TEXT exactly.
+refused() {
+	_name=$1
+	_text=$2
+	shift 2
+	_t0=$(now)
+	"$@" > /tmp/step.out 2>&1
+	_rc=$?
+	_t1=$(now)
+	sed 's/^/  | /' /tmp/step.out
+	_dur=$(awk "BEGIN { printf \"%.2f\", $_t1 - $_t0 }")
+	if [ $_rc -ne 0 ] && grep -qF -- "$_text" /tmp/step.out; then
+		echo "@@KSPLICE scenario=$SCENARIO event=step step=$_name result=ok rc=$_rc dur=$_dur t=$_t1"
+	else
+		echo "  expected failure with: $_text"
+		echo "@@KSPLICE scenario=$SCENARIO event=step step=$_name result=fail rc=$_rc dur=$_dur t=$_t1"
+		exit 1
+	fi
+}
+
+# expect_eq NAME EXPECTED ACTUAL
+expect_eq() {
+	if [ "$2" = "$3" ]; then
+		echo "@@KSPLICE scenario=$SCENARIO event=step step=$1 result=ok rc=0 dur=0 t=$(now)"
+	else
+		echo "  expected: '$2'"
+		echo "  actual:   '$3'"
+		echo "@@KSPLICE scenario=$SCENARIO event=step step=$1 result=fail rc=1 dur=0 t=$(now)"
+		exit 1
+	fi
+}
+
+# wait_for SECONDS CONDITION: poll a shell condition every 0.2 s.
+wait_for() {
+	_n=$(($1 * 5))
+	while [ $_n -gt 0 ]; do
+		eval "$2" && return 0
+		sleep 0.2
+		_n=$((_n - 1))
+	done
+	echo "  timed out waiting for: $2"
+	return 1
+}
+
+# The names of enabled or transitioning live patches, one a line (empty when none).
+livepatches() {
+	ls /sys/kernel/livepatch 2>/dev/null
+}
+
+# Live-patch modules still loaded (any module with the livepatch taint flag K).
+livepatch_modules() {
+	awk '$NF ~ /^\(.*K.*\)$/ { print $1 }' /proc/modules
+}
+
+# unchanged: no live patch registered and no live-patch module loaded.
+kernel_unchanged() {
+	[ -z "$(livepatches)" ] && [ -z "$(livepatch_modules)" ]
+}
+
+# dmesg_clean BEFORE_FILE [ALLOW_REGEX]: no oops, warning, trace, livepatch error or other
+# KERN_ERR-or-worse message since BEFORE_FILE (written by `dmesg -r`, which keeps the levels).
+dmesg_clean() {
+	dmesg -r > /tmp/dmesg.after
+	_n=$(wc -l < "$1")
+	tail -n +$((_n + 1)) /tmp/dmesg.after > /tmp/dmesg.new
+	grep -E '^<[0-3]>|Call Trace|BUG|WARNING:|livepatch: .*([Ee]rror|[Ff]ail)' /tmp/dmesg.new > /tmp/dmesg.bad
+	if [ -n "$2" ]; then
+		grep -vE "$2" /tmp/dmesg.bad > /tmp/dmesg.bad2
+		mv /tmp/dmesg.bad2 /tmp/dmesg.bad
+	fi
+	if [ -s /tmp/dmesg.bad ]; then
+		echo "!! kernel log has errors:"
+		sed 's/^/  ! /' /tmp/dmesg.bad
+		echo "   in:"
+		sed 's/^/  | /' /tmp/dmesg.new
+		return 1
+	fi
+	return 0
+}
+
+# cleanup_livepatches: disable and unload whatever a scenario left; fails if there was anything.
+cleanup_livepatches() {
+	kernel_unchanged && return 0
+	for p in $(livepatches); do
+		echo 0 > /sys/kernel/livepatch/"$p"/enabled 2>/dev/null
+	done
+	wait_for 30 '[ -z "$(livepatches)" ]'
+	for m in $(livepatch_modules); do
+		rmmod "$m"
+	done
+	return 1
+}

@@ -1,0 +1,76 @@
+//! `e2e`: run the end-to-end scenarios against Debian's kernel in QEMU and print the results table.
+//!
+//! Usage: `e2e [--list] [--verbose] [--profile debug|release] [SCENARIO...]`.
+//! Exit status: 0 when every selected scenario passed, 1 when any failed or did
+//! not run, 2 on a usage or set-up error.
+
+use anyhow::{bail, Result};
+use ksplice_tests::e2e::report::{Outcome, Table};
+use ksplice_tests::e2e::runner::Harness;
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    match run() {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::from(1),
+        Err(e) => {
+            eprintln!("e2e: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn run() -> Result<bool> {
+    let mut list = false;
+    let mut verbose = false;
+    let mut profile = "debug".to_string();
+    let mut names = Vec::new();
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        match a.as_str() {
+            "--list" => list = true,
+            "--verbose" | "-v" => verbose = true,
+            "--profile" => match args.next() {
+                Some(p) => profile = p,
+                None => bail!("--profile needs a value"),
+            },
+            s if s.starts_with('-') => bail!("unknown option {s}"),
+            _ => names.push(a),
+        }
+    }
+    let mut h = Harness::discover(&profile)?;
+    h.verbose = verbose;
+    let all = h.scenarios();
+    if list {
+        for s in &all {
+            let missing: Vec<_> = s.needs.iter().filter(|p| !h.pieces.contains(p)).collect();
+            println!("{:<32} needs {:?} missing {:?}", s.name, s.needs, missing);
+        }
+        return Ok(true);
+    }
+    for n in &names {
+        if !all.iter().any(|s| &s.name == n) {
+            bail!("no scenario named {n} (see --list)");
+        }
+    }
+    let selected: Vec<_> = all
+        .into_iter()
+        .filter(|s| names.is_empty() || names.contains(&s.name))
+        .collect();
+    eprintln!("e2e: landed pieces: {:?}", h.pieces);
+    let start = std::time::Instant::now();
+    let rows = h.run(&selected)?;
+    let table = Table(&rows);
+    println!("{table}");
+    println!("e2e: total {:.0} s", start.elapsed().as_secs_f64());
+    let ok = table.failed() == 0;
+    if !ok {
+        println!("e2e: guest serial logs kept in {}", h.work.display());
+        for r in &rows {
+            if let Outcome::Fail(_) = r.outcome {
+                eprintln!("e2e: failed: {}", r.scenario);
+            }
+        }
+    }
+    Ok(ok)
+}

@@ -1,0 +1,12 @@
+//! The end-to-end harness: Debian's real kernel in QEMU, driven by data-defined scenarios.
+
+pub mod build;
+pub mod cpio;
+pub mod env;
+pub mod kmod;
+pub mod markers;
+pub mod profile;
+pub mod qemu;
+pub mod report;
+pub mod runner;
+pub mod scenario;

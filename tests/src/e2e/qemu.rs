@@ -1,0 +1,112 @@
+//! Boots Debian's kernel under QEMU (TCG) with an initramfs, serial console to a file, with a hard timeout.
+
+use anyhow::{Context, Result};
+use std::io::{Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// One guest boot.
+#[derive(Debug, Clone)]
+pub struct Boot {
+    pub kernel: PathBuf,
+    pub initrd: PathBuf,
+    pub serial_log: PathBuf,
+    /// Extra kernel command line words after the console set-up.
+    pub append: String,
+    pub timeout: Duration,
+}
+
+/// How a boot ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Ended {
+    /// QEMU exited (the guest powered off, or QEMU failed) with this status.
+    Exited(Option<i32>),
+    /// The hard timeout fired and QEMU was killed.
+    TimedOut,
+}
+
+impl Boot {
+    /// Runs QEMU to completion, calling `on_line` for every serial line as it arrives.
+    pub fn run(&self, mut on_line: impl FnMut(&str)) -> Result<(Ended, Duration)> {
+        // KVM hangs on this machine; TCG with `-cpu max` boots Debian's kernel in ~10 s.
+        // KASLR stays on (no `nokaslr`): run-pre matching must cope with it.
+        let _ = std::fs::remove_file(&self.serial_log);
+        let start = Instant::now();
+        let mut child = Command::new("qemu-system-x86_64")
+            .args(["-accel", "tcg", "-cpu", "max", "-m", "2G", "-smp", "2"])
+            .args(["-nographic", "-no-reboot", "-monitor", "none"])
+            .args(["-nic", "none"])
+            .arg("-kernel")
+            .arg(&self.kernel)
+            .arg("-initrd")
+            .arg(&self.initrd)
+            .arg("-append")
+            .arg(format!("console=ttyS0 panic=-1 quiet {}", self.append))
+            .arg("-serial")
+            .arg(format!("file:{}", self.serial_log.display()))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("start qemu-system-x86_64 (package qemu-system-x86)")?;
+        let mut pos = 0u64;
+        let mut partial = Vec::new();
+        let mut feed = |pos: &mut u64, partial: &mut Vec<u8>| -> Result<()> {
+            let Ok(mut f) = std::fs::File::open(&self.serial_log) else {
+                return Ok(());
+            };
+            f.seek(SeekFrom::Start(*pos))?;
+            let mut buf = Vec::new();
+            f.read_to_end(&mut buf)?;
+            *pos += buf.len() as u64;
+            partial.extend_from_slice(&buf);
+            while let Some(i) = partial.iter().position(|&b| b == b'\n') {
+                let line: Vec<u8> = partial.drain(..=i).collect();
+                on_line(String::from_utf8_lossy(&line).trim_end_matches(['\r', '\n']));
+            }
+            Ok(())
+        };
+        let ended = loop {
+            if let Some(st) = child.try_wait()? {
+                break Ended::Exited(st.code());
+            }
+            if start.elapsed() > self.timeout {
+                let _ = child.kill();
+                let _ = child.wait();
+                break Ended::TimedOut;
+            }
+            feed(&mut pos, &mut partial)?;
+            std::thread::sleep(Duration::from_millis(200));
+        };
+        feed(&mut pos, &mut partial)?;
+        if !partial.is_empty() {
+            on_line(String::from_utf8_lossy(&partial).trim_end());
+        }
+        if let Ended::Exited(code) = ended {
+            if code != Some(0) {
+                let mut err = String::new();
+                if let Some(mut e) = child.stderr.take() {
+                    let _ = e.read_to_string(&mut err);
+                }
+                eprintln!("qemu exited with {code:?}: {}", err.trim());
+            }
+        }
+        Ok((ended, start.elapsed()))
+    }
+}
+
+/// Whether the machine can run the guest at all (qemu installed).
+pub fn available() -> bool {
+    Command::new("qemu-system-x86_64")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false)
+}
+
+/// Path helper so callers need not import Path.
+pub fn log_path(dir: &Path, name: &str) -> PathBuf {
+    dir.join(format!("{name}.serial.log"))
+}

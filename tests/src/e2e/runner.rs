@@ -1,0 +1,384 @@
+//! Runs the scenarios: detect landed pieces, capture the target profile, build packages, boot, report.
+
+use super::env::KernelEnv;
+use super::kmod::ModuleTree;
+use super::markers::{self, Log};
+use super::qemu::{self, Boot, Ended};
+use super::report::{Outcome, Row};
+use super::scenario::{self, Build, Piece, Scenario};
+use super::{build, cpio, profile};
+use anyhow::{bail, Context, Result};
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+/// Where things are, for one run.
+#[derive(Debug, Clone)]
+pub struct Harness {
+    pub env: KernelEnv,
+    /// Workspace root (for ci/guest).
+    pub root: PathBuf,
+    /// Directory of the workspace's built binaries (`target/debug`).
+    pub bins: PathBuf,
+    /// Scratch and artifacts: `target/e2e`.
+    pub work: PathBuf,
+    /// The test patches (`../shared/patches` next to the workspace, or `$KSPLICE_PATCHES`).
+    pub patches: PathBuf,
+    /// Pieces whose binaries answer `--help` for their subcommand.
+    pub pieces: BTreeSet<Piece>,
+    /// Print every guest line as it arrives (the demo does; ci/e2e prints markers only).
+    pub verbose: bool,
+}
+
+impl Harness {
+    /// Locates the workspace with `cargo metadata` and reads the kernel environment.
+    pub fn discover(profile: &str) -> Result<Self> {
+        let env = KernelEnv::load()?;
+        let meta = cargo_metadata::MetadataCommand::new()
+            .no_deps()
+            .exec()
+            .context("cargo metadata")?;
+        let root = PathBuf::from(meta.workspace_root.as_std_path());
+        let target = PathBuf::from(meta.target_directory.as_std_path());
+        let bins = target.join(profile);
+        let work = target.join("e2e");
+        std::fs::create_dir_all(&work)?;
+        let patches = std::env::var_os("KSPLICE_PATCHES")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| root.join("../shared/patches"));
+        if !qemu::available() {
+            bail!("qemu-system-x86_64 is missing: run ci/setup-kernel");
+        }
+        let mut h = Self {
+            env,
+            root,
+            bins,
+            work,
+            patches,
+            pieces: BTreeSet::new(),
+            verbose: false,
+        };
+        h.pieces = [Piece::Client, Piece::Profile, Piece::Pack, Piece::Create]
+            .into_iter()
+            .filter(|p| h.has(*p))
+            .collect();
+        Ok(h)
+    }
+
+    fn has(&self, piece: Piece) -> bool {
+        let (bin, args) = piece.probe();
+        let out = Command::new(self.bins.join(bin)).args(args).output();
+        matches!(out, Ok(o) if o.status.success() && !o.stdout.is_empty())
+    }
+
+    pub fn bin(&self, name: &str) -> PathBuf {
+        self.bins.join(name)
+    }
+
+    /// The scenario table for this machine.
+    pub fn scenarios(&self) -> Vec<Scenario> {
+        scenario::all(&self.patches)
+    }
+
+    /// Runs `selected` and returns one row per scenario, in table order.
+    pub fn run(&self, selected: &[Scenario]) -> Result<Vec<Row>> {
+        let mut rows: Vec<Row> = Vec::new();
+        let mut runnable = Vec::new();
+        for s in selected {
+            let missing: Vec<Piece> = s
+                .needs
+                .iter()
+                .copied()
+                .filter(|p| !self.pieces.contains(p))
+                .collect();
+            if missing.is_empty() {
+                runnable.push(s.clone());
+            } else {
+                rows.push(Row::new(
+                    &s.name,
+                    Outcome::NotRun(format!("not landed: {missing:?}")),
+                ));
+            }
+        }
+
+        // 1. The target profile, from its own boot of the unmodified kernel (cached per version).
+        let needs_profile = runnable.iter().any(|s| {
+            s.name == scenario::PROFILE
+                || matches!(
+                    s.build,
+                    Build::SamplePackage(_)
+                        | Build::Create { .. }
+                        | Build::CreateDiffext { .. }
+                        | Build::RunPreMismatch { .. }
+                )
+        });
+        let mut prof = None;
+        if needs_profile {
+            let want_full = self.pieces.contains(&Piece::Profile);
+            let t = Instant::now();
+            match profile::capture(self, want_full) {
+                Ok((p, booted)) => {
+                    if let Some(s) = runnable.iter().find(|s| s.name == scenario::PROFILE) {
+                        let outcome = if p.complete {
+                            Outcome::Pass
+                        } else {
+                            Outcome::Fail("ksplice profile output incomplete".into())
+                        };
+                        let mut row = Row::new(&s.name, outcome);
+                        row.apply_s = booted.then(|| t.elapsed().as_secs_f64());
+                        rows.push(row);
+                    }
+                    prof = Some(p);
+                }
+                Err(e) => {
+                    eprintln!("e2e: target profile: {e:#}");
+                    if runnable.iter().any(|s| s.name == scenario::PROFILE) {
+                        rows.push(Row::new(scenario::PROFILE, Outcome::Fail(format!("{e:#}"))));
+                    }
+                }
+            }
+        }
+        runnable.retain(|s| s.name != scenario::PROFILE);
+
+        // 2. Build every package on the host.
+        let pkgdir = self.work.join("pkg");
+        let _ = std::fs::remove_dir_all(&pkgdir);
+        let mut boot_list: Vec<(Scenario, PathBuf, f64)> = Vec::new();
+        let mut ctx = build::Context::new(self, prof.as_ref(), &pkgdir)?;
+        for s in runnable {
+            let t = Instant::now();
+            let dir = pkgdir.join(&s.name);
+            std::fs::create_dir_all(&dir)?;
+            eprintln!("e2e: building {}", s.name);
+            let built = ctx.build(&s.build, &dir);
+            let secs = t.elapsed().as_secs_f64();
+            match (built, &s.guest) {
+                (Ok(out), Some(_)) => boot_list.push((s, out, secs)),
+                (Ok(_), None) => {
+                    let mut r = Row::new(&s.name, Outcome::Pass);
+                    r.build_s = Some(secs);
+                    rows.push(r);
+                }
+                (Err(e), _) => {
+                    eprintln!("e2e: {}: build failed: {e:#}", s.name);
+                    let mut r = Row::new(&s.name, Outcome::Fail(format!("build: {e:#}")));
+                    r.build_s = Some(secs);
+                    rows.push(r);
+                }
+            }
+        }
+
+        // 3. One boot for every scenario that built.
+        if !boot_list.is_empty() {
+            let plan: Vec<(Scenario, PathBuf)> = boot_list
+                .iter()
+                .map(|(s, p, _)| (s.clone(), p.clone()))
+                .collect();
+            let (log, ended) = self.boot("main", &plan, ctx.trust())?;
+            for (s, _, build_s) in &boot_list {
+                let mut row = match log.scenarios.get(&s.name) {
+                    Some(g) => {
+                        let mut r = Row::new(
+                            &s.name,
+                            match g.passed {
+                                Some(true) => Outcome::Pass,
+                                Some(false) => Outcome::Fail(failed_step(g)),
+                                None => Outcome::Fail(format!("did not finish ({ended:?})")),
+                            },
+                        );
+                        r.apply_s = g.step_secs("apply");
+                        r
+                    }
+                    None => Row::new(&s.name, Outcome::Fail(format!("did not run ({ended:?})"))),
+                };
+                row.build_s = Some(*build_s);
+                rows.push(row);
+            }
+        }
+        let order: Vec<String> = selected.iter().map(|s| s.name.clone()).collect();
+        rows.sort_by_key(|r| order.iter().position(|n| *n == r.scenario));
+        Ok(rows)
+    }
+
+    /// Boots the kernel with `plan` and returns the parsed serial log.
+    pub fn boot(
+        &self,
+        name: &str,
+        plan: &[(Scenario, PathBuf)],
+        trust: Option<&Path>,
+    ) -> Result<(Log, Ended)> {
+        let dir = self.work.join(format!("boot-{name}"));
+        let _ = std::fs::remove_dir_all(&dir);
+        let root = dir.join("root");
+        std::fs::create_dir_all(root.join("ksplice/pkg"))?;
+        self.stage_base(&root, trust)?;
+        let mut modules = Vec::new();
+        let mut plan_text = String::new();
+        for (s, built) in plan {
+            let g = s
+                .guest
+                .as_ref()
+                .expect("invariant: only guest scenarios are booted");
+            modules.extend(g.modules.iter().copied());
+            let mut line = format!("{} {}", s.name, g.script);
+            if !built.as_os_str().is_empty() {
+                let dst = root.join("ksplice/pkg").join(&s.name);
+                std::fs::create_dir_all(&dst)?;
+                let file = built.file_name().context("built output has no name")?;
+                std::fs::copy(built, dst.join(file))
+                    .with_context(|| format!("copy {}", built.display()))?;
+                line.push_str(&format!(
+                    " PKG=/ksplice/pkg/{}/{}",
+                    s.name,
+                    file.to_string_lossy()
+                ));
+            }
+            for (k, v) in &g.env {
+                line.push_str(&format!(" {k}={v}"));
+            }
+            plan_text.push_str(&line);
+            plan_text.push('\n');
+        }
+        std::fs::write(root.join("ksplice/plan"), plan_text)?;
+        if !modules.is_empty() {
+            ModuleTree::scan(&self.env.modules)?.install(&modules, &root, &self.env.release)?;
+        }
+        let initrd = dir.join("initrd.cpio");
+        cpio::write_tree(&root, &initrd)?;
+        let serial = dir.join("serial.log");
+        let b = Boot {
+            kernel: self.env.vmlinuz.clone(),
+            initrd,
+            serial_log: serial.clone(),
+            append: String::new(),
+            timeout: Duration::from_secs((120 + 180 * plan.len() as u64).min(1500)),
+        };
+        eprintln!(
+            "e2e: booting {} with {} scenario(s), serial log {}",
+            self.env.release,
+            plan.len(),
+            serial.display()
+        );
+        let verbose = self.verbose;
+        let (ended, took) = b.run(|line| {
+            if verbose {
+                println!("{line}");
+            } else if line.contains("@@KSPLICE ") || line.starts_with("!!") {
+                eprintln!("  guest: {line}");
+            }
+        })?;
+        eprintln!(
+            "e2e: boot ended after {:.1} s: {ended:?}",
+            took.as_secs_f64()
+        );
+        let text = std::fs::read(&serial)?;
+        Ok((markers::parse(&String::from_utf8_lossy(&text)), ended))
+    }
+
+    /// Busybox, init and scenario scripts, the client with its shared libraries, the patch tests.
+    fn stage_base(&self, root: &Path, trust: Option<&Path>) -> Result<()> {
+        for d in [
+            "bin",
+            "sbin",
+            "usr/bin",
+            "usr/sbin",
+            "etc/ksplice",
+            "ksplice/tests",
+        ] {
+            std::fs::create_dir_all(root.join(d))?;
+        }
+        std::fs::copy("/usr/bin/busybox", root.join("bin/busybox"))
+            .context("copy /usr/bin/busybox (package busybox-static)")?;
+        let guest = self.root.join("ci/guest");
+        std::fs::copy(guest.join("init"), root.join("init"))?;
+        std::fs::copy(guest.join("lib.sh"), root.join("ksplice/lib.sh"))?;
+        let sdir = root.join("ksplice/scenarios");
+        std::fs::create_dir_all(&sdir)?;
+        for e in std::fs::read_dir(guest.join("scenarios"))? {
+            let p = e?.path();
+            std::fs::copy(&p, sdir.join(p.file_name().context("no name")?))?;
+        }
+        if let Ok(rd) = std::fs::read_dir(&self.patches) {
+            for e in rd {
+                let p = e?.path();
+                let name = p
+                    .file_name()
+                    .context("no name")?
+                    .to_string_lossy()
+                    .into_owned();
+                if name.ends_with(".test") {
+                    // The tests were written for a sudo-capable bash host; the guest runs them as root with sh.
+                    let text = std::fs::read_to_string(&p)?.replace("sudo ", "");
+                    std::fs::write(root.join("ksplice/tests").join(name), text)?;
+                }
+            }
+        }
+        if let Some(t) = trust {
+            std::fs::copy(t, root.join("etc/ksplice/trust.toml"))?;
+        }
+        if self.pieces.contains(&Piece::Client) {
+            self.stage_client(root)?;
+        }
+        Ok(())
+    }
+
+    fn stage_client(&self, root: &Path) -> Result<()> {
+        let main = self.bin("ksplice");
+        let dst = root.join("usr/sbin/ksplice");
+        strip_copy(&main, &dst)?;
+        for alias in ["ksplice-apply", "ksplice-undo", "ksplice-view"] {
+            let own = self.bin(alias);
+            if own.exists() {
+                strip_copy(&own, &root.join("usr/sbin").join(alias))?;
+            } else {
+                std::os::unix::fs::symlink("ksplice", root.join("usr/sbin").join(alias))?;
+            }
+        }
+        for lib in shared_libs(&main)? {
+            let to = root.join(lib.strip_prefix("/").unwrap_or(&lib));
+            std::fs::create_dir_all(to.parent().context("lib has no parent")?)?;
+            std::fs::copy(&lib, &to).with_context(|| format!("copy {}", lib.display()))?;
+        }
+        Ok(())
+    }
+}
+
+fn failed_step(g: &markers::GuestResult) -> String {
+    match g.steps.iter().find(|s| !s.1) {
+        Some(s) => format!("step {} failed", s.0),
+        None => "kernel log or leftover patch".into(),
+    }
+}
+
+/// Copies a binary without its debug info (the initramfs stays small).
+fn strip_copy(src: &Path, dst: &Path) -> Result<()> {
+    let st = Command::new("objcopy")
+        .arg("--strip-debug")
+        .arg(src)
+        .arg(dst)
+        .status()
+        .context("run objcopy (package binutils)")?;
+    if !st.success() {
+        bail!("objcopy --strip-debug {} failed", src.display());
+    }
+    Ok(())
+}
+
+/// The shared libraries `ldd` lists for `bin`, the dynamic loader included.
+fn shared_libs(bin: &Path) -> Result<Vec<PathBuf>> {
+    let out = Command::new("ldd").arg(bin).output().context("run ldd")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut libs = Vec::new();
+    for line in text.lines() {
+        // "libc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x...)" or "/lib64/ld-linux-x86-64.so.2 (0x...)"
+        let path = match line.split_once("=>") {
+            Some((_, rhs)) => rhs.split_whitespace().next(),
+            None => line.split_whitespace().next(),
+        };
+        if let Some(p) = path.filter(|p| p.starts_with('/')) {
+            libs.push(PathBuf::from(p));
+        }
+    }
+    Ok(libs)
+}

@@ -1,0 +1,261 @@
+//! The scenario table: each scenario is data — what it needs, how its package is built, what the guest runs.
+//!
+//! The expected result lives with the guest script (ci/guest/scenarios/*.sh, whose
+//! checks assert exact refusal texts and kernel state) and, for builds that must be
+//! refused, in [`Build::Refused`].
+
+use std::path::{Path, PathBuf};
+
+/// A piece of the project a scenario depends on; a scenario whose piece has not landed is NOT RUN.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Piece {
+    /// `ksplice apply|undo|view|status`.
+    Client,
+    /// `ksplice profile DIR`.
+    Profile,
+    /// `ksplice-build keygen` and `ksplice-build pack`.
+    Pack,
+    /// `ksplice-create`.
+    Create,
+}
+
+impl Piece {
+    /// The binary and subcommand whose `--help` proves the piece exists.
+    pub fn probe(self) -> (&'static str, &'static [&'static str]) {
+        match self {
+            Piece::Client => ("ksplice", &["apply", "--help"]),
+            Piece::Profile => ("ksplice", &["profile", "--help"]),
+            Piece::Pack => ("ksplice-build", &["pack", "--help"]),
+            Piece::Create => ("ksplice-create", &["--help"]),
+        }
+    }
+}
+
+/// How the host turns a scenario into something the guest can load.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Build {
+    /// Nothing to build.
+    Nothing,
+    /// The kernel's samples/livepatch/livepatch-sample.c as an external module.
+    SampleModule,
+    /// The sample module packed and signed by `ksplice-build pack`.
+    SamplePackage(PackageVariant),
+    /// `ksplice-create` from the kernel git repository: branch `pre` to the patch's branch.
+    Create { patch: PathBuf },
+    /// The seed's flow: `ksplice-create --diffext=new src/` with the target profile.
+    CreateDiffext { patch: PathBuf },
+    /// `ksplice-create` must refuse the patch, and say this.
+    Refused { patch: PathBuf, reason: String },
+    /// An update built from a pre tree with one function altered: run-pre must refuse it.
+    RunPreMismatch { patch: PathBuf },
+}
+
+/// Variants of a sample package for the positive and negative client scenarios.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PackageVariant {
+    /// Signed by the trusted test key, for the running kernel.
+    Good,
+    /// Signed by a key the guest's trust policy does not list.
+    UnknownKey,
+    /// For another kernel (different build-id and version).
+    OtherKernel,
+    /// A correctly signed package with one byte of its payload flipped.
+    Corrupted,
+}
+
+/// What the guest runs for a scenario.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Guest {
+    /// Script in ci/guest/scenarios/.
+    pub script: &'static str,
+    /// Extra variables for the script (the runner adds PKG for the built file).
+    pub env: Vec<(String, String)>,
+    /// Kernel modules (with dependencies) the initramfs must carry.
+    pub modules: Vec<&'static str>,
+}
+
+/// One end-to-end scenario.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Scenario {
+    pub name: String,
+    pub needs: Vec<Piece>,
+    pub build: Build,
+    /// `None` for build-only scenarios.
+    pub guest: Option<Guest>,
+}
+
+fn guest(script: &'static str, env: &[(&str, &str)]) -> Option<Guest> {
+    Some(Guest {
+        script,
+        env: env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+        modules: Vec::new(),
+    })
+}
+
+/// The name of the special scenario that captures the target profile in its own boot.
+pub const PROFILE: &str = "profile";
+
+/// Every scenario, in run order, given the test patches directory.
+pub fn all(patches: &Path) -> Vec<Scenario> {
+    use Piece::*;
+    let mut v = vec![
+        Scenario {
+            name: PROFILE.into(),
+            needs: vec![Client, Profile],
+            build: Build::Nothing,
+            guest: guest("profile.sh", &[]),
+        },
+        Scenario {
+            name: "livepatch-sample".into(),
+            needs: vec![],
+            build: Build::SampleModule,
+            guest: guest("livepatch-sample.sh", &[]),
+        },
+        Scenario {
+            name: "sample-apply-undo".into(),
+            needs: vec![Client, Pack],
+            build: Build::SamplePackage(PackageVariant::Good),
+            guest: guest("sample-apply-undo.sh", &[]),
+        },
+        Scenario {
+            name: "refuse-unknown-key".into(),
+            needs: vec![Client, Pack],
+            build: Build::SamplePackage(PackageVariant::UnknownKey),
+            guest: guest("refuse.sh", &[("WHY", "unknown-key")]),
+        },
+        Scenario {
+            name: "refuse-other-kernel".into(),
+            needs: vec![Client, Pack],
+            build: Build::SamplePackage(PackageVariant::OtherKernel),
+            guest: guest("refuse.sh", &[("WHY", "other-kernel")]),
+        },
+        Scenario {
+            name: "refuse-corrupted".into(),
+            needs: vec![Client, Pack],
+            build: Build::SamplePackage(PackageVariant::Corrupted),
+            guest: guest("refuse.sh", &[("WHY", "corrupted")]),
+        },
+    ];
+    let mut patches_found: Vec<PathBuf> = std::fs::read_dir(patches)
+        .map(|rd| {
+            rd.filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.extension().is_some_and(|e| e == "patch"))
+                .collect()
+        })
+        .unwrap_or_default();
+    patches_found.sort();
+    for patch in patches_found {
+        let stem = patch
+            .file_stem()
+            .expect("invariant: has an extension")
+            .to_string_lossy()
+            .into_owned();
+        if let Some(base) = stem.strip_suffix("-FAIL") {
+            v.push(Scenario {
+                name: format!("build-refused-{base}"),
+                needs: vec![Create],
+                build: Build::Refused {
+                    reason: refusal_reason(base).into(),
+                    patch,
+                },
+                guest: None,
+            });
+            continue;
+        }
+        let test = patches.join(format!("{stem}-LOADED.test"));
+        let mut g = guest("patch.sh", &[]).expect("invariant: built above");
+        if test.exists() {
+            g.env
+                .push(("TEST".into(), format!("/ksplice/tests/{stem}-LOADED.test")));
+        }
+        if stem == "module" {
+            // module.patch changes xfs; libcrc32c's soft dependency is crc32c.
+            g.modules = vec!["xfs", "crc32c_generic"];
+        }
+        v.push(Scenario {
+            name: format!("patch-{stem}"),
+            needs: vec![Client, Profile, Create],
+            build: Build::Create {
+                patch: patch.clone(),
+            },
+            guest: Some(g),
+        });
+        if stem == "cmdline-string" {
+            v.push(Scenario {
+                name: "seed-flow-cmdline-string".into(),
+                needs: vec![Client, Profile, Create],
+                build: Build::CreateDiffext {
+                    patch: patch.clone(),
+                },
+                guest: guest(
+                    "seed-flow.sh",
+                    &[("TEST", "/ksplice/tests/cmdline-string-LOADED.test")],
+                ),
+            });
+            v.push(Scenario {
+                name: "refuse-run-pre-mismatch".into(),
+                needs: vec![Client, Profile, Create],
+                build: Build::RunPreMismatch { patch },
+                guest: guest("refuse.sh", &[("WHY", "run-pre")]),
+            });
+        }
+    }
+    v
+}
+
+/// What `ksplice-create` must say when it refuses a `*-FAIL.patch` (see the patches' README).
+fn refusal_reason(base: &str) -> &'static str {
+    match base {
+        "warn-detect" => "no functional change",
+        "symvers-disagreement" => "symbol version",
+        _ => "refused",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_patch_gets_a_scenario() {
+        let dir = tempfile::tempdir().unwrap();
+        for f in [
+            "a.patch",
+            "a-LOADED.test",
+            "b.patch",
+            "warn-detect-FAIL.patch",
+            "README.md",
+        ] {
+            std::fs::write(dir.path().join(f), "").unwrap();
+        }
+        let names: Vec<String> = all(dir.path()).into_iter().map(|s| s.name).collect();
+        assert_eq!(
+            names,
+            [
+                "profile",
+                "livepatch-sample",
+                "sample-apply-undo",
+                "refuse-unknown-key",
+                "refuse-other-kernel",
+                "refuse-corrupted",
+                "patch-a",
+                "patch-b",
+                "build-refused-warn-detect",
+            ]
+        );
+        let a = all(dir.path())
+            .into_iter()
+            .find(|s| s.name == "patch-a")
+            .unwrap();
+        assert_eq!(
+            a.guest.unwrap().env,
+            [(
+                "TEST".to_string(),
+                "/ksplice/tests/a-LOADED.test".to_string()
+            )]
+        );
+    }
+}
