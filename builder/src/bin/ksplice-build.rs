@@ -34,6 +34,9 @@ enum Command {
     Keygen(KeygenArgs),
     /// Build a signed package from a manifest and its payload files.
     Pack(PackArgs),
+    /// Diff two builds of one kernel object; write the patch object (exit 0 patch,
+    /// 3 no functional change, 2 refused, 1 malformed input or I/O error).
+    Diff(DiffArgs),
 }
 
 fn main() -> ExitCode {
@@ -50,6 +53,7 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Keygen(args) => finish(keygen(&args)),
         Command::Pack(args) => finish(pack(&args)),
+        Command::Diff(args) => diff(&args),
     }
 }
 
@@ -214,4 +218,96 @@ fn payload_arg(arg: &str) -> Result<(String, PathBuf), Failure> {
         })?
         .to_owned();
     Ok((name, path))
+}
+
+// ---- diff ------------------------------------------------------------------------------------
+
+#[derive(Debug, Args)]
+struct DiffArgs {
+    /// Object built from the running (old) source.
+    pre: PathBuf,
+    /// Object built from the patched source.
+    post: PathBuf,
+    /// Where to write the patch object (only written when a patch is produced).
+    #[arg(short = 'o', long = "output", value_name = "OUT.o")]
+    output: Option<PathBuf>,
+    /// Where to write the JSON report (written in every outcome but malformed input).
+    #[arg(long, value_name = "FILE.json")]
+    report: Option<PathBuf>,
+    /// Object the code belongs to in the running kernel: `vmlinux` or a module name.
+    #[arg(long, default_value = "vmlinux")]
+    target: String,
+    /// Prefix of the changed/new function symbols in the patch object.
+    #[arg(long, default_value = "ksp0_")]
+    prefix: String,
+    /// Module.symvers of the target kernel (symbols vmlinux exports are referenced by name).
+    #[arg(long, value_name = "FILE")]
+    symvers: Option<PathBuf>,
+    /// sympos of a local symbol in the target, as NAME=N (repeatable).
+    #[arg(long = "sympos", value_name = "NAME=N")]
+    sympos: Vec<String>,
+}
+
+/// Exit code of `diff` when nothing functional changed.
+const EXIT_NO_CHANGE: u8 = 3;
+
+fn diff(args: &DiffArgs) -> ExitCode {
+    match diff_inner(args) {
+        Ok(code) => ExitCode::from(code),
+        Err(error) => {
+            eprintln!("ksplice-build: {error:#}");
+            ExitCode::from(EXIT_ERROR)
+        }
+    }
+}
+
+fn diff_inner(args: &DiffArgs) -> anyhow::Result<u8> {
+    use builder::diff;
+    let read = |p: &Path| std::fs::read(p).with_context(|| format!("reading {}", p.display()));
+    let (pre, post) = (read(&args.pre)?, read(&args.post)?);
+    let mut cx = diff::Cx::new(&args.target, &args.prefix);
+    if let Some(path) = &args.symvers {
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        cx.vmlinux_exports = diff::vmlinux_exports_from_symvers(&text);
+    }
+    for item in &args.sympos {
+        let (name, pos) = item.split_once('=').context("--sympos wants NAME=N")?;
+        cx.sympos.insert(
+            name.to_owned(),
+            pos.parse().with_context(|| format!("--sympos {item}"))?,
+        );
+    }
+    let write_report = |report: &diff::Report| -> anyhow::Result<()> {
+        if let Some(path) = &args.report {
+            let json = serde_json::to_vec_pretty(report)?;
+            std::fs::write(path, json).with_context(|| format!("writing {}", path.display()))?;
+        }
+        Ok(())
+    };
+    match diff::diff(&pre, &post, &cx) {
+        Ok(outcome) => {
+            print!("{}", outcome.report());
+            write_report(outcome.report())?;
+            if let diff::Outcome::Patch { object, .. } = &outcome {
+                if let Some(out) = &args.output {
+                    std::fs::write(out, object)
+                        .with_context(|| format!("writing {}", out.display()))?;
+                }
+                Ok(EXIT_OK)
+            } else {
+                Ok(EXIT_NO_CHANGE)
+            }
+        }
+        Err(diff::Error::Refused { report }) => {
+            print!("{report}");
+            write_report(&report)?;
+            eprintln!(
+                "ksplice-build: refused: {} problem(s)",
+                report.refusals.len()
+            );
+            Ok(EXIT_REFUSED)
+        }
+        Err(e) => Err(e.into()),
+    }
 }

@@ -1,0 +1,196 @@
+//! Pass 2: pair the entities of pre and post, tolerating the names compilers invent.
+//!
+//! GCC renames locals between builds: static locals and other local symbols get a numbered
+//! suffix (`count.12`), clones get `.isra.N`, `.constprop.N`, `.part.N`, and split-off cold
+//! code `.cold`; `__UNIQUE_ID_*` names end in a counter. Names are compared without those
+//! numbers; when several candidates remain (two static locals called `count`), they are told
+//! apart by which functions use them, never by their numbers.
+
+use std::collections::{BTreeSet, HashMap};
+
+use super::load::{EntId, EntKind, Object, Target};
+
+/// `foo.isra.0` -> `foo.isra`, `count.12` -> `count`, `__UNIQUE_ID_ddebug412` -> `__UNIQUE_ID_ddebug`.
+pub(crate) fn base_name(name: &str) -> String {
+    let name = if let Some(rest) = name.strip_prefix("__UNIQUE_ID_") {
+        let trimmed = rest.trim_end_matches(|c: char| c.is_ascii_digit());
+        return format!("__UNIQUE_ID_{trimmed}");
+    } else {
+        name
+    };
+    let mut out = String::with_capacity(name.len());
+    for (i, part) in name.split('.').enumerate() {
+        if i > 0 && !part.is_empty() && part.bytes().all(|b| b.is_ascii_digit()) {
+            continue;
+        }
+        if i > 0 {
+            out.push('.');
+        }
+        out.push_str(part);
+    }
+    out
+}
+
+/// For `.cold` and `.part` children, the name of the parent function.
+pub(crate) fn parent_name(name: &str) -> Option<String> {
+    let base = base_name(name);
+    if let Some(p) = base.strip_suffix(".cold") {
+        return Some(p.to_string());
+    }
+    if let Some(idx) = base.find(".part") {
+        if base[idx..] == *".part" {
+            return Some(base[..idx].to_string());
+        }
+    }
+    None
+}
+
+/// Pre and post objects with their entity correspondence.
+#[derive(Debug)]
+pub(crate) struct Pair<'a> {
+    pub pre: Object<'a>,
+    pub post: Object<'a>,
+    pub to_post: HashMap<EntId, EntId>,
+    pub to_pre: HashMap<EntId, EntId>,
+}
+
+fn kind_tag(k: EntKind) -> u8 {
+    match k {
+        EntKind::Func => 0,
+        EntKind::Object => 1,
+        EntKind::Section => 2,
+    }
+}
+
+/// Base names of the entities whose relocations point at each entity.
+fn users(obj: &Object<'_>) -> HashMap<EntId, BTreeSet<String>> {
+    let mut out: HashMap<EntId, BTreeSet<String>> = HashMap::new();
+    for (i, e) in obj.entities.iter().enumerate() {
+        let id = EntId(i as u32);
+        for r in obj.ent_relas(id) {
+            if let Target::Ent { ent, .. } = obj.resolve_in(e.sec, r) {
+                if ent != id {
+                    out.entry(ent).or_default().insert(base_name(e.name));
+                }
+            }
+        }
+    }
+    out
+}
+
+pub(crate) fn run<'a>(pre: Object<'a>, post: Object<'a>) -> Pair<'a> {
+    let mut to_post = HashMap::new();
+    let mut to_pre = HashMap::new();
+
+    // Group by (kind, base name); whole sections keep their exact name first so that
+    // `.rodata.str1.1` and `.rodata.str1.8` never meet.
+    let key = |obj: &Object<'_>, id: EntId| {
+        let e = obj.ent(id);
+        let name = if e.kind == EntKind::Section {
+            e.name.to_string()
+        } else {
+            base_name(e.name)
+        };
+        (kind_tag(e.kind), name)
+    };
+    let mut groups: HashMap<(u8, String), (Vec<EntId>, Vec<EntId>)> = HashMap::new();
+    for i in 0..pre.entities.len() {
+        let id = EntId(i as u32);
+        groups.entry(key(&pre, id)).or_default().0.push(id);
+    }
+    for i in 0..post.entities.len() {
+        let id = EntId(i as u32);
+        groups.entry(key(&post, id)).or_default().1.push(id);
+    }
+
+    let mut pre_users = None;
+    let mut post_users = None;
+    let mut keys: Vec<_> = groups.keys().cloned().collect();
+    keys.sort();
+    for k in keys {
+        let (a, b) = &groups[&k];
+        if a.is_empty() || b.is_empty() {
+            continue;
+        }
+        if a.len() == 1 && b.len() == 1 {
+            to_post.insert(a[0], b[0]);
+            continue;
+        }
+        // Ambiguous: match by the set of users, then by exact name, then by order.
+        let pu = pre_users.get_or_insert_with(|| users(&pre));
+        let qu = post_users.get_or_insert_with(|| users(&post));
+        let empty = BTreeSet::new();
+        let mut left: Vec<EntId> = a.clone();
+        let mut right: Vec<EntId> = b.clone();
+        let sig_count =
+            |list: &[EntId], m: &HashMap<EntId, BTreeSet<String>>, s: &BTreeSet<String>| {
+                list.iter()
+                    .filter(|e| m.get(e).unwrap_or(&empty) == s)
+                    .count()
+            };
+        let mut matched = Vec::new();
+        for &x in &left {
+            let s = pu.get(&x).unwrap_or(&empty);
+            if s.is_empty() || sig_count(&left, pu, s) != 1 || sig_count(&right, qu, s) != 1 {
+                continue;
+            }
+            if let Some(&y) = right.iter().find(|y| qu.get(y).unwrap_or(&empty) == s) {
+                matched.push((x, y));
+            }
+        }
+        for &(x, y) in &matched {
+            to_post.insert(x, y);
+        }
+        left.retain(|x| !matched.iter().any(|m| m.0 == *x));
+        right.retain(|y| !matched.iter().any(|m| m.1 == *y));
+        let mut exact = Vec::new();
+        for &x in &left {
+            if let Some(&y) = right.iter().find(|y| post.ent(**y).name == pre.ent(x).name) {
+                exact.push((x, y));
+            }
+        }
+        for &(x, y) in &exact {
+            to_post.insert(x, y);
+        }
+        left.retain(|x| !exact.iter().any(|m| m.0 == *x));
+        right.retain(|y| !exact.iter().any(|m| m.1 == *y));
+        if left.len() == right.len() {
+            for (x, y) in left.into_iter().zip(right) {
+                to_post.insert(x, y);
+            }
+        }
+    }
+    for (&a, &b) in &to_post {
+        to_pre.insert(b, a);
+    }
+    Pair {
+        pre,
+        post,
+        to_post,
+        to_pre,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn base_names_drop_compiler_numbers() {
+        assert_eq!(base_name("foo.isra.0"), "foo.isra");
+        assert_eq!(base_name("foo.constprop.3.isra.1"), "foo.constprop.isra");
+        assert_eq!(base_name("count.12"), "count");
+        assert_eq!(base_name("foo.cold"), "foo.cold");
+        assert_eq!(base_name("__UNIQUE_ID_ddebug412"), "__UNIQUE_ID_ddebug");
+        assert_eq!(base_name(".data..percpu"), ".data..percpu");
+        assert_eq!(base_name("plain"), "plain");
+    }
+
+    #[test]
+    fn parents_of_children() {
+        assert_eq!(parent_name("foo.cold").as_deref(), Some("foo"));
+        assert_eq!(parent_name("foo.part.0").as_deref(), Some("foo"));
+        assert_eq!(parent_name("foo.isra.0.cold").as_deref(), Some("foo.isra"));
+        assert_eq!(parent_name("foo.isra.0"), None);
+    }
+}

@@ -1,0 +1,307 @@
+//! Pass 4: select what the patch object holds — changed and new functions and everything they
+//! need that must be fresh — and the special-section entries that belong to that code.
+//!
+//! References to anything else (unchanged functions, existing data) are left for `emit` to
+//! turn into references to the running kernel: a call from new code to an unchanged function
+//! must reach the running copy, never a duplicate.
+
+use std::collections::{BTreeMap, HashMap};
+
+use super::compare::{is_special_static, Status, Statuses};
+use super::correlate::{base_name, parent_name, Pair};
+use super::load::{EntId, EntKind, Kind, Object, SecId, Target};
+use super::report::Refusal;
+use super::special::Anchor;
+
+/// Why an entity is in the patch object.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Reason {
+    Changed,
+    New,
+    ChildOf(String),
+    NewData,
+    SpecialStatic,
+    Literal,
+    ChangedConst,
+    Unnamed,
+}
+
+impl std::fmt::Display for Reason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Reason::Changed => f.write_str("changed function"),
+            Reason::New => f.write_str("new function"),
+            Reason::ChildOf(p) => write!(f, "split-off part of {p}"),
+            Reason::NewData => f.write_str("new data"),
+            Reason::SpecialStatic => f.write_str("special static that must be fresh"),
+            Reason::Literal => {
+                f.write_str("string literals / merged constants used by included code")
+            }
+            Reason::ChangedConst => f.write_str("changed read-only data used by included code"),
+            Reason::Unnamed => f.write_str("unnamed section used by included code"),
+        }
+    }
+}
+
+/// The chosen contents of the patch object (post entity ids).
+#[derive(Debug, Default)]
+pub(crate) struct Selection {
+    pub included: BTreeMap<EntId, Reason>,
+    /// Kept entries of each special section: (entry index, entity it belongs to).
+    pub kept: BTreeMap<SecId, Vec<(u64, EntId)>>,
+    /// Problems found while walking references (become refusals in `verify`).
+    pub problems: Vec<Refusal>,
+}
+
+struct Walk<'p, 'a> {
+    pair: &'p Pair<'a>,
+    status: &'p Statuses,
+    changed_ro: &'p std::collections::HashSet<EntId>,
+    sel: Selection,
+    queue: Vec<EntId>,
+    children: HashMap<String, Vec<EntId>>,
+}
+
+impl Walk<'_, '_> {
+    fn post(&self) -> &Object<'_> {
+        &self.pair.post
+    }
+
+    fn add(&mut self, id: EntId, reason: Reason) {
+        if self.sel.included.contains_key(&id) {
+            return;
+        }
+        self.sel.included.insert(id, reason);
+        self.queue.push(id);
+        let e = self.pair.post.ent(id);
+        if e.kind == EntKind::Func {
+            if let Some(kids) = self.children.get(&base_name(e.name)).cloned() {
+                let parent = e.name.to_string();
+                for kid in kids {
+                    self.add(kid, Reason::ChildOf(parent.clone()));
+                }
+            }
+        }
+    }
+
+    /// Decide what a reference from included code to `t` needs.
+    fn need(&mut self, from: EntId, t: EntId) {
+        if self.sel.included.contains_key(&t) {
+            return;
+        }
+        let post = &self.pair.post;
+        let e = post.ent(t);
+        let sec = post.sec(e.sec);
+        let problem = |reason: &str| Refusal {
+            symbol: post.ent(from).name.to_string(),
+            section: post.ent_section(from).name.to_string(),
+            reason: format!("{reason}: {} in {}", e.name, sec.name),
+        };
+        match sec.kind {
+            Kind::Init => {
+                let p = problem("included code references __init/__exit code or data");
+                self.sel.problems.push(p);
+                return;
+            }
+            Kind::Unknown if e.kind == EntKind::Section => {
+                let p = problem("included code references an unnamed part of a section the differ does not understand");
+                self.sel.problems.push(p);
+                return;
+            }
+            _ => {}
+        }
+        let status = self.status.of(t);
+        let pre = self.pair.to_pre.get(&t).copied();
+        let changed_const = pre.is_some_and(|p| self.changed_ro.contains(&p));
+        match e.kind {
+            EntKind::Func => {
+                if status == Status::New {
+                    self.add(t, Reason::New);
+                }
+                // Changed functions are roots; unchanged ones stay in the running kernel.
+            }
+            EntKind::Object | EntKind::Section => {
+                if is_special_static(post, t) {
+                    self.add(t, Reason::SpecialStatic);
+                } else if status == Status::New {
+                    self.add(
+                        t,
+                        if e.kind == EntKind::Section {
+                            Reason::Unnamed
+                        } else {
+                            Reason::NewData
+                        },
+                    );
+                } else if sec.flags & u64::from(object::elf::SHF_MERGE) != 0 {
+                    self.add(t, Reason::Literal);
+                } else if changed_const {
+                    self.add(t, Reason::ChangedConst);
+                } else if e.kind == EntKind::Section {
+                    if sec.is_write() && sec.kind != Kind::AltReplacement {
+                        let p = problem("included code references unnamed writable data that lives in the running kernel");
+                        self.sel.problems.push(p);
+                    } else {
+                        self.add(t, Reason::Unnamed);
+                    }
+                }
+            }
+        }
+    }
+
+    fn drain(&mut self) {
+        while let Some(id) = self.queue.pop() {
+            let (sec, relas) = {
+                let post = self.post();
+                (post.ent(id).sec, post.ent_relas(id).to_vec())
+            };
+            for r in relas {
+                if let Target::Ent { ent, .. } = self.pair.post.resolve_in(sec, &r) {
+                    if ent != id {
+                        self.need(id, ent);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Keep the special-section entries anchored in included code; their other references
+    /// (keys, strings, replacement code) are needed too. Returns whether anything was added.
+    fn specials(&mut self) -> bool {
+        let before = self.sel.included.len();
+        let post = &self.pair.post;
+        let specials: Vec<_> = post.special_sections().collect();
+        for &(sid, sp) in &specials {
+            let Anchor::Reloc(at) = sp.anchor else {
+                continue;
+            };
+            let s = post.sec(sid);
+            let mut kept = Vec::new();
+            let mut extra = Vec::new();
+            for r in &s.relas {
+                if r.offset % sp.entry_size != at {
+                    continue;
+                }
+                let index = r.offset / sp.entry_size;
+                let Some(owner) = anchor_owner(post, r, &self.sel.included) else {
+                    continue;
+                };
+                kept.push((index, owner));
+                let lo = s
+                    .relas
+                    .partition_point(|x| x.offset < index * sp.entry_size);
+                let hi = s
+                    .relas
+                    .partition_point(|x| x.offset < (index + 1) * sp.entry_size);
+                for other in &s.relas[lo..hi] {
+                    if other.offset == r.offset {
+                        continue;
+                    }
+                    if let Target::Ent { ent, .. } = post.resolve(other, 0, false) {
+                        extra.push((owner, ent));
+                    }
+                }
+            }
+            self.sel.kept.insert(sid, kept);
+            for (owner, ent) in extra {
+                self.need(owner, ent);
+            }
+        }
+        // Parallel tables follow their partner's choice.
+        for &(sid, sp) in &specials {
+            if let Anchor::ParallelTo(partner) = sp.anchor {
+                if let Some(p) = post.section_by_name(partner) {
+                    let kept = self.sel.kept.get(&p).cloned().unwrap_or_default();
+                    self.sel.kept.insert(sid, kept);
+                }
+            }
+        }
+        self.sel.included.len() != before
+    }
+}
+
+/// The included function an anchor relocation belongs to: the entity containing the address,
+/// or the one ending exactly there (ORC describes a function's end address).
+pub(crate) fn anchor_owner(
+    obj: &Object<'_>,
+    r: &super::load::Rela,
+    included: &BTreeMap<EntId, Reason>,
+) -> Option<EntId> {
+    let sym = obj.sym(r.sym);
+    let sec = sym.section?;
+    let pos = sym.value as i64 + r.addend;
+    let direct = match obj.resolve(r, 0, false) {
+        Target::Ent { ent, off } if off >= 0 && (off as u64) < obj.ent(ent).size.max(1) => {
+            Some(ent)
+        }
+        _ => None,
+    };
+    if let Some(e) = direct {
+        if included.contains_key(&e) {
+            return Some(e);
+        }
+    }
+    if pos > 0 {
+        if let Some(e) = obj.entity_at(sec, pos - 1, false) {
+            let ent = obj.ent(e);
+            if ent.start + ent.size == pos as u64 && included.contains_key(&e) {
+                return Some(e);
+            }
+        }
+    }
+    None
+}
+
+/// Owner of an anchor regardless of inclusion (for run-pre sites in the pre object).
+pub(crate) fn anchor_entity(obj: &Object<'_>, r: &super::load::Rela) -> Option<(EntId, i64)> {
+    match obj.resolve(r, 0, false) {
+        Target::Ent { ent, off } if off >= 0 && (off as u64) < obj.ent(ent).size.max(1) => {
+            Some((ent, off))
+        }
+        _ => None,
+    }
+}
+
+pub(crate) fn run(
+    pair: &Pair<'_>,
+    status: &Statuses,
+    changed_ro: &std::collections::HashSet<EntId>,
+) -> Selection {
+    let post = &pair.post;
+    let mut children: HashMap<String, Vec<EntId>> = HashMap::new();
+    for (i, e) in post.entities.iter().enumerate() {
+        if e.kind == EntKind::Func {
+            if let Some(p) = parent_name(e.name) {
+                children.entry(p).or_default().push(EntId(i as u32));
+            }
+        }
+    }
+    let mut walk = Walk {
+        pair,
+        status,
+        changed_ro,
+        sel: Selection::default(),
+        queue: Vec::new(),
+        children,
+    };
+    for (i, e) in post.entities.iter().enumerate() {
+        let id = EntId(i as u32);
+        if e.kind != EntKind::Func
+            || post.sec(e.sec).kind != Kind::Text
+            || parent_name(e.name).is_some()
+        {
+            continue;
+        }
+        match status.of(id) {
+            Status::Changed => walk.add(id, Reason::Changed),
+            Status::New => walk.add(id, Reason::New),
+            _ => {}
+        }
+    }
+    loop {
+        walk.drain();
+        if !walk.specials() {
+            break;
+        }
+    }
+    walk.sel
+}

@@ -1,0 +1,103 @@
+//! Pass 5: refuse what cannot be patched safely, listing every problem at once.
+
+use std::collections::HashSet;
+
+use object::elf;
+
+use super::compare::{is_special_static, Status, Statuses};
+use super::correlate::{parent_name, Pair};
+use super::include::{anchor_entity, Selection};
+use super::load::{EntId, EntKind, Kind, Object};
+use super::report::Refusal;
+
+/// Pre functions with an ftrace call site at their entry (from `__mcount_loc`).
+pub(crate) fn ftrace_entries(obj: &Object<'_>) -> HashSet<EntId> {
+    let mut out = HashSet::new();
+    let Some(sid) = obj.section_by_name("__mcount_loc") else {
+        return out;
+    };
+    for r in &obj.sec(sid).relas {
+        if let Some((ent, off)) = anchor_entity(obj, r) {
+            // With IBT an `endbr64` precedes the call; Debian 6.1 has IBT off but allow it.
+            let bytes = obj.ent_bytes(ent);
+            let endbr = bytes.starts_with(&[0xf3, 0x0f, 0x1e, 0xfa]);
+            if off == 0 || (endbr && off == 4) {
+                out.insert(ent);
+            }
+        }
+    }
+    out
+}
+
+pub(crate) fn run(
+    pair: &Pair<'_>,
+    status: &Statuses,
+    changed_ro: &HashSet<EntId>,
+    sel: &Selection,
+) -> Vec<Refusal> {
+    let (pre, post) = (&pair.pre, &pair.post);
+    let mut out = sel.problems.clone();
+    let traced = ftrace_entries(pre);
+    for (i, e) in post.entities.iter().enumerate() {
+        let id = EntId(i as u32);
+        let st = status.of(id);
+        if !matches!(st, Status::Changed | Status::New) {
+            continue;
+        }
+        let sec = post.sec(e.sec);
+        let refuse = |reason: &str| Refusal {
+            symbol: e.name.to_string(),
+            section: sec.name.to_string(),
+            reason: reason.to_string(),
+        };
+        match (sec.kind, e.kind, st) {
+            (Kind::Init, _, Status::Changed) => out.push(refuse(
+                "changed __init/__exit code or data cannot be patched",
+            )),
+            (Kind::Init, _, _) => {
+                out.push(refuse("new __init/__exit code or data would never run"))
+            }
+            (Kind::Unknown, _, _) => out.push(refuse(
+                "change inside a section the differ does not understand",
+            )),
+            (Kind::Text, EntKind::Func, Status::Changed) if parent_name(e.name).is_none() => {
+                let pre_id = pair.to_pre[&id];
+                if !traced.contains(&pre_id) {
+                    out.push(refuse("changed function has no ftrace entry (notrace or not traceable): cannot be patched"));
+                }
+            }
+            (Kind::Data, EntKind::Object | EntKind::Section, Status::Changed)
+                if !is_special_static(post, id) =>
+            {
+                let pre_id = pair.to_pre[&id];
+                if sec.is_write() {
+                    out.push(refuse("changed data exists in the running kernel"));
+                } else if pre
+                    .ent(pre_id)
+                    .sym
+                    .map_or(elf::STB_LOCAL, |s| pre.sym(s).bind)
+                    != elf::STB_LOCAL
+                    && changed_ro.contains(&pre_id)
+                {
+                    out.push(refuse(
+                        "changed global read-only data may be used by code outside the patch",
+                    ));
+                }
+            }
+            _ => {}
+        }
+    }
+    for &r in &status.removed {
+        let e = pre.ent(r);
+        if pre.sec(e.sec).kind == Kind::Unknown {
+            out.push(Refusal {
+                symbol: e.name.to_string(),
+                section: pre.sec(e.sec).name.to_string(),
+                reason: "removed from a section the differ does not understand".to_string(),
+            });
+        }
+    }
+    out.sort_by(|a, b| (&a.symbol, &a.section, &a.reason).cmp(&(&b.symbol, &b.section, &b.reason)));
+    out.dedup();
+    out
+}
