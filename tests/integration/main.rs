@@ -1,1 +1,2 @@
 //! Integration tests for ksplice (one test binary).
+mod module;

@@ -1,0 +1,172 @@
+//! Rewrites the linked `.ko` into the livepatch module ELF format
+//! (Documentation/livepatch/module-elf-format.rst).
+//!
+//! The patch objects name every non-exported kernel symbol
+//! `.klp.sym.<object>.<name>,<sympos>` (contracts.md B); after kbuild those
+//! are undefined symbols with ordinary relocations.  The module loader would
+//! fail to resolve them, so:
+//!
+//! 1. each such symbol gets `st_shndx = SHN_LIVEPATCH`, which
+//!    simplify_symbols() in kernel/module/main.c leaves to livepatch;
+//! 2. relocations against them move out of `.rela<section>` into
+//!    `.klp.rela.<object>.<section>` (one per target section and object),
+//!    flagged `SHF_RELA_LIVEPATCH` so the loader hands them to
+//!    klp_apply_section_relocs(), and `SHF_ALLOC` so they stay in memory for
+//!    objects (modules) that livepatch relocates later, when they load.
+//!
+//! Relocations of non-allocated sections (debug information) stay where
+//! they are: the loader never applies those.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+
+use object::build::elf::{Builder, Relocation, SectionData};
+use object::build::{ByteString, Id};
+use object::elf;
+
+use super::{Error, Result};
+
+/// Section index of livepatch symbols (include/uapi/linux/elf.h).
+pub const SHN_LIVEPATCH: u16 = 0xff20;
+/// Section flag of livepatch relocation sections (include/uapi/linux/elf.h).
+pub const SHF_RELA_LIVEPATCH: u64 = 0x0010_0000;
+/// Name prefix of livepatch symbols.
+pub const KLP_SYM_PREFIX: &str = ".klp.sym.";
+/// Name prefix of livepatch relocation sections.
+pub const KLP_RELA_PREFIX: &str = ".klp.rela.";
+
+/// Rewrite the module at `ko` in place.
+pub(crate) fn run(ko: &Path) -> Result<()> {
+    let data = std::fs::read(ko).map_err(Error::io(ko))?;
+    let mut builder = Builder::read(&*data).map_err(Error::elf(ko))?;
+    if !rewrite(&mut builder, ko)? {
+        return Ok(());
+    }
+    let mut out = Vec::with_capacity(data.len() + 4096);
+    builder.write(&mut out).map_err(Error::elf(ko))?;
+    write_atomically(ko, &out)
+}
+
+/// Returns whether anything changed.
+fn rewrite(builder: &mut Builder<'_>, ko: &Path) -> Result<bool> {
+    // 1. Livepatch symbols, with the object their relocations belong to.
+    let mut objects: HashMap<usize, String> = HashMap::new();
+    for sym in builder.symbols.iter_mut() {
+        let name = String::from_utf8_lossy(sym.name.as_slice()).into_owned();
+        if !name.starts_with(KLP_SYM_PREFIX) {
+            continue;
+        }
+        let object = parse_klp_sym(&name).map_err(|reason| Error::BadKlpSymbol {
+            path: ko.to_owned(),
+            symbol: name.clone(),
+            reason,
+        })?;
+        if sym.section.is_some() {
+            return Err(Error::BadKlpSymbol {
+                path: ko.to_owned(),
+                symbol: name,
+                reason: "defined in the module instead of referring to the running kernel",
+            });
+        }
+        sym.st_shndx = SHN_LIVEPATCH;
+        objects.insert(sym.id().index(), object.to_owned());
+    }
+    if objects.is_empty() {
+        return Ok(false);
+    }
+
+    // 2. Move their relocations, section by section.
+    let targets: HashMap<usize, (bool, Vec<u8>)> = builder
+        .sections
+        .iter()
+        .map(|s| (s.id().index(), (s.is_alloc(), s.name.as_slice().to_vec())))
+        .collect();
+    let mut added = Vec::new();
+    for sec in builder.sections.iter_mut() {
+        if sec.sh_type != elf::SHT_RELA || sec.sh_flags & SHF_RELA_LIVEPATCH != 0 {
+            continue;
+        }
+        let Some((true, target_name)) = sec.sh_info_section.and_then(|t| targets.get(&t.index()))
+        else {
+            continue;
+        };
+        let SectionData::Relocation(relocs) = &mut sec.data else {
+            continue;
+        };
+        let mut moved: BTreeMap<&str, Vec<Relocation>> = BTreeMap::new();
+        relocs.retain(|r| match r.symbol.and_then(|s| objects.get(&s.index())) {
+            Some(object) => {
+                moved.entry(object.as_str()).or_default().push(*r);
+                false
+            }
+            None => true,
+        });
+        if relocs.is_empty() {
+            sec.delete = true;
+        }
+        for (object, relocs) in moved {
+            let mut name = format!("{KLP_RELA_PREFIX}{object}.").into_bytes();
+            name.extend_from_slice(target_name);
+            added.push((name, sec.sh_info_section, sec.sh_link_section, relocs));
+        }
+    }
+    for (name, target, symtab, relocs) in added {
+        let sec = builder.sections.add();
+        sec.name = ByteString::from(name);
+        sec.sh_type = elf::SHT_RELA;
+        sec.sh_flags = u64::from(elf::SHF_ALLOC | elf::SHF_INFO_LINK) | SHF_RELA_LIVEPATCH;
+        sec.sh_link_section = symtab;
+        sec.sh_info_section = target;
+        sec.sh_addralign = 8;
+        sec.sh_entsize = std::mem::size_of::<elf::Rela64<object::LittleEndian>>() as u64;
+        sec.data = SectionData::Relocation(relocs);
+    }
+    Ok(true)
+}
+
+/// Check `.klp.sym.<object>.<name>,<sympos>` the way klp_resolve_symbols()
+/// parses it (`%55[^.].%511[^,],%lu`); returns the object.
+pub(crate) fn parse_klp_sym(symbol: &str) -> Result<&str, &'static str> {
+    let rest = symbol
+        .strip_prefix(KLP_SYM_PREFIX)
+        .ok_or("missing the .klp.sym. prefix")?;
+    let (object, rest) = rest.split_once('.').ok_or("missing the object name")?;
+    if object.is_empty() || object.len() > 55 {
+        return Err("object name must be 1 to 55 characters");
+    }
+    let (name, sympos) = rest.split_once(',').ok_or("missing ,<sympos>")?;
+    if name.is_empty() || name.len() > 511 {
+        return Err("symbol name must be 1 to 511 characters");
+    }
+    if sympos.is_empty() || !sympos.bytes().all(|b| b.is_ascii_digit()) || sympos.len() > 9 {
+        return Err("sympos must be a decimal number");
+    }
+    Ok(object)
+}
+
+fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
+    let mut tmp = PathBuf::from(path);
+    tmp.as_mut_os_string().push(".klp-tmp");
+    std::fs::write(&tmp, bytes).map_err(Error::io(&tmp))?;
+    std::fs::rename(&tmp, path).map_err(Error::io(path))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn klp_sym_names_parse_like_the_kernel() {
+        assert_eq!(
+            parse_klp_sym(".klp.sym.vmlinux.saved_command_line,0"),
+            Ok("vmlinux")
+        );
+        assert_eq!(parse_klp_sym(".klp.sym.xfs.xfs_foo.isra.0,2"), Ok("xfs"));
+        assert!(parse_klp_sym(".klp.sym.vmlinux.saved_command_line").is_err());
+        assert!(parse_klp_sym(".klp.sym..x,0").is_err());
+        assert!(parse_klp_sym(".klp.sym.vmlinux.,0").is_err());
+        assert!(parse_klp_sym(".klp.sym.vmlinux.x,-1").is_err());
+        assert!(parse_klp_sym(".klp.sym.vmlinux.x,").is_err());
+        assert!(parse_klp_sym(&format!(".klp.sym.{}.x,0", "m".repeat(56))).is_err());
+    }
+}

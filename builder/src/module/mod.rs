@@ -1,0 +1,249 @@
+//! The update module: turns patch objects and their run-pre data into the
+//! livepatch `.ko` the client loads (issue 4 item 5, contracts.md B and C).
+//!
+//! The pipeline, one module per step:
+//!
+//! 1. [`template`]: write the hand-written C template (`loader-module/`,
+//!    embedded at compile time) into the build directory;
+//! 2. [`callbacks`]: find the patch-author callbacks each patch object
+//!    declares (`KPATCH_*_CALLBACK`, sections `.ksplice.callbacks.<kind>`)
+//!    and give each a global alias the generated C can name;
+//! 3. [`generate`]: write `ksplice-update.c` (klp objects, functions, run-pre
+//!    data, callback lists) and the `Kbuild` file;
+//! 4. [`kbuild`]: `make -C <tree> M=<dir> KBUILD_MODPOST_WARN=1 modules`;
+//! 5. [`klp`]: rewrite the linked `.ko` into the livepatch ELF format
+//!    (Documentation/livepatch/module-elf-format.rst);
+//! 6. [`inspect`]: check the result (livepatch modinfo, vermagic, every
+//!    undefined symbol exported by the target or a livepatch symbol).
+
+mod callbacks;
+mod error;
+mod generate;
+pub mod inspect;
+mod kbuild;
+mod klp;
+mod template;
+
+use std::collections::HashSet;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+pub use error::{Error, Result};
+pub use template::write_author_headers;
+
+/// `MODULE_NAME_LEN` is 64 - sizeof(unsigned long); the name and its NUL
+/// must fit, and livepatch parses object names with `%55[^.]`.
+const MAX_MODULE_NAME: usize = 55;
+
+/// The kernel module name of an update, which is also its livepatch name and
+/// its directory under /sys/kernel/livepatch (contracts.md C).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct ModuleName(String);
+
+impl ModuleName {
+    /// Validate a module name: `ksplice_` and at least one more character
+    /// from `[A-Za-z0-9_]`, at most 55 characters.
+    pub fn new(raw: &str) -> Result<Self> {
+        let bad = |reason| Error::InvalidModuleName {
+            name: raw.to_owned(),
+            reason,
+        };
+        if !raw.starts_with("ksplice_") || raw.len() == "ksplice_".len() {
+            return Err(bad("must be ksplice_ followed by the update id"));
+        }
+        if raw.len() > MAX_MODULE_NAME {
+            return Err(bad("longer than 55 characters"));
+        }
+        if !raw.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+            return Err(bad("only letters, digits and _ are allowed"));
+        }
+        Ok(Self(raw.to_owned()))
+    }
+
+    /// The module name of update `id`: `ksplice_<id with '-' replaced by '_'>`.
+    pub fn for_update(id: &str) -> Result<Self> {
+        Self::new(&format!("ksplice_{}", id.replace('-', "_")))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for ModuleName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// The bytes of a function the pre build produced, and the ranges of them the
+/// running kernel may legitimately hold differently (contracts.md B).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RunPre {
+    pub code: Vec<u8>,
+    /// `(start, len)` byte ranges left out of the comparison.
+    pub skip: Vec<(u32, u32)>,
+}
+
+/// One function of the running kernel that the update replaces.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReplacedFunction {
+    /// Its name in the running kernel (`klp_func.old_name`).
+    pub name: String,
+    /// Which of several local symbols of that name (0: the name is unique).
+    pub sympos: u32,
+    /// The replacement's symbol in the patch object, e.g. `ksp0_cmdline_proc_show`.
+    pub symbol: String,
+    pub run_pre: RunPre,
+}
+
+/// One patch object (the differ's output for one pre/post object pair).
+#[derive(Clone, Debug)]
+pub struct PatchObject {
+    /// `vmlinux` or the name of the module the object belongs to.
+    pub target: String,
+    /// The relocatable object, per contracts.md B.
+    pub path: PathBuf,
+    /// Functions it replaces; may be empty (an object adding only callbacks).
+    pub functions: Vec<ReplacedFunction>,
+}
+
+/// Everything [`build`] needs.
+#[derive(Clone, Debug)]
+pub struct Inputs {
+    pub name: ModuleName,
+    /// Prepared kernel tree to build against (`make -C`): it carries the
+    /// target's configuration, `KERNELRELEASE` and `Module.symvers`.
+    pub kernel_tree: PathBuf,
+    /// The target's `uname -r`; the module's vermagic must start with it.
+    pub release: String,
+    /// Directory to generate and build the module in; created if missing.
+    /// Whatever a previous build left there is overwritten.
+    pub work_dir: PathBuf,
+    pub objects: Vec<PatchObject>,
+}
+
+/// The patched objects of one update, grouped by target: one `klp_object`
+/// each, in the order targets first appear (vmlinux first).
+#[derive(Debug)]
+pub(crate) struct Target<'a> {
+    pub name: &'a str,
+    /// Indexes into `Inputs::objects`.
+    pub objects: Vec<usize>,
+}
+
+/// Build the update module; returns the path of the finished `.ko`.
+pub fn build(inputs: &Inputs) -> Result<PathBuf> {
+    let targets = validate(inputs)?;
+    let dir = &inputs.work_dir;
+    std::fs::create_dir_all(dir).map_err(Error::io(dir))?;
+
+    template::run(dir)?;
+    let hooks = inputs
+        .objects
+        .iter()
+        .enumerate()
+        .map(|(i, obj)| callbacks::run(obj, i, &dir.join(generate::shipped_name(i))))
+        .collect::<Result<Vec<_>>>()?;
+    generate::run(inputs, &targets, &hooks, dir)?;
+    let ko = kbuild::run(&inputs.kernel_tree, dir, &inputs.name)?;
+    klp::run(&ko)?;
+    inspect::check(&ko, &inputs.name, &inputs.release, &inputs.kernel_tree)?;
+    Ok(ko)
+}
+
+fn validate(inputs: &Inputs) -> Result<Vec<Target<'_>>> {
+    if inputs.objects.is_empty() {
+        return Err(Error::NoObjects);
+    }
+    let mut targets: Vec<Target<'_>> = Vec::new();
+    let mut seen = HashSet::new();
+    for (i, obj) in inputs.objects.iter().enumerate() {
+        check_target(&obj.target)?;
+        for f in &obj.functions {
+            let context = format!("{} ({})", obj.path.display(), obj.target);
+            check_symbol(&context, &f.name)?;
+            check_symbol(&context, &f.symbol)?;
+            if !seen.insert((obj.target.as_str(), f.name.as_str(), f.sympos)) {
+                return Err(Error::DuplicateFunction {
+                    target: obj.target.clone(),
+                    name: f.name.clone(),
+                    sympos: f.sympos,
+                });
+            }
+            check_run_pre(f)?;
+        }
+        match targets.iter_mut().find(|t| t.name == obj.target) {
+            Some(t) => t.objects.push(i),
+            None => targets.push(Target {
+                name: &obj.target,
+                objects: vec![i],
+            }),
+        }
+    }
+    // vmlinux first: its relocations are written when the update loads, and
+    // it is the object most updates patch; the order is otherwise the input's.
+    targets.sort_by_key(|t| t.name != "vmlinux");
+    Ok(targets)
+}
+
+fn check_target(target: &str) -> Result<()> {
+    let bad = |reason| Error::InvalidTarget {
+        target: target.to_owned(),
+        reason,
+    };
+    if target.is_empty() || target.len() > MAX_MODULE_NAME {
+        return Err(bad("must be 1 to 55 characters"));
+    }
+    if !target
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+    {
+        return Err(bad("only letters, digits, _ and - are allowed"));
+    }
+    Ok(())
+}
+
+/// Symbol names go into C string literals and `__asm__` labels: allow what
+/// compilers emit for C symbols (`.` from clones such as `foo.isra.0`).
+fn check_symbol(context: &str, name: &str) -> Result<()> {
+    let ok = !name.is_empty()
+        && name.len() < 512
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'$'));
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::InvalidSymbolName {
+            name: name.to_owned(),
+            context: context.to_owned(),
+        })
+    }
+}
+
+fn check_run_pre(f: &ReplacedFunction) -> Result<()> {
+    let size = f.run_pre.code.len();
+    if size == 0 {
+        return Err(Error::EmptyRunPre {
+            function: f.name.clone(),
+        });
+    }
+    for &(offset, len) in &f.run_pre.skip {
+        let end = u64::from(offset) + u64::from(len);
+        if len == 0 || end > size as u64 {
+            return Err(Error::SkipOutOfRange {
+                function: f.name.clone(),
+                offset,
+                len,
+                size,
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Where [`build`] leaves the module for `name` inside `work_dir`.
+pub fn module_path(work_dir: &Path, name: &ModuleName) -> PathBuf {
+    work_dir.join(format!("{name}.ko"))
+}

@@ -1,0 +1,187 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * The template every ksplice update module is built from.
+ *
+ * It registers one livepatch (Documentation/livepatch/livepatch.rst) whose
+ * objects and functions the builder generates into ksplice_update.c.  Updates
+ * stack (replace = false): each one only adds its own functions.
+ *
+ * Before an object is patched, its pre_patch callback does run-pre matching:
+ * the live code of every function being replaced must equal the code of the
+ * pre build the update was made from, outside the byte ranges that
+ * legitimately differ.  The livepatch core resolves func->old_func and
+ * func->old_size (klp_init_object_loaded()) before it runs pre_patch
+ * callbacks (__klp_enable_patch() and klp_module_coming()), so the callback
+ * sees the addresses the patch would redirect.  A mismatch means the update
+ * was not built for this kernel: the callback logs one line and returns
+ * -EINVAL, so loading the update (or, for a module patched later, loading
+ * that module) fails and nothing changes.
+ */
+#define pr_fmt(fmt) KBUILD_MODNAME ": " fmt
+
+#include <linux/errno.h>
+#include <linux/kernel.h>
+#include <linux/livepatch.h>
+#include <linux/module.h>
+
+#include "ksplice.h"
+
+/*
+ * kallsyms reports a function's size as the distance to the next symbol, so
+ * func->old_size also counts the alignment padding after the code.  Padding
+ * never reaches the next 64-byte boundary in kernels built with gcc's
+ * default 16-byte function alignment, nor in those with a larger
+ * CONFIG_FUNCTION_ALIGNMENT up to 64 bytes.
+ */
+#define KSPLICE_MAX_PADDING	64
+
+static const struct ksplice_object *ksplice_object_of(struct klp_object *obj)
+{
+	/* With replace = false the core never makes dynamic objects. */
+	if (obj < ksplice_klp_objects ||
+	    obj >= ksplice_klp_objects + ksplice_nr_objects)
+		return NULL;
+	return &ksplice_objects[obj - ksplice_klp_objects];
+}
+
+static bool ksplice_skipped(const struct ksplice_run_pre *rp, u32 off)
+{
+	u32 i;
+
+	for (i = 0; i < rp->nr_skip; i++) {
+		if (off >= rp->skip[i].offset &&
+		    off - rp->skip[i].offset < rp->skip[i].len)
+			return true;
+	}
+	return false;
+}
+
+static int ksplice_match_func(struct klp_func *func,
+			      const struct ksplice_run_pre *rp)
+{
+	const u8 *live = func->old_func;
+	u32 off;
+
+	if (func->old_size < rp->size ||
+	    func->old_size - rp->size >= KSPLICE_MAX_PADDING) {
+		pr_err("run-pre: size mismatch in %s: expected %u found %lu\n",
+		       func->old_name, rp->size, func->old_size);
+		return -EINVAL;
+	}
+
+	for (off = 0; off < rp->size; off++) {
+		if (live[off] == rp->code[off] || ksplice_skipped(rp, off))
+			continue;
+		pr_err("run-pre: mismatch in %s+0x%x: expected %02x found %02x\n",
+		       func->old_name, off, rp->code[off], live[off]);
+		return -EINVAL;
+	}
+	return 0;
+}
+
+static int ksplice_run_pre(struct klp_object *obj,
+			   const struct ksplice_object *kobj)
+{
+	unsigned int i;
+	int ret;
+
+	for (i = 0; i < kobj->nr_funcs; i++) {
+		ret = ksplice_match_func(&obj->funcs[i], &kobj->run_pre[i]);
+		if (ret)
+			return ret;
+	}
+	return 0;
+}
+
+static int ksplice_run_pre_hooks(int (*const *fn)(struct klp_object *obj),
+				 struct klp_object *obj)
+{
+	int ret;
+
+	for (; fn && *fn; fn++) {
+		ret = (*fn)(obj);
+		if (ret)
+			return ret;
+	}
+	return 0;
+}
+
+static int ksplice_pre_patch(struct klp_object *obj)
+{
+	const struct ksplice_object *kobj = ksplice_object_of(obj);
+	int ret;
+
+	if (!kobj) {
+		pr_err("run-pre: unknown object %s\n",
+		       obj->name ? obj->name : "vmlinux");
+		return -EINVAL;
+	}
+
+	ret = ksplice_run_pre(obj, kobj);
+	if (ret)
+		return ret;
+
+	/* The author's callbacks only run once the code is known to match. */
+	return ksplice_run_pre_hooks(kobj->hooks.pre_patch, obj);
+}
+
+static void ksplice_run_hooks(void (*const *fn)(struct klp_object *obj),
+			      struct klp_object *obj)
+{
+	for (; fn && *fn; fn++)
+		(*fn)(obj);
+}
+
+static void ksplice_post_patch(struct klp_object *obj)
+{
+	const struct ksplice_object *kobj = ksplice_object_of(obj);
+
+	if (kobj)
+		ksplice_run_hooks(kobj->hooks.post_patch, obj);
+}
+
+static void ksplice_pre_unpatch(struct klp_object *obj)
+{
+	const struct ksplice_object *kobj = ksplice_object_of(obj);
+
+	if (kobj)
+		ksplice_run_hooks(kobj->hooks.pre_unpatch, obj);
+}
+
+static void ksplice_post_unpatch(struct klp_object *obj)
+{
+	const struct ksplice_object *kobj = ksplice_object_of(obj);
+
+	if (kobj)
+		ksplice_run_hooks(kobj->hooks.post_unpatch, obj);
+}
+
+static struct klp_patch ksplice_patch = {
+	.mod = THIS_MODULE,
+	.objs = ksplice_klp_objects,
+	.replace = false,
+};
+
+static int __init ksplice_init(void)
+{
+	struct klp_object *obj;
+
+	/* Every object gets run-pre matching, whether or not it has hooks. */
+	for (obj = ksplice_klp_objects; obj->funcs; obj++) {
+		obj->callbacks.pre_patch = ksplice_pre_patch;
+		obj->callbacks.post_patch = ksplice_post_patch;
+		obj->callbacks.pre_unpatch = ksplice_pre_unpatch;
+		obj->callbacks.post_unpatch = ksplice_post_unpatch;
+	}
+	return klp_enable_patch(&ksplice_patch);
+}
+
+static void __exit ksplice_exit(void)
+{
+}
+
+module_init(ksplice_init);
+module_exit(ksplice_exit);
+MODULE_LICENSE("GPL");
+MODULE_DESCRIPTION("ksplice live update");
+MODULE_INFO(livepatch, "Y");

@@ -1,0 +1,472 @@
+//! The update module step (`builder::module`) against Debian's real kernel
+//! headers: a hand-made patch object for cmdline-string.patch, in the form
+//! the differ emits (contracts.md B), with run-pre data taken from the pre
+//! build of fs/proc/cmdline.c.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+
+use builder::module::{
+    self, inspect, Error, Inputs, ModuleName, PatchObject, ReplacedFunction, RunPre,
+};
+use object::{Object, ObjectSection, ObjectSymbol, RelocationTarget};
+
+/// The kernel set-up ci/setup-kernel records.
+struct Kernel {
+    release: String,
+    source: PathBuf,
+    headers: PathBuf,
+}
+
+fn kernel() -> &'static Kernel {
+    static K: OnceLock<Kernel> = OnceLock::new();
+    K.get_or_init(|| {
+        let cache =
+            std::env::var("KSPLICE_CACHE").unwrap_or_else(|_| "/var/cache/ksplice-ci".into());
+        let env = Path::new(&cache).join("kernel.env");
+        let text = std::fs::read_to_string(&env)
+            .unwrap_or_else(|e| panic!("{}: {e}; run ci/setup-kernel first", env.display()));
+        let get = |key: &str| {
+            text.lines()
+                .find_map(|l| l.strip_prefix(key)?.strip_prefix('='))
+                .unwrap_or_else(|| panic!("{} lacks {key}; re-run ci/setup-kernel", env.display()))
+                .to_owned()
+        };
+        Kernel {
+            release: get("KSPLICE_KRELEASE"),
+            source: get("KSPLICE_KSOURCE").into(),
+            headers: get("KSPLICE_KHEADERS").into(),
+        }
+    })
+}
+
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/module")
+}
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// Compile `source` as a kernel (not module) object against the target's
+/// headers, the way pre/post objects are built: -ffunction-sections
+/// -fdata-sections, with the patch-author headers on the include path.
+fn compile(dir: &Path, source: &Path) -> PathBuf {
+    std::fs::create_dir_all(dir).expect("mkdir");
+    let include = module::write_author_headers(&dir.join("author-include")).expect("headers");
+    std::fs::copy(source, dir.join("obj.c")).expect("copy source");
+    std::fs::write(dir.join("Kbuild"), "obj-y := obj.o\n").expect("Kbuild");
+    let out = Command::new("make")
+        .arg("-C")
+        .arg(&kernel().headers)
+        .arg(format!("M={}", dir.display()))
+        .arg(format!(
+            "KCFLAGS=-ffunction-sections -fdata-sections -I{}",
+            include.display()
+        ))
+        .arg("obj.o")
+        .output()
+        .expect("run make");
+    assert!(
+        out.status.success(),
+        "compiling {}:\n{}{}",
+        source.display(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    dir.join("obj.o")
+}
+
+/// Sections whose entries point at a site the kernel rewrites (ftrace
+/// entry, return thunk, retpoline call), each site 5 bytes on x86-64.
+const REWRITTEN_SITES: [&str; 3] = ["__mcount_loc", ".return_sites", ".retpoline_sites"];
+/// Sections that would need their own skip rules; cmdline_proc_show must not
+/// appear in them, or this hand-made run-pre data would be incomplete.
+const UNHANDLED_SITES: [&str; 6] = [
+    ".altinstructions",
+    ".parainstructions",
+    "__jump_table",
+    ".static_call_sites",
+    ".smp_locks",
+    "__bug_table",
+];
+
+/// Run-pre data for `func` from a pre object: its code, relocation fields
+/// and rewritten sites as skip ranges.
+fn run_pre_of(pre: &Path, func: &str) -> RunPre {
+    let data = std::fs::read(pre).expect("read pre object");
+    let file = object::File::parse(&*data).expect("parse pre object");
+    let sym = file
+        .symbols()
+        .find(|s| s.name() == Ok(func))
+        .unwrap_or_else(|| panic!("{func} not in {}", pre.display()));
+    let section = file
+        .section_by_index(sym.section_index().expect("defined"))
+        .expect("section");
+    let start = sym.address();
+    let code = section.data().expect("data")[start as usize..][..sym.size() as usize].to_vec();
+    let mut skip = BTreeSet::new();
+    for (off, r) in section.relocations() {
+        let len = u32::from(r.size() / 8);
+        skip.insert(((off - start) as u32, len));
+    }
+    for s in file.sections() {
+        let name = s.name().unwrap_or_default();
+        for (_, r) in s.relocations() {
+            let RelocationTarget::Symbol(t) = r.target() else {
+                continue;
+            };
+            let t = file.symbol_by_index(t).expect("symbol");
+            if t.section_index() != Some(section.index()) {
+                continue;
+            }
+            // Both absolute (__mcount_loc) and PC-relative (.long site - .)
+            // entries carry the site's offset in their addend.
+            let site = t.address() as i64 + r.addend();
+            if REWRITTEN_SITES.contains(&name) {
+                skip.insert(((site - start as i64) as u32, 5));
+            }
+            assert!(
+                !UNHANDLED_SITES.contains(&name),
+                "{func} has entries in {name}: this fixture's run-pre data would be incomplete"
+            );
+        }
+    }
+    RunPre {
+        code,
+        skip: skip.into_iter().collect(),
+    }
+}
+
+struct Built {
+    ko: PathBuf,
+    work: PathBuf,
+    run_pre: RunPre,
+}
+
+fn work_root() -> PathBuf {
+    let root = std::env::var_os("CARGO_TARGET_TMPDIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(std::env::temp_dir)
+        .join("ksplice-module-tests");
+    std::fs::create_dir_all(&root).expect("mkdir");
+    root
+}
+
+fn cmdline_pre() -> &'static Path {
+    static PRE: OnceLock<PathBuf> = OnceLock::new();
+    PRE.get_or_init(|| {
+        compile(
+            &work_root().join("pre-cmdline"),
+            &kernel().source.join("fs/proc/cmdline.c"),
+        )
+    })
+}
+
+fn build(fixture: &str, name: &str, tweak: impl FnOnce(&mut RunPre)) -> Result<Built, Error> {
+    let root = work_root().join(fixture);
+    let _ = std::fs::remove_dir_all(&root);
+    let patch = compile(
+        &root.join("post"),
+        &fixtures().join(fixture).join("patch.c"),
+    );
+    let mut run_pre = run_pre_of(cmdline_pre(), "cmdline_proc_show");
+    tweak(&mut run_pre);
+    let inputs = Inputs {
+        name: ModuleName::new(name).expect("valid name"),
+        kernel_tree: kernel().headers.clone(),
+        release: kernel().release.clone(),
+        work_dir: root.join("module"),
+        objects: vec![PatchObject {
+            target: "vmlinux".into(),
+            path: patch,
+            functions: vec![ReplacedFunction {
+                name: "cmdline_proc_show".into(),
+                sympos: 0,
+                symbol: "ksp0_cmdline_proc_show".into(),
+                run_pre: run_pre.clone(),
+            }],
+        }],
+    };
+    let ko = module::build(&inputs)?;
+    Ok(Built {
+        ko,
+        work: inputs.work_dir,
+        run_pre,
+    })
+}
+
+fn cmdline() -> &'static Built {
+    static B: OnceLock<Built> = OnceLock::new();
+    B.get_or_init(|| {
+        build("cmdline-kpatch", "ksplice_cmdline_test", |_| {}).expect("build the update module")
+    })
+}
+
+fn modinfo(ko: &Path, field: &str) -> String {
+    let out = Command::new("modinfo")
+        .args(["-F", field])
+        .arg(ko)
+        .output()
+        .expect("run modinfo (kmod)");
+    assert!(out.status.success(), "modinfo {}", ko.display());
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+#[test]
+fn run_pre_data_comes_from_the_pre_build() {
+    let rp = &cmdline().run_pre;
+    // cmdline_proc_show: fentry call, saved_command_line load, two calls,
+    // return thunk jump; 42 bytes on Debian's 6.1 config.
+    assert_eq!(rp.code.len(), 0x2a);
+    assert_eq!(
+        rp.skip,
+        vec![
+            (0, 5),
+            (1, 4),
+            (9, 4),
+            (0x11, 4),
+            (0x1e, 4),
+            (0x25, 5),
+            (0x26, 4)
+        ]
+    );
+}
+
+#[test]
+fn module_is_a_livepatch_for_the_target_kernel() {
+    let b = cmdline();
+    assert_eq!(modinfo(&b.ko, "livepatch"), "Y");
+    assert_eq!(modinfo(&b.ko, "name"), "ksplice_cmdline_test");
+    assert_eq!(modinfo(&b.ko, "license"), "GPL");
+    let vermagic = modinfo(&b.ko, "vermagic");
+    assert_eq!(
+        vermagic.split(' ').next(),
+        Some(kernel().release.as_str()),
+        "{vermagic}"
+    );
+}
+
+#[test]
+fn references_to_the_running_kernel_are_livepatch_relocations() {
+    let b = cmdline();
+    let data = std::fs::read(&b.ko).expect("read ko");
+    let file = object::File::parse(&*data).expect("parse ko");
+    let klp_sym = ".klp.sym.vmlinux.saved_command_line,0";
+
+    let klp: Vec<_> = file
+        .sections()
+        .filter(|s| s.name().is_ok_and(|n| n.starts_with(".klp.rela.")))
+        .collect();
+    assert_eq!(
+        klp.iter()
+            .map(|s| s.name().expect("name"))
+            .collect::<Vec<_>>(),
+        vec![".klp.rela.vmlinux..text.ksp0_cmdline_proc_show"]
+    );
+    let object::SectionFlags::Elf { sh_flags } = klp[0].flags() else {
+        panic!("not ELF")
+    };
+    assert_eq!(sh_flags & 0x0010_0000, 0x0010_0000, "SHF_RELA_LIVEPATCH");
+    assert_eq!(sh_flags & 0x2, 0x2, "SHF_ALLOC");
+
+    let report = inspect::read(&b.ko).expect("inspect");
+    assert_eq!(report.klp_symbols, vec![(klp_sym.to_owned(), 0xff20)]);
+    assert_eq!(
+        report.klp_rela_sections[0].symbols,
+        vec![klp_sym.to_owned()]
+    );
+    assert_eq!(
+        report.klp_rela_sections[0].target,
+        ".text.ksp0_cmdline_proc_show"
+    );
+    assert!(!report
+        .loader_relocated
+        .iter()
+        .any(|s| s.starts_with(".klp.sym.")));
+
+    // Every other undefined symbol is exported by the target.
+    let exports = inspect::exported_symbols(&kernel().headers).expect("symvers");
+    let undefined: BTreeSet<_> = report.undefined.iter().map(String::as_str).collect();
+    let others: BTreeSet<_> = undefined
+        .iter()
+        .copied()
+        .filter(|s| *s != klp_sym)
+        .collect();
+    assert!(
+        others.contains("seq_printf") && others.contains("klp_enable_patch"),
+        "{others:?}"
+    );
+    assert!(others.iter().all(|s| exports.contains(*s)), "{others:?}");
+}
+
+#[test]
+fn generated_tables_carry_the_run_pre_data() {
+    let b = cmdline();
+    let c = std::fs::read_to_string(b.work.join("ksplice-update.c")).expect("generated C");
+    assert!(c.contains(".old_name = \"cmdline_proc_show\""), "{c}");
+    assert!(c.contains("__asm__(\"ksp0_cmdline_proc_show\")"), "{c}");
+    let first: Vec<_> = b.run_pre.code[..6]
+        .iter()
+        .map(|x| format!("0x{x:02x},"))
+        .collect();
+    assert!(c.contains(&first.join(" ")), "{c}");
+    assert!(c.contains("{ .offset = 0x25, .len = 5 },"), "{c}");
+}
+
+#[test]
+fn callbacks_are_wired_into_their_object() {
+    let b = build("callbacks", "ksplice_callbacks_test", |_| {}).expect("build");
+    let c = std::fs::read_to_string(b.work.join("ksplice-update.c")).expect("generated C");
+    for kind in ["pre_patch", "post_patch", "pre_unpatch", "post_unpatch"] {
+        assert!(
+            c.contains(&format!(".{kind} = ksplice_{kind}_0,")),
+            "{kind}: {c}"
+        );
+        assert!(
+            c.contains(&format!("\t__ksplice_cb_0_{kind}_0,")),
+            "{kind}: {c}"
+        );
+    }
+    let data = std::fs::read(&b.ko).expect("read ko");
+    let file = object::File::parse(&*data).expect("parse");
+    let defined: BTreeSet<_> = file
+        .symbols()
+        .filter(|s| s.is_definition())
+        .filter_map(|s| {
+            s.name()
+                .ok()
+                .filter(|n| n.starts_with("__ksplice_cb_"))
+                .map(str::to_owned)
+        })
+        .collect();
+    assert_eq!(
+        defined,
+        ["post_patch", "post_unpatch", "pre_patch", "pre_unpatch"]
+            .iter()
+            .map(|k| format!("__ksplice_cb_0_{k}_0"))
+            .collect()
+    );
+}
+
+#[test]
+fn plain_reference_to_an_unexported_symbol_is_refused() {
+    let err = build("unexported-by-name", "ksplice_unexported_test", |_| {})
+        .err()
+        .expect("must be refused");
+    match err {
+        Error::Unresolved { symbols, .. } => {
+            assert_eq!(symbols, vec!["saved_command_line".to_owned()])
+        }
+        other => panic!("wrong error: {other}"),
+    }
+}
+
+#[test]
+fn missing_replacement_function_is_refused() {
+    let root = work_root().join("missing-function");
+    let patch = compile(
+        &root.join("post"),
+        &fixtures().join("cmdline-kpatch/patch.c"),
+    );
+    let inputs = Inputs {
+        name: ModuleName::new("ksplice_missing_test").expect("name"),
+        kernel_tree: kernel().headers.clone(),
+        release: kernel().release.clone(),
+        work_dir: root.join("module"),
+        objects: vec![PatchObject {
+            target: "vmlinux".into(),
+            path: patch,
+            functions: vec![ReplacedFunction {
+                name: "cmdline_proc_show".into(),
+                sympos: 0,
+                symbol: "ksp1_cmdline_proc_show".into(),
+                run_pre: RunPre {
+                    code: vec![0x90],
+                    skip: vec![],
+                },
+            }],
+        }],
+    };
+    match module::build(&inputs) {
+        Err(Error::MissingFunction { symbol, .. }) => assert_eq!(symbol, "ksp1_cmdline_proc_show"),
+        other => panic!("wrong result: {other:?}"),
+    }
+}
+
+fn section_names(obj: &Path) -> BTreeSet<String> {
+    let data = std::fs::read(obj).expect("read");
+    let file = object::File::parse(&*data).expect("parse");
+    file.sections()
+        .filter_map(|s| s.name().ok().map(str::to_owned))
+        .collect()
+}
+
+fn global_functions(obj: &Path) -> BTreeSet<String> {
+    let data = std::fs::read(obj).expect("read");
+    let file = object::File::parse(&*data).expect("parse");
+    file.symbols()
+        .filter(|s| s.is_definition() && s.is_global() && s.kind() == object::SymbolKind::Text)
+        .filter_map(|s| s.name().ok().map(str::to_owned))
+        .collect()
+}
+
+#[test]
+fn kpatch_syscall_define_adds_no_metadata() {
+    let root = work_root().join("syscall");
+    let ours = compile(&root.join("ours"), &fixtures().join("syscall/patch.c"));
+    let theirs = compile(&root.join("control"), &fixtures().join("syscall/control.c"));
+    let control = section_names(&theirs);
+    let sections = section_names(&ours);
+    // The kernel's macro adds tracing metadata (the check can fail) ...
+    for m in [
+        "__syscalls_metadata",
+        "_ftrace_events",
+        ".data.__syscall_meta__ksplice_test",
+    ] {
+        assert!(
+            control.contains(m) && !sections.contains(m),
+            "{m}: {sections:?}"
+        );
+    }
+    // ... and ours adds nothing the kernel's does not.
+    assert!(sections.is_subset(&control), "{sections:?}");
+    assert_eq!(
+        global_functions(&ours),
+        ["__ia32_sys_ksplice_test", "__x64_sys_ksplice_test"]
+            .map(str::to_owned)
+            .into()
+    );
+    assert_eq!(global_functions(&ours), global_functions(&theirs));
+}
+
+#[test]
+fn loader_module_is_checkpatch_clean() {
+    let dir = repo().join("loader-module");
+    let mut files: Vec<PathBuf> = Vec::new();
+    for d in [dir.clone(), dir.join("include")] {
+        for e in std::fs::read_dir(&d).expect("read loader-module") {
+            let p = e.expect("entry").path();
+            if p.extension().is_some_and(|x| x == "c" || x == "h") {
+                files.push(p);
+            }
+        }
+    }
+    files.sort();
+    assert_eq!(files.len(), 4, "{files:?}");
+    for f in files {
+        let out = Command::new(kernel().source.join("scripts/checkpatch.pl"))
+            .args(["--no-tree", "-f"])
+            .arg(&f)
+            .output()
+            .expect("run checkpatch");
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success() && text.contains("total: 0 errors, 0 warnings"),
+            "{}:\n{text}",
+            f.display()
+        );
+    }
+}
