@@ -1,0 +1,632 @@
+//! `ksplice-create`'s pipeline: checkout → prepare → compile → diff → run-pre → module → package.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use object::{Object, ObjectSymbol};
+use rayon::prelude::*;
+use sha2::{Digest, Sha256};
+
+use crate::affected;
+use crate::checkout::{self, Source};
+use crate::diff;
+use crate::error::{Error, Refusal, Result};
+use crate::kbuild::{self, Make, ObjectBuild};
+use crate::module;
+use crate::profile::{Profile, ProfileInputs};
+use crate::summary::{ObjectSummary, Summary};
+use crate::symbols::{self, Symvers, SystemMap};
+use crate::tree::Trees;
+
+/// Where the host-local signing key and trust policy live (contracts.md D).
+pub const ETC_KSPLICE: &str = "/etc/ksplice";
+
+/// Everything `ksplice-create` was asked to do.
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub source: Source,
+    pub profile: ProfileInputs,
+    pub id: Option<String>,
+    pub description: Option<String>,
+    pub cves: Vec<String>,
+    /// Empty: the host-local key under `etc_dir` (created on first use).
+    pub sign_keys: Vec<PathBuf>,
+    pub jobs: usize,
+    pub output: PathBuf,
+    /// Scratch space; a temporary directory under the cache when `None`.
+    pub work: Option<PathBuf>,
+    /// `$KSPLICE_CACHE`: prepared trees live under `<cache>/trees`.
+    pub cache: PathBuf,
+    /// `/etc/ksplice` (tests point it elsewhere).
+    pub etc_dir: PathBuf,
+}
+
+/// One object to compile and compare.
+#[derive(Debug, Clone)]
+struct Job {
+    object: String,
+    /// `vmlinux` or the module name.
+    target: String,
+}
+
+/// The differ's answer for one object pair, after the run-pre check.
+#[derive(Debug)]
+struct Diffed {
+    job: Job,
+    index: usize,
+    outcome: std::result::Result<diff::Outcome, diff::Error>,
+}
+
+/// Build the update; fills `summary` as it goes (also when it fails).
+pub fn create(opts: &Options, summary: &mut Summary) -> Result<PathBuf> {
+    let work_guard;
+    let work = match &opts.work {
+        Some(w) => {
+            std::fs::create_dir_all(w).map_err(Error::io(w))?;
+            w.clone()
+        }
+        None => {
+            std::fs::create_dir_all(&opts.cache).map_err(Error::io(&opts.cache))?;
+            work_guard = tempfile::Builder::new()
+                .prefix("work-")
+                .tempdir_in(&opts.cache)
+                .map_err(Error::io(&opts.cache))?;
+            work_guard.path().to_path_buf()
+        }
+    };
+
+    // 1. Checkout: resolve the source and the target's identity.
+    let (co, profile) = summary.time("checkout", |_| -> Result<_> {
+        let co = checkout::resolve(&opts.source)?;
+        let profile = Profile::resolve(&opts.profile)?;
+        Ok((co, profile))
+    })?;
+    if profile.image.is_none() {
+        summary
+            .notes
+            .push("no --target-image: run-pre is checked at load time only".into());
+    }
+    let id = match &opts.id {
+        Some(id) => id.clone(),
+        None => default_id(&co.name_hint, co.diff_text.as_deref().unwrap_or("")),
+    };
+    manifests::manifest::check_id(&id)?;
+    let module_name = module::ModuleName::for_update(&id).map_err(|e| Error::InvalidOption {
+        option: "id",
+        reason: e.to_string(),
+    })?;
+    let make = Make {
+        jobs: opts.jobs.max(1),
+        release: profile.release.clone(),
+    };
+
+    // 2. Prepare: the cached pre tree (materialized on a miss) and the post tree.
+    let start = Instant::now();
+    let trees = Trees::open(
+        &opts.cache,
+        &co.pre,
+        &co.pre_id,
+        &profile.config,
+        &profile.symvers,
+        &make,
+    )?;
+    summary.cached_tree = trees.reused;
+    summary.add_time("prepare", start.elapsed());
+
+    let (changes, diff_text) = match (&co.changes, &co.patch) {
+        (Some(c), _) => (c.clone(), co.diff_text.clone().unwrap_or_default()),
+        (None, Some(p)) => summary.time("checkout", |_| {
+            checkout::apply_patch(p, &trees.pre, &work.join("patched"))
+        })?,
+        (None, None) => unreachable!("invariant: a source gives changes or a patch"),
+    };
+
+    // 3. Which objects the change reaches, and how kbuild builds each.
+    let plan = affected::plan(&trees.pre, &changes)?;
+    let mut refusals = plan.refusals.clone();
+    for f in &plan.ignored {
+        summary
+            .notes
+            .push(format!("{f}: not part of any object, ignored"));
+    }
+    let jobs = summary.time("prepare", |_| {
+        classify_objects(&make, &trees.pre, &plan.objects, &changes, &mut refusals)
+    })?;
+    if jobs.is_empty() {
+        summary.refusals = refusals.clone();
+        if refusals.is_empty() {
+            return Err(Error::NoChange {
+                objects: Vec::new(),
+            });
+        }
+        return Err(Error::Refused(refusals));
+    }
+    let objects: Vec<String> = jobs.iter().map(|j| j.object.clone()).collect();
+
+    // 4. Compile pre and post at once; -j is shared between the two makes.
+    summary.time("compile", |_| -> Result<()> {
+        trees.apply(&changes, &objects)?;
+        let half = Make {
+            jobs: (make.jobs / 2).max(1),
+            ..make.clone()
+        };
+        let (pre, post) = rayon::join(
+            || half.objects(&trees.pre, &objects),
+            || half.objects(&trees.post, &objects),
+        );
+        pre?;
+        post
+    })?;
+    refusals.extend(symver_changes(&trees.pre, &trees.post, &objects)?);
+    let target_symvers = if profile.symvers.as_os_str().is_empty() {
+        Symvers::default()
+    } else {
+        Symvers::load(&profile.symvers)?
+    };
+    refusals.extend(symver_target_mismatch(
+        &trees.pre,
+        &objects,
+        &target_symvers,
+    )?);
+
+    // 5. Diff every pair in parallel; sympos of duplicate local names from
+    //    the target's symbol table, confirmed by the offline run-pre check.
+    let map = summary.time("diff", |_| SystemMap::load(&profile.system_map))?;
+    let exports = target_symvers.vmlinux_exports();
+    let diffed: Vec<Diffed> = summary.time("diff", |_| {
+        jobs.par_iter()
+            .enumerate()
+            .map(|(index, job)| diff_one(&trees, job, index, &map, &exports, &profile))
+            .collect::<Result<Vec<_>>>()
+    })?;
+
+    // 6. Collect: patch objects, no-change objects, every refusal.
+    let pobj_dir = work.join("patch-objects");
+    std::fs::create_dir_all(&pobj_dir).map_err(Error::io(&pobj_dir))?;
+    let mut patch_objects = Vec::new();
+    let mut reports = Vec::new();
+    let mut manifest_objects: BTreeMap<String, Vec<manifests::FunctionChange>> = BTreeMap::new();
+    for d in diffed {
+        let mut line = ObjectSummary {
+            object: d.job.object.clone(),
+            target: d.job.target.clone(),
+            ..Default::default()
+        };
+        match d.outcome {
+            Ok(diff::Outcome::NoChange { report }) => {
+                line.note = Some("no functional change".into());
+                reports.push(report);
+            }
+            Ok(diff::Outcome::Patch { object, report }) => {
+                line.changed = report.changed().iter().map(|s| s.to_string()).collect();
+                line.new = report
+                    .new_functions()
+                    .iter()
+                    .map(|s| s.to_string())
+                    .collect();
+                let path = pobj_dir.join(format!("{}.o", d.index));
+                std::fs::write(&path, &object).map_err(Error::io(&path))?;
+                let functions = replaced_functions(&report);
+                patch_objects.push(module::PatchObject {
+                    target: d.job.target.clone(),
+                    path,
+                    functions,
+                });
+                manifest_objects
+                    .entry(d.job.target.clone())
+                    .or_default()
+                    .extend(manifest_functions(&report));
+                reports.push(report);
+            }
+            Err(diff::Error::Refused { report }) => {
+                line.note = Some("refused".into());
+                for r in &report.refusals {
+                    refusals.push(Refusal {
+                        what: format!("{}:{}", d.job.object, r.symbol),
+                        reason: format!("{} ({})", r.reason, r.section),
+                    });
+                }
+                reports.push(*report);
+            }
+            Err(e) => {
+                return Err(Error::Differ {
+                    object: d.job.object.clone(),
+                    message: e.to_string(),
+                })
+            }
+        }
+        summary.objects.push(line);
+    }
+    summary.refusals = refusals.clone();
+    if !refusals.is_empty() {
+        return Err(Error::Refused(refusals));
+    }
+    if patch_objects.is_empty() {
+        return Err(Error::NoChange { objects });
+    }
+
+    // 7. The update module.
+    let ko = summary.time("module", |_| {
+        module::build(&module::Inputs {
+            name: module_name.clone(),
+            kernel_tree: trees.pre.clone(),
+            release: profile.release.clone(),
+            work_dir: work.join("module"),
+            objects: patch_objects,
+        })
+        .map_err(|e| Error::Module(e.to_string()))
+    })?;
+
+    // 8. Package: manifest, module, source diff, differ reports; signed.
+    let pkg = summary.time("package", |_| -> Result<PathBuf> {
+        let diff_path = work.join("patch.diff");
+        std::fs::write(&diff_path, &diff_text).map_err(Error::io(&diff_path))?;
+        let report_path = work.join("report.json");
+        let json = serde_json::to_vec_pretty(&reports).expect("invariant: reports serialize");
+        std::fs::write(&report_path, json).map_err(Error::io(&report_path))?;
+        let ko_name = format!("{module_name}.ko");
+        let manifest = manifests::Manifest {
+            format: manifests::FORMAT,
+            id: id.clone(),
+            description: opts
+                .description
+                .clone()
+                .unwrap_or_else(|| format!("live update {id}")),
+            cves: opts.cves.clone(),
+            created: now_rfc3339(),
+            builder_version: env!("CARGO_PKG_VERSION").to_string(),
+            builds_on: Vec::new(),
+            target: manifests::TargetKernel {
+                release: profile.release.clone(),
+                version: profile.version.clone(),
+                arch: profile.arch.clone(),
+                build_id: profile.build_id.clone(),
+            },
+            module: manifests::ModuleInfo {
+                name: module_name.to_string(),
+                file: ko_name.clone(),
+            },
+            objects: manifest_objects
+                .into_iter()
+                .map(|(name, functions)| manifests::PatchedObject { name, functions })
+                .collect(),
+            files: Vec::new(),
+        };
+        let keys = signing_keys(&opts.sign_keys, &opts.etc_dir)?;
+        let key_refs: Vec<&manifests::SigningKey> = keys.iter().collect();
+        std::fs::create_dir_all(&opts.output).map_err(Error::io(&opts.output))?;
+        let payload = vec![
+            (ko_name, ko.clone()),
+            ("patch.diff".to_string(), diff_path),
+            ("report.json".to_string(), report_path),
+        ];
+        Ok(manifests::write_package(
+            &opts.output,
+            &manifest,
+            &key_refs,
+            &payload,
+        )?)
+    })?;
+    summary.package = Some(pkg.clone());
+    Ok(pkg)
+}
+
+/// Decide vmlinux vs module for every object, from kbuild itself: the
+/// `.cmd` file of an earlier build in the cached pre tree, else what
+/// `make -n DIR/` would compile. An object kbuild would not compile is not
+/// built by this config.
+fn classify_objects(
+    make: &Make,
+    pre: &Path,
+    objects: &BTreeMap<String, std::collections::BTreeSet<String>>,
+    changes: &[checkout::Change],
+    refusals: &mut Vec<Refusal>,
+) -> Result<Vec<Job>> {
+    let changed: HashSet<&str> = changes.iter().map(|c| c.path.as_str()).collect();
+    let mut dirs: HashMap<String, HashMap<String, ObjectBuild>> = HashMap::new();
+    let mut jobs = Vec::new();
+    for (obj, reasons) in objects {
+        let known = std::fs::read_to_string(kbuild::object_outputs(pre, obj)[1].clone())
+            .ok()
+            .and_then(|text| kbuild::parse_compile_lines(&text).remove(obj));
+        let build = match known {
+            Some(b) => Some(b),
+            None => {
+                let dir = make_dir(pre, obj);
+                if !dirs.contains_key(&dir) {
+                    let listing = make.dry_run_dir(pre, &dir)?;
+                    dirs.insert(dir.clone(), listing);
+                }
+                dirs[&dir].get(obj).cloned()
+            }
+        };
+        let c_file = format!("{}.c", obj.trim_end_matches(".o"));
+        match build {
+            Some(b) => jobs.push(Job {
+                object: obj.clone(),
+                target: b.module.unwrap_or_else(|| "vmlinux".to_string()),
+            }),
+            // Reached only through a header: not in this kernel, nothing to patch.
+            None if !changed.contains(c_file.as_str()) => {
+                let _ = reasons;
+            }
+            None => refusals.push(Refusal {
+                what: c_file,
+                reason: "not built by the target's config".into(),
+            }),
+        }
+    }
+    Ok(jobs)
+}
+
+/// The directory kbuild descends into for `obj`: the nearest one with a
+/// Makefile or Kbuild (objects of a composite may sit in subdirectories).
+fn make_dir(tree: &Path, obj: &str) -> String {
+    let mut dir = Path::new(obj).parent();
+    while let Some(d) = dir {
+        if d.as_os_str().is_empty() {
+            break;
+        }
+        if tree.join(d).join("Makefile").is_file() || tree.join(d).join("Kbuild").is_file() {
+            return d.to_string_lossy().into_owned();
+        }
+        dir = d.parent();
+    }
+    ".".into()
+}
+
+/// Exported symbol versions must not change: modules built against the old
+/// CRCs would no longer match (kpatch's "symvers disagreement").
+fn symver_changes(pre: &Path, post: &Path, objects: &[String]) -> Result<Vec<Refusal>> {
+    let mut out = Vec::new();
+    for obj in objects {
+        let read = |tree: &Path| {
+            let p = kbuild::object_outputs(tree, obj)[1].clone();
+            std::fs::read_to_string(&p)
+                .map(|t| symbols::cmd_symvers(&t))
+                .map_err(Error::io(p))
+        };
+        let (a, b) = (read(pre)?, read(post)?);
+        let mut names: Vec<&String> = a.keys().chain(b.keys()).collect();
+        names.sort();
+        names.dedup();
+        for n in names {
+            if a.get(n) != b.get(n) {
+                let show = |v: Option<&u32>| v.map_or("none".to_string(), |c| format!("{c:#010x}"));
+                out.push(Refusal {
+                    what: format!("{obj}:{n}"),
+                    reason: format!(
+                        "exported symbol version changes ({} -> {}); modules using it would break",
+                        show(a.get(n)),
+                        show(b.get(n))
+                    ),
+                });
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The pre build must export what the target exports with the same CRCs,
+/// or the source/config is not the target's.
+fn symver_target_mismatch(
+    pre: &Path,
+    objects: &[String],
+    target: &Symvers,
+) -> Result<Vec<Refusal>> {
+    let mut out = Vec::new();
+    if target.symbols.is_empty() {
+        return Ok(out);
+    }
+    for obj in objects {
+        let p = kbuild::object_outputs(pre, obj)[1].clone();
+        let text = std::fs::read_to_string(&p).map_err(Error::io(&p))?;
+        for (name, crc) in symbols::cmd_symvers(&text) {
+            if let Some((want, _)) = target.symbols.get(&name) {
+                if *want != crc {
+                    out.push(Refusal {
+                        what: format!("{obj}:{name}"),
+                        reason: format!(
+                            "pre build's symbol version {crc:#010x} differs from the target's {want:#010x}: the source or config is not the target's"
+                        ),
+                    });
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Names the pre object defines (for sympos of duplicates).
+fn defined_names(pre: &[u8]) -> Vec<String> {
+    let Ok(file) = object::File::parse(pre) else {
+        return Vec::new();
+    };
+    file.symbols()
+        .filter(|s| s.is_definition())
+        .filter_map(|s| s.name().ok().map(str::to_string))
+        .filter(|n| !n.is_empty())
+        .collect()
+}
+
+fn diff_one(
+    trees: &Trees,
+    job: &Job,
+    index: usize,
+    map: &SystemMap,
+    exports: &HashSet<String>,
+    profile: &Profile,
+) -> Result<Diffed> {
+    let read = |tree: &Path| {
+        let p = tree.join(&job.object);
+        std::fs::read(&p).map_err(Error::io(p))
+    };
+    let (pre, post) = (read(&trees.pre)?, read(&trees.post)?);
+    let mut cx = diff::Cx {
+        target_object: job.target.clone(),
+        prefix: format!("ksp{index}_"),
+        vmlinux_exports: exports.clone(),
+        sympos: map.sympos_by_neighbours(&job.target, &defined_names(&pre)),
+    };
+    let mut outcome = diff::diff(&pre, &post, &cx);
+    // Offline run-pre: each replaced function's pre code must be in the image.
+    if let (Ok(diff::Outcome::Patch { report, .. }), Some(image)) = (&outcome, &profile.image) {
+        if job.target == "vmlinux" {
+            let (fixed, refusals) = crate::runpre::check(report, map, image);
+            if !refusals.is_empty() {
+                let mut report = report.clone();
+                report.refusals.extend(refusals);
+                outcome = Err(diff::Error::Refused {
+                    report: Box::new(report),
+                });
+            } else if fixed.iter().any(|(n, p)| cx.sympos.get(n) != Some(p)) {
+                // The code match decided a duplicate differently: redo the
+                // diff so `.klp.sym` names and run-pre data carry it.
+                cx.sympos.extend(fixed);
+                outcome = diff::diff(&pre, &post, &cx);
+            }
+        }
+    }
+    Ok(Diffed {
+        job: job.clone(),
+        index,
+        outcome,
+    })
+}
+
+fn replaced_functions(report: &diff::Report) -> Vec<module::ReplacedFunction> {
+    report
+        .functions
+        .iter()
+        .filter(|f| f.status == diff::FunctionStatus::Changed)
+        .filter_map(|f| {
+            let rp = report.run_pre.iter().find(|r| r.name == f.name)?;
+            Some(module::ReplacedFunction {
+                name: f.name.clone(),
+                sympos: f.sympos,
+                symbol: f.symbol.clone()?,
+                run_pre: module::RunPre {
+                    code: rp.code.clone(),
+                    skip: rp.skip.clone(),
+                },
+            })
+        })
+        .collect()
+}
+
+fn manifest_functions(report: &diff::Report) -> Vec<manifests::FunctionChange> {
+    report
+        .functions
+        .iter()
+        .filter_map(|f| {
+            let kind = match f.status {
+                diff::FunctionStatus::Changed => manifests::ChangeKind::Replaced,
+                diff::FunctionStatus::New => manifests::ChangeKind::Added,
+                diff::FunctionStatus::Removed => return None,
+            };
+            Some(manifests::FunctionChange {
+                name: f.name.clone(),
+                sympos: f.sympos,
+                kind,
+                pre_sha256: f
+                    .pre_sha256
+                    .clone()
+                    .filter(|_| kind == manifests::ChangeKind::Replaced),
+                old_size: f.old_size.unwrap_or(0),
+                new_size: f.new_size.unwrap_or(0),
+            })
+        })
+        .collect()
+}
+
+/// The id from the patch, file or branch name; a short hash of the change
+/// when the name gives nothing usable.
+pub fn default_id(hint: &str, diff_text: &str) -> String {
+    let mut id: String = hint
+        .to_ascii_lowercase()
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    id = id.trim_start_matches(['-', '_']).to_string();
+    id.truncate(40);
+    if id.is_empty() {
+        let h = Sha256::digest(diff_text.as_bytes());
+        id = format!("update-{}", &hex::encode(h)[..12]);
+    }
+    id
+}
+
+fn now_rfc3339() -> String {
+    let now = time::OffsetDateTime::now_utc()
+        .replace_nanosecond(0)
+        .unwrap_or_else(|_| time::OffsetDateTime::now_utc());
+    now.format(&time::format_description::well_known::Rfc3339)
+        .expect("invariant: a UTC time formats as RFC 3339")
+}
+
+/// Load `--sign-key`s, or the host-local key (contracts.md D): created 0600
+/// on first use, and trusted by a new trust.toml when none exists yet.
+fn signing_keys(paths: &[PathBuf], etc: &Path) -> Result<Vec<manifests::SigningKey>> {
+    if !paths.is_empty() {
+        return paths
+            .iter()
+            .map(|p| manifests::SigningKey::load(p).map_err(Error::from))
+            .collect();
+    }
+    let key_path = etc.join("local-signing.key");
+    let key = if key_path.exists() {
+        manifests::SigningKey::load(&key_path)?
+    } else {
+        std::fs::create_dir_all(etc).map_err(Error::io(etc))?;
+        let k = manifests::SigningKey::generate()?;
+        k.save_new(&key_path)?;
+        k
+    };
+    let trust = etc.join("trust.toml");
+    if !trust.exists() {
+        let policy = manifests::TrustPolicy::new(vec![key.public()], 1)?;
+        let tmp = etc.join(".trust.toml.tmp");
+        std::fs::write(&tmp, policy.to_toml()).map_err(Error::io(&tmp))?;
+        std::fs::rename(&tmp, &trust).map_err(Error::io(&trust))?;
+    }
+    Ok(vec![key])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_ids_come_from_names_or_the_change() {
+        assert_eq!(default_id("cmdline-string", ""), "cmdline-string");
+        assert_eq!(default_id("Fix CVE.2024 x", ""), "fix-cve-2024-x");
+        let a = default_id("", "diff a");
+        assert!(a.starts_with("update-") && a.len() == 19, "{a}");
+        assert_ne!(a, default_id("", "diff b"));
+    }
+
+    #[test]
+    fn host_local_key_is_created_once_and_trusted() {
+        let d = tempfile::tempdir().expect("tempdir");
+        let etc = d.path().join("etc");
+        let k1 = signing_keys(&[], &etc).expect("creates");
+        let k2 = signing_keys(&[], &etc).expect("reuses");
+        assert_eq!(k1[0].public().key_id(), k2[0].public().key_id());
+        let policy = manifests::TrustPolicy::load(&etc.join("trust.toml")).expect("policy");
+        assert_eq!(policy.keys().len(), 1);
+        assert_eq!(policy.keys()[0].key_id(), k1[0].public().key_id());
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(etc.join("local-signing.key"))
+            .expect("stat")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+}

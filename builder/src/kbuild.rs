@@ -1,0 +1,180 @@
+//! Driving the kernel's own build system: prepare a tree, compile single objects, ask what a directory builds.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use crate::error::{Error, Result};
+
+/// Flags every object is compiled with, in the prepare step too: kbuild
+/// records the command line of everything it builds, and a different KCFLAGS
+/// later would make it rebuild prepare outputs (bounds.s, asm-offsets.s) in
+/// the shared, hard-linked trees.
+pub const KCFLAGS: &str = "-ffunction-sections -fdata-sections";
+
+/// How to call make in a prepared tree.
+#[derive(Debug, Clone)]
+pub struct Make {
+    pub jobs: usize,
+    /// The target's `uname -r`: vermagic and include/generated/utsrelease.h.
+    pub release: String,
+}
+
+impl Make {
+    fn command(&self, tree: &Path) -> Command {
+        let mut c = Command::new("make");
+        c.arg("-C")
+            .arg(tree)
+            .arg(format!("-j{}", self.jobs.max(1)))
+            .arg(format!("KERNELRELEASE={}", self.release))
+            .arg(format!("KCFLAGS={KCFLAGS}"))
+            .env("LC_ALL", "C");
+        c
+    }
+
+    /// `make olddefconfig` then `make modules_prepare`, after copying the config.
+    pub fn prepare(&self, tree: &Path, config: &Path) -> Result<()> {
+        let dot = tree.join(".config");
+        std::fs::copy(config, &dot).map_err(Error::io(&dot))?;
+        run(self.command(tree).arg("-s").arg("olddefconfig"), tree)?;
+        run(self.command(tree).arg("-s").arg("modules_prepare"), tree)
+    }
+
+    /// Compile the given objects (paths relative to the tree).
+    pub fn objects(&self, tree: &Path, objects: &[String]) -> Result<()> {
+        if objects.is_empty() {
+            return Ok(());
+        }
+        run(self.command(tree).arg("-s").args(objects), tree)
+    }
+
+    /// What `make -n DIR/` would compile in `dir`: object → how kbuild builds it.
+    pub fn dry_run_dir(&self, tree: &Path, dir: &str) -> Result<HashMap<String, ObjectBuild>> {
+        let out = self
+            .command(tree)
+            .arg("-n")
+            .arg(format!("{dir}/"))
+            .output()
+            .map_err(Error::io("make"))?;
+        if !out.status.success() {
+            return Err(Error::Command {
+                command: format!("make -n {dir}/"),
+                dir: tree.to_path_buf(),
+                status: out.status.to_string(),
+                output: tail(&out.stderr),
+            });
+        }
+        Ok(parse_compile_lines(&String::from_utf8_lossy(&out.stdout)))
+    }
+}
+
+/// How kbuild compiles one object: into vmlinux or as part of a module.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectBuild {
+    /// `None`: built into vmlinux; `Some(name)`: part of module `name`.
+    pub module: Option<String>,
+}
+
+/// Read `gcc ... -c -o OBJ SRC` lines: `-DMODULE` marks module objects and
+/// `-DKBUILD_MODNAME='"name"'` names the module (kbuild evaluated the
+/// Makefiles and the config for us).
+pub fn parse_compile_lines(text: &str) -> HashMap<String, ObjectBuild> {
+    let mut out = HashMap::new();
+    for line in text.lines() {
+        // A recipe line holds the compile and, after ';', objtool and fixdep.
+        for cmd in line.split("; ") {
+            let Some(at) = cmd.find(" -c -o ") else {
+                continue;
+            };
+            let Some(obj) = cmd[at + 7..].split_whitespace().next() else {
+                continue;
+            };
+            if !obj.ends_with(".o") || !cmd.contains("-DKBUILD_BASENAME") {
+                continue;
+            }
+            let words: Vec<&str> = cmd.split_whitespace().collect();
+            let module = words.contains(&"-DMODULE").then(|| {
+                words
+                    .iter()
+                    .find_map(|w| w.strip_prefix("-DKBUILD_MODNAME="))
+                    .map(|n| n.trim_matches(|c| c == '\'' || c == '"').to_string())
+                    .unwrap_or_default()
+            });
+            out.insert(
+                obj.trim_start_matches("./").to_string(),
+                ObjectBuild { module },
+            );
+        }
+    }
+    out
+}
+
+/// Run a command; on failure keep the tail of its output for the error.
+pub fn run(cmd: &mut Command, dir: &Path) -> Result<()> {
+    let out = cmd
+        .output()
+        .map_err(Error::io(format!("{:?}", cmd.get_program())))?;
+    if out.status.success() {
+        return Ok(());
+    }
+    let args: Vec<String> = cmd
+        .get_args()
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect();
+    Err(Error::Command {
+        command: format!("{} {}", cmd.get_program().to_string_lossy(), args.join(" ")),
+        dir: dir.to_path_buf(),
+        status: out.status.to_string(),
+        output: tail(&[out.stdout, out.stderr].concat()),
+    })
+}
+
+fn tail(bytes: &[u8]) -> String {
+    let text = String::from_utf8_lossy(bytes);
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(30)..].join("\n")
+}
+
+/// Output files kbuild writes for `obj` (removed in a hard-linked tree before
+/// building, so the build writes new inodes instead of the shared ones).
+pub fn object_outputs(tree: &Path, obj: &str) -> Vec<PathBuf> {
+    let p = Path::new(obj);
+    let dir = p.parent().unwrap_or(Path::new(""));
+    let name = p
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    vec![
+        tree.join(obj),
+        tree.join(dir).join(format!(".{name}.cmd")),
+        tree.join(dir).join(format!(".{name}.d")),
+    ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn compile_lines_tell_vmlinux_from_modules() {
+        let text = "set -e;  echo '  CC      fs/proc/cmdline.o'; trap 'rm -f fs/proc/cmdline.o' HUP; gcc -Wp,-MMD,fs/proc/.cmdline.o.d -O2    -DKBUILD_MODFILE='\"fs/proc/proc\"' -DKBUILD_BASENAME='\"cmdline\"' -DKBUILD_MODNAME='\"proc\"' -D__KBUILD_MODNAME=kmod_proc -c -o fs/proc/cmdline.o fs/proc/cmdline.c   ; ./tools/objtool/objtool --orc fs/proc/cmdline.o\n\
+gcc -O2 -DMODULE  -DKBUILD_MODFILE='\"fs/xfs/xfs\"' -DKBUILD_BASENAME='\"xfs_stats\"' -DKBUILD_MODNAME='\"xfs\"' -c -o fs/xfs/xfs_stats.o fs/xfs/xfs_stats.c\n\
+gcc -o scripts/foo scripts/foo.c\n";
+        let m = parse_compile_lines(text);
+        assert_eq!(
+            m,
+            HashMap::from([
+                (
+                    "fs/proc/cmdline.o".to_string(),
+                    ObjectBuild { module: None }
+                ),
+                (
+                    "fs/xfs/xfs_stats.o".to_string(),
+                    ObjectBuild {
+                        module: Some("xfs".into())
+                    }
+                ),
+            ])
+        );
+    }
+}
