@@ -38,15 +38,13 @@ pub enum Error {
     Package {
         path: PathBuf,
         #[source]
-        source: manifests::Error,
+        source: Box<manifests::Error>,
     },
-    #[error("refused: {path}: larger than the {limit}-byte limit for a package ({len} bytes)")]
-    PackageTooLarge { path: PathBuf, len: u64, limit: u64 },
     #[error("trust policy {path}: {source}")]
     TrustPolicy {
         path: PathBuf,
         #[source]
-        source: manifests::Error,
+        source: Box<manifests::Error>,
     },
     #[error("refused: {id} was built for another kernel: {field} is {expected:?}, running kernel has {running:?}")]
     KernelMismatch {
@@ -138,10 +136,9 @@ impl Error {
     /// The documented exit code for this error.
     pub fn exit_code(&self) -> u8 {
         match self {
-            Error::Package { .. }
-            | Error::PackageTooLarge { .. }
-            | Error::TrustPolicy { .. }
-            | Error::InvalidName { .. } => exit::VERIFICATION,
+            Error::Package { .. } | Error::TrustPolicy { .. } | Error::InvalidName { .. } => {
+                exit::VERIFICATION
+            }
             Error::KernelMismatch { .. } => exit::WRONG_KERNEL,
             Error::RunPre { .. }
             | Error::Load { .. }

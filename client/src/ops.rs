@@ -63,7 +63,7 @@ impl std::fmt::Display for Event {
 pub fn load_policy(host: &Host<'_>) -> Result<TrustPolicy> {
     TrustPolicy::load(&host.trust).map_err(|source| Error::TrustPolicy {
         path: host.trust.clone(),
-        source,
+        source: Box::new(source),
     })
 }
 
@@ -72,7 +72,7 @@ pub fn load_policy(host: &Host<'_>) -> Result<TrustPolicy> {
 pub fn verify(pkg: &Path, policy: &TrustPolicy) -> Result<Verified<Manifest>> {
     let m = manifests::package::verify_package(pkg, policy).map_err(|source| Error::Package {
         path: pkg.to_owned(),
-        source,
+        source: Box::new(source),
     })?;
     check_names(&m)?;
     Ok(m)
@@ -229,7 +229,7 @@ fn load(state: &mut State<'_, '_>, i: usize, policy: &TrustPolicy) -> Result<()>
         manifests::package::open_package(&pkg, policy, &host.state("work")).map_err(|source| {
             Error::Package {
                 path: pkg.clone(),
-                source,
+                source: Box::new(source),
             }
         })?;
     let result = (|| {
@@ -256,8 +256,11 @@ fn load(state: &mut State<'_, '_>, i: usize, policy: &TrustPolicy) -> Result<()>
         state.set_phase(i, Phase::Transitioning)?;
         state.finish_apply(i)
     })();
-    // Best effort: work/ is emptied by the next command anyway.
-    let _ = std::fs::remove_dir_all(&opened.dir);
+    // Best effort: work/ is emptied by the next command anyway. A simulated
+    // crash leaves it behind, as a real one would.
+    if !matches!(result, Err(Error::Interrupted { .. })) {
+        let _ = std::fs::remove_dir_all(&opened.dir);
+    }
     result
 }
 
@@ -511,7 +514,7 @@ pub fn summarize(pkg: &Path, policy: &TrustPolicy) -> Result<Summary> {
     let result = opened
         .map_err(|source| Error::Package {
             path: pkg.to_owned(),
-            source,
+            source: Box::new(source),
         })
         .and_then(|o| {
             check_names(&o.manifest)?;

@@ -1,2 +1,3 @@
 //! Integration tests for ksplice (one test binary).
 mod module;
+mod client;

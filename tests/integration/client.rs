@@ -1,0 +1,1082 @@
+//! The client against a fixture root and a simulated kernel: trust policy,
+//! identity checks, bad packages, apply/undo/boot, and recovery after a crash
+//! injected at every step of apply and undo.
+
+use std::cell::{Cell, RefCell};
+use std::fs;
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use client::error::Error;
+use client::ops::{self, Event, Targets};
+use client::state::{Phase, State};
+use client::{exit, Host, Step, Sys, Uname};
+use manifests::{
+    ChangeKind, FunctionChange, Manifest, ModuleInfo, PatchedObject, SigningKey, TargetKernel,
+    TrustPolicy,
+};
+
+const RELEASE: &str = "6.1.0-56-amd64";
+const VERSION: &str = "#1 SMP PREEMPT_DYNAMIC Debian 6.1.192-2 (2026-01-01)";
+const BUILD_ID: [u8; 20] = [
+    0xe4, 0xf1, 0x8d, 0x9d, 0xc1, 0xd0, 0xe6, 0xfc, 0x2b, 0x17, 0xe9, 0x3e, 0x88, 0x5a, 0x64, 0x7b,
+    0x3c, 0x0a, 0x6f, 0xc1,
+];
+
+// ---- the simulated kernel ------------------------------------------------------------------
+
+/// How the simulated kernel treats an update module.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// Loads; every transition finishes at the next poll.
+    Normal,
+    /// The run-pre check refuses: one KERN_ERR line in /dev/kmsg, EINVAL.
+    RunPre,
+    /// Enabling transitions never finish (reversals do).
+    StallEnable,
+    /// Enabling transitions finish once `signal` was written.
+    StallUntilSignal,
+    /// Disabling transitions never finish (re-enabling does).
+    StallDisable,
+}
+
+/// A kernel made of files under the fixture root: /sys/module/<name>,
+/// /sys/kernel/livepatch/<name>/{enabled,transition}. Its state lives in the
+/// files, so a new instance after a "crash" sees what the old one left.
+struct FakeKernel {
+    root: PathBuf,
+    uname: Uname,
+    mode: Mode,
+    /// Fail the n-th checkpoint (0-based), like a SIGKILL there.
+    crash_at: Option<usize>,
+    checkpoints: Cell<usize>,
+    steps: RefCell<Vec<Step>>,
+}
+
+impl FakeKernel {
+    fn new(root: &Path, mode: Mode) -> Self {
+        FakeKernel {
+            root: root.to_owned(),
+            uname: Uname {
+                release: RELEASE.into(),
+                version: VERSION.into(),
+                machine: "x86_64".into(),
+            },
+            mode,
+            crash_at: None,
+            checkpoints: Cell::new(0),
+            steps: RefCell::new(Vec::new()),
+        }
+    }
+
+    fn crashing_at(mut self, n: usize) -> Self {
+        self.crash_at = Some(n);
+        self
+    }
+
+    fn lp(&self) -> PathBuf {
+        self.root.join("sys/kernel/livepatch")
+    }
+
+    fn log(&self, line: &str) {
+        let mut f = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.root.join("kernel.log"))
+            .expect("kernel log");
+        writeln!(f, "{line}").expect("kernel log write");
+    }
+
+    fn patches(&self) -> Vec<PathBuf> {
+        let mut v: Vec<PathBuf> = fs::read_dir(self.lp())
+            .map(|rd| rd.flatten().map(|e| e.path()).collect())
+            .unwrap_or_default();
+        v.sort();
+        v
+    }
+}
+
+fn read(p: &Path) -> String {
+    fs::read_to_string(p).unwrap_or_default().trim().to_owned()
+}
+
+impl Sys for FakeKernel {
+    fn uname(&self) -> io::Result<Uname> {
+        Ok(self.uname.clone())
+    }
+
+    fn finit_module(&self, module: &fs::File) -> io::Result<()> {
+        let mut text = String::new();
+        (&*module).read_to_string(&mut text)?;
+        let name = text
+            .trim()
+            .strip_prefix("fake-module:")
+            .ok_or_else(|| io::Error::from_raw_os_error(libc::ENOEXEC))?
+            .to_owned();
+        if self.root.join("sys/module").join(&name).exists() {
+            return Err(io::Error::from_raw_os_error(libc::EEXIST));
+        }
+        if self.mode == Mode::RunPre {
+            let mut kmsg = fs::OpenOptions::new()
+                .append(true)
+                .open(self.root.join("dev/kmsg"))?;
+            writeln!(kmsg, "6,900,1000,-;{name}: loading")?;
+            writeln!(
+                kmsg,
+                "3,901,1001,-;{name}: run-pre: mismatch in cmdline_proc_show+0x12: expected 48 found 90"
+            )?;
+            return Err(io::Error::from_raw_os_error(libc::EINVAL));
+        }
+        fs::create_dir_all(self.root.join("sys/module").join(&name))?;
+        let dir = self.lp().join(&name);
+        fs::create_dir_all(&dir)?;
+        fs::write(dir.join("enabled"), "1\n")?;
+        fs::write(dir.join("transition"), "1\n")?;
+        fs::write(dir.join("force"), "")?;
+        if self.mode == Mode::StallUntilSignal {
+            fs::write(dir.join("signal"), "")?;
+        }
+        self.log(&format!("load {name}"));
+        Ok(())
+    }
+
+    fn delete_module(&self, name: &str) -> io::Result<()> {
+        let module = self.root.join("sys/module").join(name);
+        if !module.exists() {
+            return Err(io::Error::from_raw_os_error(libc::ENOENT));
+        }
+        let dir = self.lp().join(name);
+        if dir.exists() {
+            if read(&dir.join("enabled")) == "1" || read(&dir.join("transition")) == "1" {
+                return Err(io::Error::from_raw_os_error(libc::EBUSY));
+            }
+            // A disabled, finished patch is freed and drops its reference.
+            fs::remove_dir_all(&dir)?;
+        }
+        fs::remove_dir_all(&module)?;
+        self.log(&format!("unload {name}"));
+        Ok(())
+    }
+
+    fn sleep(&self, _d: Duration) {
+        for dir in self.patches() {
+            if read(&dir.join("transition")) != "1" {
+                continue;
+            }
+            let enabling = read(&dir.join("enabled")) == "1";
+            let finishes = match (self.mode, enabling) {
+                (Mode::StallEnable, true) => false,
+                (Mode::StallUntilSignal, true) => read(&dir.join("signal")) == "1",
+                (Mode::StallDisable, false) => false,
+                _ => true,
+            };
+            if finishes {
+                fs::write(dir.join("transition"), "0\n").expect("transition");
+            }
+        }
+    }
+
+    fn checkpoint(&self, step: Step) -> io::Result<()> {
+        // A write to `enabled` starts (or reverses) a transition.
+        if step == Step::EnabledWritten {
+            for dir in self.patches() {
+                fs::write(dir.join("transition"), "1\n")?;
+            }
+        }
+        self.steps.borrow_mut().push(step);
+        let n = self.checkpoints.get();
+        self.checkpoints.set(n + 1);
+        if self.crash_at == Some(n) {
+            return Err(io::Error::other("crash injected"));
+        }
+        Ok(())
+    }
+}
+
+// ---- the fixture host ----------------------------------------------------------------------
+
+fn note(name: &[u8], kind: u32, desc: &[u8]) -> Vec<u8> {
+    let mut v = Vec::new();
+    v.extend_from_slice(&(name.len() as u32).to_ne_bytes());
+    v.extend_from_slice(&(desc.len() as u32).to_ne_bytes());
+    v.extend_from_slice(&kind.to_ne_bytes());
+    v.extend_from_slice(name);
+    v.resize(v.len().div_ceil(4) * 4, 0);
+    v.extend_from_slice(desc);
+    v.resize(v.len().div_ceil(4) * 4, 0);
+    v
+}
+
+struct Fixture {
+    _tmp: tempfile::TempDir,
+    root: PathBuf,
+    out: PathBuf,
+    key: SigningKey,
+}
+
+impl Fixture {
+    fn new() -> Self {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let root = tmp.path().join("root");
+        let out = tmp.path().join("out");
+        for d in [
+            "proc/1/task/1",
+            "proc/4242/task/4243",
+            "sys/kernel/livepatch",
+            "sys/module",
+            "dev",
+            "etc/ksplice",
+        ] {
+            fs::create_dir_all(root.join(d)).expect("mkdir");
+        }
+        fs::create_dir_all(&out).expect("mkdir out");
+        let mut notes = note(b"Linux\0", 6, b"6.1.0\0");
+        notes.extend(note(b"GNU\0", 3, &BUILD_ID));
+        fs::write(root.join("sys/kernel/notes"), notes).expect("notes");
+        fs::write(
+            root.join("proc/cmdline"),
+            "BOOT_IMAGE=/vmlinuz root=/dev/vda ro\n",
+        )
+        .expect("cmdline");
+        fs::write(root.join("dev/kmsg"), "6,1,1,-;Linux version 6.1.0\n").expect("kmsg");
+        // One task that switched, one stuck in a function being patched.
+        fs::write(root.join("proc/1/task/1/patch_state"), "1\n").expect("ps");
+        fs::write(root.join("proc/1/task/1/comm"), "init\n").expect("comm");
+        fs::write(root.join("proc/4242/task/4243/patch_state"), "0\n").expect("ps");
+        fs::write(root.join("proc/4242/task/4243/comm"), "stuck\n").expect("comm");
+        fs::write(
+            root.join("proc/4242/task/4243/stack"),
+            "[<0>] cmdline_proc_show+0x5/0x30\n[<0>] seq_read_iter+0x11f/0x460\n",
+        )
+        .expect("stack");
+        let key = SigningKey::from_seed(&[7; 32]);
+        let policy = TrustPolicy::new(vec![key.public()], 1).expect("policy");
+        fs::write(root.join("etc/ksplice/trust.toml"), policy.to_toml()).expect("trust");
+        Fixture {
+            _tmp: tmp,
+            root,
+            out,
+            key,
+        }
+    }
+
+    fn host<'s>(&self, sys: &'s dyn Sys) -> Host<'s> {
+        let mut h = Host::new(&self.root, sys);
+        h.timeouts.transition = Duration::from_secs(2);
+        h.timeouts.signal_after = Duration::from_millis(500);
+        h.timeouts.poll = Duration::from_millis(100);
+        h.timeouts.unload = Duration::from_secs(1);
+        h
+    }
+
+    fn state_dir(&self) -> PathBuf {
+        self.root.join("var/lib/ksplice")
+    }
+
+    fn manifest(id: &str) -> Manifest {
+        let module = format!("ksplice_{}", id.replace('-', "_"));
+        Manifest {
+            format: manifests::FORMAT,
+            id: id.into(),
+            description: format!("fix {id}"),
+            cves: vec!["CVE-2026-0001".into()],
+            created: "2026-11-27T21:38:41Z".into(),
+            builder_version: "0.1.0".into(),
+            builds_on: vec![],
+            target: TargetKernel {
+                release: RELEASE.into(),
+                version: VERSION.into(),
+                arch: "x86_64".into(),
+                build_id: hex::encode(BUILD_ID),
+            },
+            module: ModuleInfo {
+                name: module.clone(),
+                file: format!("{module}.ko"),
+            },
+            objects: vec![PatchedObject {
+                name: "vmlinux".into(),
+                functions: vec![FunctionChange {
+                    name: "cmdline_proc_show".into(),
+                    sympos: 0,
+                    kind: ChangeKind::Replaced,
+                    pre_sha256: Some("ab".repeat(32)),
+                    old_size: 48,
+                    new_size: 64,
+                }],
+            }],
+            files: vec![],
+        }
+    }
+
+    /// A package signed by the fixture's trusted key.
+    fn package(&self, id: &str, edit: impl FnOnce(&mut Manifest)) -> PathBuf {
+        self.package_signed(id, edit, &self.key)
+    }
+
+    fn package_signed(
+        &self,
+        id: &str,
+        edit: impl FnOnce(&mut Manifest),
+        key: &SigningKey,
+    ) -> PathBuf {
+        let mut m = Self::manifest(id);
+        edit(&mut m);
+        let ko = self.out.join(format!("{}.ko.src", m.module.name));
+        fs::write(&ko, format!("fake-module:{}\n", m.module.name)).expect("ko");
+        let dir = self.out.join(format!("{id}-{}", m.target.release));
+        fs::create_dir_all(&dir).expect("pkg dir");
+        manifests::write_package(&dir, &m, &[key], &[(m.module.file.clone(), ko)]).expect("package")
+    }
+
+    fn loads(&self) -> Vec<String> {
+        read(&self.root.join("kernel.log"))
+            .lines()
+            .map(str::to_owned)
+            .collect()
+    }
+
+    /// Pretend the machine rebooted: nothing is loaded any more.
+    fn reboot(&self) {
+        for d in ["sys/kernel/livepatch", "sys/module"] {
+            let p = self.root.join(d);
+            fs::remove_dir_all(&p).expect("clear");
+            fs::create_dir_all(&p).expect("recreate");
+        }
+    }
+}
+
+fn apply(fx: &Fixture, sys: &dyn Sys, pkgs: &[PathBuf]) -> (Result<(), Error>, Vec<Event>) {
+    let host = fx.host(sys);
+    let mut events = Vec::new();
+    let r = ops::apply(&host, pkgs, &mut |e| events.push(e));
+    (r, events)
+}
+
+fn undo(fx: &Fixture, sys: &dyn Sys, targets: Targets) -> (Result<(), Error>, Vec<Event>) {
+    let host = fx.host(sys);
+    let mut events = Vec::new();
+    let r = ops::undo(&host, &targets, &mut |e| events.push(e));
+    (r, events)
+}
+
+fn applied(id: &str) -> Event {
+    Event::Applied { id: id.into() }
+}
+
+fn undone(id: &str) -> Event {
+    Event::Undone { id: id.into() }
+}
+
+/// The journal and the kernel agree; nothing half-done is left behind.
+fn assert_consistent(fx: &Fixture) {
+    let sys = FakeKernel::new(&fx.root, Mode::Normal);
+    let host = fx.host(&sys);
+    let state = State::peek(&host).expect("journal readable");
+    let mut expected_pkgs = Vec::new();
+    for e in state.entries() {
+        let lp = fx.root.join("sys/kernel/livepatch").join(&e.module);
+        let module_loaded = fx.root.join("sys/module").join(&e.module).exists();
+        match e.phase {
+            Phase::Applied => {
+                assert_eq!(
+                    read(&lp.join("enabled")),
+                    "1",
+                    "{}: applied but not enabled",
+                    e.id
+                );
+                assert_eq!(
+                    read(&lp.join("transition")),
+                    "0",
+                    "{}: applied mid-transition",
+                    e.id
+                );
+            }
+            Phase::Installed => {
+                assert!(!module_loaded, "{}: installed but module loaded", e.id);
+            }
+            other => panic!("{}: left in phase {other:?}", e.id),
+        }
+        let pkg = fx
+            .state_dir()
+            .join("packages")
+            .join(format!("ksplice-{}.tar.gz", e.id));
+        assert_eq!(
+            client::fsutil::sha256_file(&pkg).expect("installed package"),
+            e.package_sha256
+        );
+        expected_pkgs.push(format!("ksplice-{}.tar.gz", e.id));
+    }
+    let mut pkgs: Vec<String> = fs::read_dir(fx.state_dir().join("packages"))
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    pkgs.sort();
+    expected_pkgs.sort();
+    assert_eq!(pkgs, expected_pkgs, "package files vs journal");
+    let work: Vec<_> = fs::read_dir(fx.state_dir().join("work"))
+        .map(|rd| rd.flatten().collect())
+        .unwrap_or_default();
+    assert!(work.is_empty(), "work/ not cleaned: {work:?}");
+    // Every loaded ksplice module belongs to an applied update.
+    for m in fs::read_dir(fx.root.join("sys/module"))
+        .expect("sys/module")
+        .flatten()
+    {
+        let name = m.file_name().to_string_lossy().into_owned();
+        assert!(
+            state
+                .entries()
+                .iter()
+                .any(|e| e.module == name && e.phase == Phase::Applied),
+            "module {name} loaded without an applied update"
+        );
+    }
+}
+
+fn is_interrupted(r: &Result<(), Error>) -> bool {
+    matches!(r, Err(Error::Interrupted { .. }))
+}
+
+// ---- trust policy and identity ---------------------------------------------------------------
+
+#[test]
+fn client_trust_policy_missing_or_malformed_is_refused_before_anything() {
+    let fx = Fixture::new();
+    let pkg = fx.package("fix-a", |_| {});
+    let sys = FakeKernel::new(&fx.root, Mode::Normal);
+    fs::remove_file(fx.root.join("etc/ksplice/trust.toml")).expect("rm trust");
+    let (r, _) = apply(&fx, &sys, std::slice::from_ref(&pkg));
+    match r {
+        Err(e @ Error::TrustPolicy { .. }) => assert_eq!(e.exit_code(), exit::VERIFICATION),
+        other => panic!("unexpected {other:?}"),
+    }
+    fs::write(
+        fx.root.join("etc/ksplice/trust.toml"),
+        "threshold = \"one\"\n",
+    )
+    .expect("write");
+    let (r, _) = apply(&fx, &sys, &[pkg]);
+    assert!(matches!(r, Err(Error::TrustPolicy { .. })), "{r:?}");
+    assert!(!fx.state_dir().exists());
+    assert!(fx.loads().is_empty());
+}
+
+#[test]
+fn client_trust_policy_override_path_is_used() {
+    let fx = Fixture::new();
+    let other = SigningKey::from_seed(&[9; 32]);
+    let pkg = fx.package_signed("fix-a", |_| {}, &other);
+    let alt = fx.out.join("fleet-trust.toml");
+    let policy = TrustPolicy::new(vec![other.public()], 1).expect("policy");
+    fs::write(&alt, policy.to_toml()).expect("write");
+    let sys = FakeKernel::new(&fx.root, Mode::Normal);
+    let mut host = fx.host(&sys);
+    host.trust = alt;
+    let mut events = Vec::new();
+    ops::apply(&host, &[pkg], &mut |e| events.push(e)).expect("trusted by the override");
+    assert_eq!(events, vec![applied("fix-a")]);
+}
+
+#[test]
+fn client_identity_read_from_notes_and_uname() {
+    let fx = Fixture::new();
+    let sys = FakeKernel::new(&fx.root, Mode::Normal);
+    let host = fx.host(&sys);
+    let running = client::identity::Running::read(&host).expect("identity");
+    assert_eq!(
+        running,
+        client::identity::Running {
+            release: RELEASE.into(),
+            version: VERSION.into(),
+            arch: "x86_64".into(),
+            build_id: hex::encode(BUILD_ID),
+        }
+    );
+    fs::write(
+        fx.root.join("sys/kernel/notes"),
+        note(b"Linux\0", 6, b"6.1\0"),
+    )
+    .expect("notes");
+    assert!(matches!(
+        client::identity::Running::read(&host),
+        Err(Error::NoBuildId { .. })
+    ));
+    fs::remove_file(fx.root.join("sys/kernel/notes")).expect("rm");
+    assert!(matches!(
+        client::identity::Running::read(&host),
+        Err(Error::Io { .. })
+    ));
+}
+
+// ---- bad input -------------------------------------------------------------------------------
+
+/// Rewrite a package's archive entries (same archive format), to craft bad ones.
+fn repack(src: &Path, dest: &Path, edit: impl FnOnce(&mut Vec<(String, Vec<u8>)>)) {
+    let f = fs::File::open(src).expect("open");
+    let mut ar = tar::Archive::new(flate2::read::GzDecoder::new(f));
+    let mut entries: Vec<(String, Vec<u8>)> = ar
+        .entries()
+        .expect("entries")
+        .map(|e| {
+            let mut e = e.expect("entry");
+            let name = e.path().expect("path").to_string_lossy().into_owned();
+            let mut data = Vec::new();
+            e.read_to_end(&mut data).expect("read");
+            (name, data)
+        })
+        .collect();
+    edit(&mut entries);
+    let out = fs::File::create(dest).expect("create");
+    let gz = flate2::write::GzEncoder::new(out, flate2::Compression::default());
+    let mut b = tar::Builder::new(gz);
+    for (name, data) in entries {
+        let mut h = tar::Header::new_ustar();
+        h.set_entry_type(tar::EntryType::Regular);
+        h.set_size(data.len() as u64);
+        h.set_mode(0o644);
+        h.set_mtime(0);
+        b.append_data(&mut h, name, data.as_slice())
+            .expect("append");
+    }
+    b.into_inner().expect("tar").finish().expect("gz");
+}
+
+#[test]
+fn client_bad_packages_are_refused_before_kernel_or_state_is_touched() {
+    let fx = Fixture::new();
+    let good = fx.package("fix-a", |_| {});
+    let bad = |name: &str| fx.out.join(name);
+
+    // Sanity: the unmodified repack is accepted, so each refusal below is the edit's.
+    repack(&good, &bad("same.tar.gz"), |_| {});
+    let policy = TrustPolicy::load(&fx.root.join("etc/ksplice/trust.toml")).expect("policy");
+    ops::verify(&bad("same.tar.gz"), &policy).expect("identical repack verifies");
+
+    repack(&good, &bad("unsigned.tar.gz"), |e| {
+        e[1].1 = b"ksplice-signatures-v1\n".to_vec();
+    });
+    repack(&good, &bad("corrupt.tar.gz"), |e| {
+        let ko = &mut e[2].1;
+        ko[0] ^= 0xff;
+    });
+    let untrusted = fx.package_signed("fix-u", |_| {}, &SigningKey::from_seed(&[3; 32]));
+    let bytes = fs::read(&good).expect("read");
+    fs::write(bad("truncated.tar.gz"), &bytes[..bytes.len() / 2]).expect("write");
+    let oversized = fs::File::create(bad("oversized.tar.gz")).expect("create");
+    oversized.set_len(65 << 20).expect("sparse");
+    let release = fx.package("fix-r", |m| m.target.release = "6.1.0-55-amd64".into());
+    let version = fx.package("fix-v", |m| {
+        m.target.version = "#1 SMP Debian 6.1.191-1".into()
+    });
+    let build_id = fx.package("fix-b", |m| m.target.build_id = "00".repeat(20));
+    let arch = fx.package("fix-arch", |m| m.target.arch = "aarch64".into());
+
+    let sys = FakeKernel::new(&fx.root, Mode::Normal);
+    let check = |pkg: PathBuf, what: &str, ok: &dyn Fn(&Error) -> bool, code: u8| {
+        // The good package goes first: nothing may be applied when a later one is bad.
+        let (r, events) = apply(&fx, &sys, &[good.clone(), pkg]);
+        let e = r.expect_err(what);
+        assert!(ok(&e), "{what}: unexpected error {e:?}");
+        assert_eq!(e.exit_code(), code, "{what}");
+        assert!(events.is_empty(), "{what}: {events:?}");
+        assert!(!fx.state_dir().exists(), "{what}: state directory touched");
+        assert!(fx.loads().is_empty(), "{what}: kernel touched");
+    };
+    use manifests::Error as M;
+    let pkg_err = |f: fn(&M) -> bool| move |e: &Error| matches!(e, Error::Package { source, .. } if f(source));
+    check(
+        bad("unsigned.tar.gz"),
+        "unsigned",
+        &pkg_err(|s| {
+            matches!(
+                s,
+                M::MalformedSignatureFile { .. } | M::ThresholdNotMet { .. }
+            )
+        }),
+        exit::VERIFICATION,
+    );
+    check(
+        untrusted,
+        "untrusted",
+        &pkg_err(|s| matches!(s, M::UntrustedSigner { .. })),
+        exit::VERIFICATION,
+    );
+    check(
+        bad("corrupt.tar.gz"),
+        "corrupt",
+        &pkg_err(|s| matches!(s, M::DigestMismatch { .. })),
+        exit::VERIFICATION,
+    );
+    check(
+        bad("truncated.tar.gz"),
+        "truncated",
+        &pkg_err(|s| matches!(s, M::MalformedArchive { .. })),
+        exit::VERIFICATION,
+    );
+    check(
+        bad("oversized.tar.gz"),
+        "oversized",
+        &pkg_err(|s| matches!(s, M::PackageTooLarge { .. })),
+        exit::VERIFICATION,
+    );
+    let field_is = |want: &'static str| move |e: &Error| matches!(e, Error::KernelMismatch { field, .. } if *field == want);
+    check(release, "release", &field_is("release"), exit::WRONG_KERNEL);
+    check(version, "version", &field_is("version"), exit::WRONG_KERNEL);
+    check(
+        build_id,
+        "build-id",
+        &field_is("build-id"),
+        exit::WRONG_KERNEL,
+    );
+    check(arch, "arch", &field_is("arch"), exit::WRONG_KERNEL);
+}
+
+#[test]
+fn client_wrong_kernel_message_names_field_and_both_values() {
+    let fx = Fixture::new();
+    let pkg = fx.package("fix-r", |m| m.target.release = "6.1.0-55-amd64".into());
+    let sys = FakeKernel::new(&fx.root, Mode::Normal);
+    let (r, _) = apply(&fx, &sys, &[pkg]);
+    assert_eq!(
+        r.expect_err("wrong kernel").to_string(),
+        "refused: fix-r was built for another kernel: release is \"6.1.0-55-amd64\", running kernel has \"6.1.0-56-amd64\""
+    );
+}
+
+// ---- apply, undo, view, status -----------------------------------------------------------------
+
+#[test]
+fn client_apply_view_status_undo() {
+    let fx = Fixture::new();
+    let pkg = fx.package("fix-a", |_| {});
+    let sys = FakeKernel::new(&fx.root, Mode::Normal);
+    let (r, events) = apply(&fx, &sys, std::slice::from_ref(&pkg));
+    r.expect("apply");
+    assert_eq!(events, vec![applied("fix-a")]);
+    assert_eq!(fx.loads(), vec!["load ksplice_fix_a"]);
+    assert_consistent(&fx);
+
+    let (r, events) = apply(&fx, &sys, &[pkg]);
+    r.expect("second apply");
+    assert_eq!(events, vec![Event::AlreadyApplied { id: "fix-a".into() }]);
+    assert_eq!(fx.loads(), vec!["load ksplice_fix_a"], "applied twice");
+
+    let host = fx.host(&sys);
+    let (_, views) = ops::view(&host).expect("view");
+    assert_eq!(views.len(), 1);
+    assert_eq!(
+        (
+            views[0].id.as_str(),
+            views[0].state.as_str(),
+            views[0].livepatch.as_str()
+        ),
+        ("fix-a", "applied", "enabled")
+    );
+    assert!(views[0].applied_at.is_some());
+    let status = ops::status(&host).expect("status");
+    assert_eq!(status.exit_code(), exit::OK);
+    assert_eq!(
+        status.to_string(),
+        "effective kernel 6.1.0-56-amd64+fix-a: up to date (1 applied)"
+    );
+
+    let (r, events) = undo(&fx, &sys, Targets::Ids(vec!["fix-a".into()]));
+    r.expect("undo");
+    assert_eq!(events, vec![undone("fix-a")]);
+    assert_eq!(
+        fx.loads(),
+        vec!["load ksplice_fix_a", "unload ksplice_fix_a"]
+    );
+    assert_consistent(&fx);
+    assert!(State::peek(&host).expect("peek").entries().is_empty());
+    let (r, _) = undo(&fx, &sys, Targets::Ids(vec!["fix-a".into()]));
+    assert!(matches!(r, Err(Error::UnknownUpdate { .. })), "{r:?}");
+}
+
+#[test]
+fn client_run_pre_refusal_is_reported_and_changes_nothing() {
+    let fx = Fixture::new();
+    let pkg = fx.package("fix-a", |_| {});
+    let sys = FakeKernel::new(&fx.root, Mode::RunPre);
+    let (r, events) = apply(&fx, &sys, &[pkg]);
+    match r {
+        Err(
+            ref e @ Error::RunPre {
+                ref module,
+                ref messages,
+            },
+        ) => {
+            assert_eq!(module, "ksplice_fix_a");
+            assert_eq!(
+                messages,
+                &vec!["ksplice_fix_a: run-pre: mismatch in cmdline_proc_show+0x12: expected 48 found 90".to_owned()]
+            );
+            assert_eq!(e.exit_code(), exit::KERNEL_REFUSED);
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+    assert!(events.is_empty());
+    assert!(fx.loads().is_empty());
+    assert_consistent(&fx);
+    let host = fx.host(&sys);
+    assert!(State::peek(&host).expect("peek").entries().is_empty());
+}
+
+#[test]
+fn client_stalled_transition_is_signalled_then_finishes() {
+    let fx = Fixture::new();
+    let pkg = fx.package("fix-a", |_| {});
+    let sys = FakeKernel::new(&fx.root, Mode::StallUntilSignal);
+    let (r, events) = apply(&fx, &sys, &[pkg]);
+    r.expect("signal unblocks the transition");
+    assert_eq!(events, vec![applied("fix-a")]);
+    assert_eq!(
+        read(&fx.root.join("sys/kernel/livepatch/ksplice_fix_a/signal")),
+        "1"
+    );
+    assert_consistent(&fx);
+}
+
+#[test]
+fn client_stalled_transition_is_reverted_and_blockers_reported() {
+    let fx = Fixture::new();
+    let pkg = fx.package("fix-a", |_| {});
+    let sys = FakeKernel::new(&fx.root, Mode::StallEnable);
+    let (r, _) = apply(&fx, &sys, &[pkg]);
+    match r {
+        Err(ref e @ Error::TransitionTimeout { ref blocking, .. }) => {
+            let tids: Vec<(u32, u32, &str)> = blocking
+                .iter()
+                .map(|t| (t.pid, t.tid, t.comm.as_str()))
+                .collect();
+            assert_eq!(tids, vec![(4242, 4243, "stuck")]);
+            assert_eq!(
+                blocking[0].stack,
+                vec!["cmdline_proc_show+0x5/0x30", "seq_read_iter+0x11f/0x460"]
+            );
+            assert_eq!(e.exit_code(), exit::TRANSITION_TIMEOUT);
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+    assert_eq!(
+        fx.loads(),
+        vec!["load ksplice_fix_a", "unload ksplice_fix_a"]
+    );
+    assert_consistent(&fx);
+}
+
+#[test]
+fn client_stalled_undo_keeps_the_update_applied() {
+    let fx = Fixture::new();
+    let pkg = fx.package("fix-a", |_| {});
+    apply(&fx, &FakeKernel::new(&fx.root, Mode::Normal), &[pkg])
+        .0
+        .expect("apply");
+    let sys = FakeKernel::new(&fx.root, Mode::StallDisable);
+    let (r, _) = undo(&fx, &sys, Targets::All);
+    assert!(
+        matches!(
+            r,
+            Err(Error::TransitionTimeout {
+                outcome: "the update stays applied",
+                ..
+            })
+        ),
+        "{r:?}"
+    );
+    assert_consistent(&fx);
+    let host = fx.host(&sys);
+    assert_eq!(
+        State::peek(&host).expect("peek").entries()[0].phase,
+        Phase::Applied
+    );
+}
+
+#[test]
+fn client_builds_on_orders_apply_and_undo() {
+    let fx = Fixture::new();
+    let base = fx.package("base", |_| {});
+    let top = fx.package("top", |m| m.builds_on = vec!["base".into()]);
+    let sys = FakeKernel::new(&fx.root, Mode::Normal);
+
+    let (r, _) = apply(&fx, &sys, std::slice::from_ref(&top));
+    assert!(
+        matches!(r, Err(Error::MissingBase { ref missing, .. }) if missing == "base"),
+        "{r:?}"
+    );
+    assert!(fx.loads().is_empty());
+
+    let (r, events) = apply(&fx, &sys, &[base, top]);
+    r.expect("apply in order");
+    assert_eq!(events, vec![applied("base"), applied("top")]);
+
+    let (r, _) = undo(&fx, &sys, Targets::Ids(vec!["base".into()]));
+    match r {
+        Err(ref e @ Error::UndoBlocked { ref by, .. }) => {
+            assert_eq!(by, "top");
+            assert_eq!(e.exit_code(), exit::DEPENDENCY);
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+    let (r, events) = undo(&fx, &sys, Targets::All);
+    r.expect("undo all");
+    assert_eq!(events, vec![undone("top"), undone("base")]);
+    assert_consistent(&fx);
+}
+
+#[test]
+fn client_boot_reapplies_installed_for_this_kernel_only() {
+    let fx = Fixture::new();
+    let a = fx.package("fix-a", |_| {});
+    let sys = FakeKernel::new(&fx.root, Mode::Normal);
+    apply(&fx, &sys, &[a]).0.expect("apply a");
+
+    // Boot another kernel and apply an update built for it.
+    fx.reboot();
+    let mut other = FakeKernel::new(&fx.root, Mode::Normal);
+    other.uname.release = "6.1.0-57-amd64".into();
+    let b = fx.package("fix-b", |m| m.target.release = "6.1.0-57-amd64".into());
+    apply(&fx, &other, &[b]).0.expect("apply b");
+
+    // Back to the first kernel: a is pending, b is for another kernel.
+    fx.reboot();
+    let host = fx.host(&sys);
+    let status = ops::status(&host).expect("status");
+    assert_eq!(status.exit_code(), exit::PENDING);
+    assert_eq!(
+        status.to_string(),
+        "effective kernel 6.1.0-56-amd64: 1 installed update(s) not applied: fix-a"
+    );
+    let mut events = Vec::new();
+    ops::apply_installed(&host, &mut |e| events.push(e)).expect("boot apply");
+    assert_eq!(events.len(), 2, "{events:?}");
+    assert_eq!(events[0], applied("fix-a"));
+    assert!(
+        matches!(&events[1], Event::Skipped { id, reason } if id == "fix-b" && reason.contains("release is \"6.1.0-57-amd64\"")),
+        "{events:?}"
+    );
+    assert_eq!(ops::status(&host).expect("status").exit_code(), exit::OK);
+    assert_consistent(&fx);
+}
+
+#[test]
+fn client_boot_respects_ksplice_off() {
+    let fx = Fixture::new();
+    let sys = FakeKernel::new(&fx.root, Mode::Normal);
+    apply(&fx, &sys, &[fx.package("fix-a", |_| {})])
+        .0
+        .expect("apply");
+    fx.reboot();
+    fs::write(
+        fx.root.join("proc/cmdline"),
+        "root=/dev/vda ksplice=off quiet\n",
+    )
+    .expect("cmdline");
+    let host = fx.host(&sys);
+    let mut events = Vec::new();
+    ops::apply_installed(&host, &mut |e| events.push(e)).expect("boot");
+    assert_eq!(events, vec![Event::DisabledByCmdline]);
+    assert_eq!(fx.loads(), vec!["load ksplice_fix_a"]);
+}
+
+// ---- crash at every step ---------------------------------------------------------------------
+
+/// Run `op` crashing at checkpoint 0, 1, 2, ... until it completes without
+/// reaching the crash point; after each crash, the next command must bring
+/// journal and kernel back into agreement, and finishing the job must leave
+/// `expect_loaded` applied exactly once.
+fn crash_everywhere(
+    mode: Mode,
+    setup: &dyn Fn(&Fixture),
+    op: &dyn Fn(&Fixture, &FakeKernel) -> Result<(), Error>,
+    finish: &dyn Fn(&Fixture, &FakeKernel),
+    expect_steps: &[Step],
+) -> usize {
+    let mut n = 0;
+    loop {
+        let fx = Fixture::new();
+        setup(&fx);
+        let loads_before = fx.loads().len();
+        let crashing = FakeKernel::new(&fx.root, mode).crashing_at(n);
+        let r = op(&fx, &crashing);
+        if !is_interrupted(&r) {
+            // Ran to the end: every checkpoint has had its crash.
+            let steps = crashing.steps.borrow().clone();
+            for s in expect_steps {
+                assert!(steps.contains(s), "step {s} never reached: {steps:?}");
+            }
+            return n;
+        }
+        // The next command (status here) resolves the interruption.
+        let sys = FakeKernel::new(&fx.root, mode);
+        let host = fx.host(&sys);
+        match ops::status(&host) {
+            Ok(_) | Err(Error::TransitionTimeout { .. }) => {}
+            Err(e) => panic!("crash at {n}: recovery failed: {e:?}"),
+        }
+        assert_consistent(&fx);
+        finish(&fx, &sys);
+        assert_consistent(&fx);
+        let loads = &fx.loads()[loads_before..];
+        let net = loads.iter().filter(|l| l.starts_with("load ")).count() as i64
+            - loads.iter().filter(|l| l.starts_with("unload ")).count() as i64;
+        let applied_now = fx.root.join("sys/kernel/livepatch/ksplice_fix_a").exists() as i64;
+        let applied_before = (loads_before > 0) as i64;
+        assert_eq!(
+            applied_before + net,
+            applied_now,
+            "crash at {n}: kernel log {loads:?}"
+        );
+        n += 1;
+    }
+}
+
+#[test]
+fn client_apply_recovers_from_a_crash_at_every_step() {
+    let setup = |_: &Fixture| {};
+    let op = |fx: &Fixture, sys: &FakeKernel| apply(fx, sys, &[fx.package("fix-a", |_| {})]).0;
+    let finish = |fx: &Fixture, sys: &FakeKernel| {
+        let (r, events) = apply(fx, sys, &[fx.package("fix-a", |_| {})]);
+        r.expect("apply after recovery");
+        assert_eq!(events.len(), 1);
+        assert!(matches!(
+            events[0],
+            Event::Applied { .. } | Event::AlreadyApplied { .. }
+        ));
+        assert!(fx.root.join("sys/kernel/livepatch/ksplice_fix_a").exists());
+    };
+    let steps = [
+        Step::Journaled("installing"),
+        Step::StateFile("package installed"),
+        Step::Journaled("installed"),
+        Step::Journaled("loading"),
+        Step::Loaded,
+        Step::Journaled("transitioning"),
+        Step::Journaled("applied"),
+    ];
+    let n = crash_everywhere(Mode::Normal, &setup, &op, &finish, &steps);
+    assert_eq!(n, steps.len(), "checkpoints of a clean apply");
+}
+
+#[test]
+fn client_failed_apply_recovers_from_a_crash_at_every_step() {
+    let setup = |_: &Fixture| {};
+    let op = |fx: &Fixture, sys: &FakeKernel| apply(fx, sys, &[fx.package("fix-a", |_| {})]).0;
+    let finish = |fx: &Fixture, sys: &FakeKernel| {
+        let (r, _) = apply(fx, sys, &[fx.package("fix-a", |_| {})]);
+        assert!(matches!(r, Err(Error::TransitionTimeout { .. })), "{r:?}");
+        assert!(!fx.root.join("sys/module/ksplice_fix_a").exists());
+    };
+    let steps = [
+        Step::Journaled("reverting"),
+        Step::EnabledWritten,
+        Step::Unloaded,
+        Step::Journaled("installed"),
+        Step::StateFile("package removed"),
+        Step::Journaled("entry removed"),
+    ];
+    crash_everywhere(Mode::StallEnable, &setup, &op, &finish, &steps);
+}
+
+#[test]
+fn client_undo_recovers_from_a_crash_at_every_step() {
+    let setup = |fx: &Fixture| {
+        let sys = FakeKernel::new(&fx.root, Mode::Normal);
+        apply(fx, &sys, &[fx.package("fix-a", |_| {})])
+            .0
+            .expect("setup apply");
+    };
+    let op = |fx: &Fixture, sys: &FakeKernel| undo(fx, sys, Targets::Ids(vec!["fix-a".into()])).0;
+    let finish = |fx: &Fixture, sys: &FakeKernel| {
+        let host = fx.host(sys);
+        if State::peek(&host).expect("peek").find("fix-a").is_some() {
+            undo(fx, sys, Targets::Ids(vec!["fix-a".into()]))
+                .0
+                .expect("undo after recovery");
+        }
+        assert!(State::peek(&host).expect("peek").entries().is_empty());
+        assert!(!fx.root.join("sys/module/ksplice_fix_a").exists());
+    };
+    let steps = [
+        Step::Journaled("disabling"),
+        Step::EnabledWritten,
+        Step::Journaled("unloading"),
+        Step::Unloaded,
+        Step::Journaled("removing"),
+        Step::StateFile("package removed"),
+        Step::Journaled("entry removed"),
+    ];
+    let n = crash_everywhere(Mode::Normal, &setup, &op, &finish, &steps);
+    assert_eq!(n, steps.len(), "checkpoints of a clean undo");
+}
+
+// ---- profile ---------------------------------------------------------------------------------
+
+#[test]
+fn client_profile_writes_the_builder_layout() {
+    let fx = Fixture::new();
+    let sys = FakeKernel::new(&fx.root, Mode::Normal);
+    let host = fx.host(&sys);
+    fs::write(
+        fx.root.join("proc/kallsyms"),
+        "ffffffff81000000 T _stext\nffffffff81234560 t cmdline_proc_show\n",
+    )
+    .expect("kallsyms");
+    let cfg = "CONFIG_LIVEPATCH=y\n";
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    gz.write_all(cfg.as_bytes()).expect("gz");
+    fs::write(fx.root.join("proc/config.gz"), gz.finish().expect("gz")).expect("config.gz");
+    let headers = fx.root.join(format!("usr/src/linux-headers-{RELEASE}"));
+    fs::create_dir_all(&headers).expect("headers");
+    fs::write(
+        headers.join("Module.symvers"),
+        "0x12345678\tprintk\tvmlinux\tEXPORT_SYMBOL\t\n",
+    )
+    .expect("symvers");
+
+    let dir = fx.out.join("profile");
+    let files = client::profile::profile(&host, &dir).expect("profile");
+    assert_eq!(
+        files,
+        vec![
+            "System.map",
+            "config",
+            "build-id",
+            "release",
+            "version",
+            "arch",
+            "Module.symvers"
+        ]
+    );
+    assert_eq!(read(&dir.join("config")), cfg.trim());
+    assert_eq!(read(&dir.join("build-id")), hex::encode(BUILD_ID));
+    assert_eq!(read(&dir.join("release")), RELEASE);
+    assert_eq!(read(&dir.join("version")), VERSION);
+    assert_eq!(read(&dir.join("arch")), "x86_64");
+    assert!(read(&dir.join("System.map")).contains("t cmdline_proc_show"));
+
+    // /boot/config-<release> wins over /proc/config.gz.
+    fs::create_dir_all(fx.root.join("boot")).expect("boot");
+    fs::write(
+        fx.root.join(format!("boot/config-{RELEASE}")),
+        "CONFIG_X=y\n",
+    )
+    .expect("cfg");
+    client::profile::profile(&host, &dir).expect("profile");
+    assert_eq!(read(&dir.join("config")), "CONFIG_X=y");
+
+    // Without CAP_SYSLOG kallsyms shows zeros: refuse rather than mislead the builder.
+    fs::write(
+        fx.root.join("proc/kallsyms"),
+        "0000000000000000 T _stext\n0000000000000000 t cmdline_proc_show\n",
+    )
+    .expect("kallsyms");
+    assert!(matches!(
+        client::profile::profile(&host, &dir),
+        Err(Error::KallsymsHidden { .. })
+    ));
+}
