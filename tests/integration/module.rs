@@ -166,7 +166,7 @@ fn cmdline_pre() -> &'static Path {
 }
 
 fn build(fixture: &str, name: &str, tweak: impl FnOnce(&mut RunPre)) -> Result<Built, Error> {
-    let root = work_root().join(fixture);
+    let root = work_root().join(name);
     let _ = std::fs::remove_dir_all(&root);
     let patch = compile(
         &root.join("post"),
@@ -469,4 +469,21 @@ fn loader_module_is_checkpatch_clean() {
             f.display()
         );
     }
+}
+
+#[test]
+fn run_pre_tables_follow_the_pre_code_byte_for_byte() {
+    // A pre build that differs from the running kernel at +0x6 (the REX
+    // prefix of the saved_command_line load): the module builds, and the
+    // kernel must veto it (checked in QEMU by the e2e harness).
+    let b = build("cmdline-kpatch", "ksplice_cmdline_bad", |rp| {
+        rp.code[6] ^= 0x01
+    })
+    .expect("build");
+    assert_eq!(b.run_pre.code[6], 0x49);
+    let c = std::fs::read_to_string(b.work.join("ksplice-update.c")).expect("generated C");
+    assert!(
+        c.contains("0xe8, 0x00, 0x00, 0x00, 0x00, 0x53, 0x49, 0x8b,"),
+        "{c}"
+    );
 }
