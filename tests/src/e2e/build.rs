@@ -7,6 +7,17 @@ use anyhow::{bail, Context as _, Result};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+/// What a build hands to the guest.
+#[derive(Debug, Clone, Default)]
+pub struct Built {
+    /// The file the guest gets as `$PKG` (empty: none).
+    pub file: PathBuf,
+    /// Extra variables for the guest script.
+    pub env: Vec<(String, String)>,
+    /// The exact refusal text the guest must see (`{PKG}` stands for the guest path of `file`).
+    pub expect: Option<String>,
+}
+
 /// State shared by the builds of one run (keys, trust policy, the sample module).
 #[derive(Debug)]
 pub struct Context<'a> {
@@ -15,6 +26,8 @@ pub struct Context<'a> {
     dir: PathBuf,
     sample: Option<PathBuf>,
     trust: Option<PathBuf>,
+    /// (private key path, key id) of the trusted test key and of a key nobody trusts.
+    keys: Option<[(PathBuf, String); 2]>,
 }
 
 impl<'a> Context<'a> {
@@ -26,6 +39,7 @@ impl<'a> Context<'a> {
             dir: dir.to_path_buf(),
             sample: None,
             trust: None,
+            keys: None,
         })
     }
 
@@ -34,11 +48,14 @@ impl<'a> Context<'a> {
         self.trust.as_deref()
     }
 
-    /// Builds `what` into `out` and returns the file the guest gets as `$PKG` (empty: none).
-    pub fn build(&mut self, what: &Build, out: &Path) -> Result<PathBuf> {
+    /// Builds `what` into `out`.
+    pub fn build(&mut self, what: &Build, out: &Path) -> Result<Built> {
         match what {
-            Build::Nothing => Ok(PathBuf::new()),
-            Build::SampleModule => self.sample_module(),
+            Build::Nothing => Ok(Built::default()),
+            Build::SampleModule => Ok(Built {
+                file: self.sample_module()?,
+                ..Built::default()
+            }),
             Build::SamplePackage(v) => self.sample_package(*v, out),
             Build::Create { .. }
             | Build::CreateDiffext { .. }
@@ -48,7 +65,6 @@ impl<'a> Context<'a> {
             }
         }
     }
-
     /// samples/livepatch/livepatch-sample.c from the kernel source, built against the installed headers.
     fn sample_module(&mut self) -> Result<PathBuf> {
         if let Some(p) = &self.sample {
@@ -83,8 +99,152 @@ impl<'a> Context<'a> {
         Ok(ko)
     }
 
-    fn sample_package(&mut self, _v: PackageVariant, _out: &Path) -> Result<PathBuf> {
-        let _ = self.profile;
-        bail!("ksplice-build pack is not wired into the harness yet")
+    /// The test signing key (trusted by the guest) and a second key the guest does not trust.
+    fn keys(&mut self) -> Result<[(PathBuf, String); 2]> {
+        if let Some(k) = &self.keys {
+            return Ok(k.clone());
+        }
+        let mut made = Vec::new();
+        for name in ["trusted", "unknown"] {
+            let dir = self.dir.join("keys").join(name);
+            let _ = std::fs::remove_dir_all(&dir);
+            let out = run(Command::new(self.h.bin("ksplice-build"))
+                .arg("keygen")
+                .arg("--out")
+                .arg(&dir))?;
+            let id = out
+                .lines()
+                .find_map(|l| l.strip_prefix("key id "))
+                .context("ksplice-build keygen printed no key id")?
+                .trim()
+                .to_string();
+            made.push((dir.join("signing.key"), id));
+        }
+        self.trust = Some(self.dir.join("keys/trusted/trust.toml"));
+        let keys: [(PathBuf, String); 2] = made.try_into().expect("invariant: two keys");
+        self.keys = Some(keys.clone());
+        Ok(keys)
     }
+
+    /// The sample module as a signed ksplice package, good or deliberately bad.
+    fn sample_package(&mut self, v: PackageVariant, out: &Path) -> Result<Built> {
+        let ko = self.sample_module()?;
+        let [trusted, unknown] = self.keys()?;
+        let p = self
+            .profile
+            .context("no target profile (the profile boot failed)")?;
+        let (id, key, build_id) = match v {
+            PackageVariant::Good => ("sample", &trusted, p.build_id.clone()),
+            PackageVariant::UnknownKey => ("sample-unknown-key", &unknown, p.build_id.clone()),
+            // Same release and version strings, another build: only the build-id tells them apart.
+            PackageVariant::OtherKernel => ("sample-other-kernel", &trusted, "0".repeat(40)),
+            PackageVariant::Corrupted => ("sample-corrupted", &trusted, p.build_id.clone()),
+        };
+        let manifest = format!(
+            r#"format = 1
+id = "{id}"
+description = "samples/livepatch/livepatch-sample.c: /proc/cmdline reads 'this has been live patched'"
+created = "2026-01-01T00:00:00Z"
+builder_version = "e2e"
+
+[target]
+release = {release:?}
+version = {version:?}
+arch = {arch:?}
+build_id = "{build_id}"
+
+[module]
+name = "livepatch_sample"
+file = "livepatch-sample.ko"
+"#,
+            release = p.release,
+            version = p.version,
+            arch = p.arch,
+        );
+        let mpath = out.join("manifest.toml");
+        std::fs::write(&mpath, manifest)?;
+        let pkg = out.join(format!("ksplice-{id}.tar.gz"));
+        run(Command::new(self.h.bin("ksplice-build"))
+            .arg("pack")
+            .arg("--manifest")
+            .arg(&mpath)
+            .arg("--key")
+            .arg(&key.0)
+            .arg("--output")
+            .arg(&pkg)
+            .arg(format!("livepatch-sample.ko={}", ko.display())))?;
+        let mut built = Built {
+            file: pkg.clone(),
+            env: vec![("ID".into(), id.into())],
+            expect: None,
+        };
+        built.expect = match v {
+            PackageVariant::Good => None,
+            PackageVariant::UnknownKey => Some(format!(
+                "refused: {{PKG}}: manifest.sig: signed only by untrusted key(s) {}",
+                key.1
+            )),
+            PackageVariant::OtherKernel => Some(format!(
+                "refused: {id} was built for another kernel: build-id is \"{build_id}\", running kernel has \"{}\"",
+                p.build_id
+            )),
+            PackageVariant::Corrupted => {
+                corrupt_payload(&pkg, "livepatch-sample.ko")?;
+                Some(
+                    "refused: {PKG}: package file \"livepatch-sample.ko\" does not match its sha256 in the manifest"
+                        .into(),
+                )
+            }
+        };
+        Ok(built)
+    }
+}
+
+/// Flips one byte in the middle of payload `file`, keeping manifest, signature and entry order.
+fn corrupt_payload(pkg: &Path, file: &str) -> Result<()> {
+    let dir = pkg.with_extension("unpacked");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir)?;
+    let list = run(Command::new("tar").arg("-tzf").arg(pkg))?;
+    run(Command::new("tar").arg("-C").arg(&dir).arg("-xzf").arg(pkg))?;
+    let target = dir.join(file);
+    let mut bytes = std::fs::read(&target)?;
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0xff;
+    std::fs::write(&target, bytes)?;
+    let tarball = pkg.with_file_name("corrupted.tar");
+    run(Command::new("tar")
+        .args(["--format=ustar", "--owner=0", "--group=0", "-cf"])
+        .arg(&tarball)
+        .arg("-C")
+        .arg(&dir)
+        .args(list.lines()))?;
+    run(Command::new("gzip").args(["-n", "-f"]).arg(&tarball))?;
+    // ksplice reads only its canonical gzip header (mtime 0, XFL 0, OS 255); gzip -n differs in
+    // XFL and OS, which the CRC does not cover. The corruption must be in the payload, not here.
+    let mut gz = std::fs::read(pkg.with_file_name("corrupted.tar.gz"))?;
+    if gz.len() < 10 {
+        bail!("gzip wrote a truncated stream");
+    }
+    gz[8] = 0;
+    gz[9] = 0xff;
+    std::fs::write(pkg, gz)?;
+    Ok(())
+}
+
+/// Runs a command, returning its stdout, failing with its stderr.
+fn run(cmd: &mut Command) -> Result<String> {
+    let out = cmd
+        .output()
+        .with_context(|| format!("run {:?}", cmd.get_program()))?;
+    if !out.status.success() {
+        bail!(
+            "{:?} failed ({}):\n{}{}",
+            cmd,
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }

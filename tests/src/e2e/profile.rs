@@ -68,7 +68,7 @@ pub fn capture(h: &Harness, want_full: bool) -> Result<(Profile, bool)> {
             if want_full { "1" } else { "0" }.into(),
         ));
     }
-    let (log, ended) = h.boot("profile", &[(s, PathBuf::new())], None)?;
+    let (log, ended) = h.boot("profile", &[(s, Default::default())], None)?;
     let Some(b64) = log.blobs.get("profile") else {
         bail!("the guest sent no profile ({ended:?}); see the serial log");
     };

@@ -144,7 +144,7 @@ impl Harness {
         // 2. Build every package on the host.
         let pkgdir = self.work.join("pkg");
         let _ = std::fs::remove_dir_all(&pkgdir);
-        let mut boot_list: Vec<(Scenario, PathBuf, f64)> = Vec::new();
+        let mut boot_list: Vec<(Scenario, build::Built, f64)> = Vec::new();
         let mut ctx = build::Context::new(self, prof.as_ref(), &pkgdir)?;
         for s in runnable {
             let t = Instant::now();
@@ -171,7 +171,7 @@ impl Harness {
 
         // 3. One boot for every scenario that built.
         if !boot_list.is_empty() {
-            let plan: Vec<(Scenario, PathBuf)> = boot_list
+            let plan: Vec<(Scenario, build::Built)> = boot_list
                 .iter()
                 .map(|(s, p, _)| (s.clone(), p.clone()))
                 .collect();
@@ -205,7 +205,7 @@ impl Harness {
     pub fn boot(
         &self,
         name: &str,
-        plan: &[(Scenario, PathBuf)],
+        plan: &[(Scenario, build::Built)],
         trust: Option<&Path>,
     ) -> Result<(Log, Ended)> {
         let dir = self.work.join(format!("boot-{name}"));
@@ -222,19 +222,19 @@ impl Harness {
                 .expect("invariant: only guest scenarios are booted");
             modules.extend(g.modules.iter().copied());
             let mut line = format!("{} {}", s.name, g.script);
-            if !built.as_os_str().is_empty() {
+            if !built.file.as_os_str().is_empty() {
                 let dst = root.join("ksplice/pkg").join(&s.name);
                 std::fs::create_dir_all(&dst)?;
-                let file = built.file_name().context("built output has no name")?;
-                std::fs::copy(built, dst.join(file))
-                    .with_context(|| format!("copy {}", built.display()))?;
-                line.push_str(&format!(
-                    " PKG=/ksplice/pkg/{}/{}",
-                    s.name,
-                    file.to_string_lossy()
-                ));
+                let file = built.file.file_name().context("built output has no name")?;
+                std::fs::copy(&built.file, dst.join(file))
+                    .with_context(|| format!("copy {}", built.file.display()))?;
+                let guest_path = format!("/ksplice/pkg/{}/{}", s.name, file.to_string_lossy());
+                if let Some(e) = &built.expect {
+                    std::fs::write(dst.join("expect"), e.replace("{PKG}", &guest_path))?;
+                }
+                line.push_str(&format!(" PKG={guest_path}"));
             }
-            for (k, v) in &g.env {
+            for (k, v) in g.env.iter().chain(&built.env) {
                 line.push_str(&format!(" {k}={v}"));
             }
             plan_text.push_str(&line);
@@ -314,6 +314,13 @@ impl Harness {
                 }
             }
         }
+        // A Debian host has its kernel's config in /boot (from the image package); `ksplice profile` reads it.
+        std::fs::create_dir_all(root.join("boot"))?;
+        std::fs::copy(
+            &self.env.config,
+            root.join("boot")
+                .join(format!("config-{}", self.env.release)),
+        )?;
         if let Some(t) = trust {
             std::fs::copy(t, root.join("etc/ksplice/trust.toml"))?;
         }
