@@ -487,3 +487,77 @@ fn run_pre_tables_follow_the_pre_code_byte_for_byte() {
         "{c}"
     );
 }
+
+/// The differ's own output for cmdline-string.patch, through
+/// `PatchObject::from_report`, builds a module whose only livepatch symbol
+/// is saved_command_line.
+#[test]
+fn differ_output_for_cmdline_string_builds_a_livepatch() {
+    use builder::diff;
+
+    let root = work_root().join("differ-cmdline-string");
+    let _ = std::fs::remove_dir_all(&root);
+    let src = root.join("src");
+    std::fs::create_dir_all(src.join("fs/proc")).expect("mkdir");
+    std::fs::copy(
+        kernel().source.join("fs/proc/cmdline.c"),
+        src.join("fs/proc/cmdline.c"),
+    )
+    .expect("copy");
+    let patch = repo().join("../shared/patches/cmdline-string.patch");
+    let st = Command::new("patch")
+        .args(["-s", "-p1", "-i"])
+        .arg(&patch)
+        .current_dir(&src)
+        .status()
+        .expect("run patch");
+    assert!(st.success(), "patch failed");
+    let post = compile(&root.join("post"), &src.join("fs/proc/cmdline.c"));
+
+    let symvers =
+        std::fs::read_to_string(kernel().headers.join("Module.symvers")).expect("symvers");
+    let mut cx = diff::Cx::new("vmlinux", "ksp0_");
+    cx.vmlinux_exports = symvers
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<_> = l.split('\t').collect();
+            (f.get(2) == Some(&"vmlinux")).then(|| f[1].to_owned())
+        })
+        .collect();
+    let pre_bytes = std::fs::read(cmdline_pre()).expect("read pre");
+    let post_bytes = std::fs::read(&post).expect("read post");
+    let diff::Outcome::Patch { object, report } =
+        diff::diff(&pre_bytes, &post_bytes, &cx).expect("diff")
+    else {
+        panic!("differ found no change")
+    };
+    let path = root.join("patch.o");
+    std::fs::write(&path, object).expect("write patch object");
+    let pobj = PatchObject::from_report(path, &report).expect("complete report");
+    assert_eq!(
+        pobj.functions
+            .iter()
+            .map(|f| f.name.as_str())
+            .collect::<Vec<_>>(),
+        vec!["cmdline_proc_show"]
+    );
+    assert_eq!(
+        pobj.functions[0].run_pre.code,
+        run_pre_of(cmdline_pre(), "cmdline_proc_show").code
+    );
+
+    let inputs = Inputs {
+        name: ModuleName::new("ksplice_cmdline_differ").expect("name"),
+        kernel_tree: kernel().headers.clone(),
+        release: kernel().release.clone(),
+        work_dir: root.join("module"),
+        objects: vec![pobj],
+    };
+    let ko = module::build(&inputs).expect("build");
+    let r = inspect::read(&ko).expect("inspect");
+    assert_eq!(
+        r.klp_symbols,
+        vec![(".klp.sym.vmlinux.saved_command_line,0".to_owned(), 0xff20)]
+    );
+    assert_eq!(r.modinfo("livepatch"), Some("Y"));
+}

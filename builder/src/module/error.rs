@@ -33,6 +33,13 @@ pub enum Error {
         sympos: u32,
     },
 
+    /// The differ's report lacks something a changed function needs.
+    #[error("differ report: changed function {function} has no {what}")]
+    IncompleteReport {
+        function: String,
+        what: &'static str,
+    },
+
     /// A replaced function comes without the pre build's code.
     #[error("run-pre data of {function} has no code")]
     EmptyRunPre { function: String },

@@ -108,6 +108,49 @@ pub struct PatchObject {
     pub functions: Vec<ReplacedFunction>,
 }
 
+impl PatchObject {
+    /// The patch object the differ wrote to `path`, with its report: every
+    /// changed function becomes a [`ReplacedFunction`] with the report's
+    /// run-pre data.  A changed function without a new symbol or without
+    /// run-pre data is an error, never a silently smaller update.
+    pub fn from_report(path: PathBuf, report: &crate::diff::Report) -> Result<Self> {
+        let functions = report
+            .functions
+            .iter()
+            .filter(|f| f.status == crate::diff::FunctionStatus::Changed)
+            .map(|f| {
+                let missing = |what| Error::IncompleteReport {
+                    function: f.name.clone(),
+                    what,
+                };
+                let symbol = f
+                    .symbol
+                    .clone()
+                    .ok_or_else(|| missing("replacement symbol"))?;
+                let rp = report
+                    .run_pre
+                    .iter()
+                    .find(|r| r.name == f.name && r.sympos == f.sympos)
+                    .ok_or_else(|| missing("run-pre data"))?;
+                Ok(ReplacedFunction {
+                    name: f.name.clone(),
+                    sympos: f.sympos,
+                    symbol,
+                    run_pre: RunPre {
+                        code: rp.code.clone(),
+                        skip: rp.skip.clone(),
+                    },
+                })
+            })
+            .collect::<Result<_>>()?;
+        Ok(Self {
+            target: report.target_object.clone(),
+            path,
+            functions,
+        })
+    }
+}
+
 /// Everything [`build`] needs.
 #[derive(Clone, Debug)]
 pub struct Inputs {
@@ -246,4 +289,105 @@ fn check_run_pre(f: &ReplacedFunction) -> Result<()> {
 /// Where [`build`] leaves the module for `name` inside `work_dir`.
 pub fn module_path(work_dir: &Path, name: &ModuleName) -> PathBuf {
     work_dir.join(format!("{name}.ko"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn func(name: &str, code: Vec<u8>, skip: Vec<(u32, u32)>) -> ReplacedFunction {
+        ReplacedFunction {
+            name: name.into(),
+            sympos: 0,
+            symbol: format!("ksp0_{name}"),
+            run_pre: RunPre { code, skip },
+        }
+    }
+
+    fn inputs(objects: Vec<PatchObject>) -> Inputs {
+        Inputs {
+            name: ModuleName::new("ksplice_t").expect("valid"),
+            kernel_tree: "/nonexistent".into(),
+            release: "6.1.0-56-amd64".into(),
+            work_dir: "/nonexistent".into(),
+            objects,
+        }
+    }
+
+    fn obj(target: &str, functions: Vec<ReplacedFunction>) -> PatchObject {
+        PatchObject {
+            target: target.into(),
+            path: "p.o".into(),
+            functions,
+        }
+    }
+
+    #[test]
+    fn module_names_follow_the_contract() {
+        assert_eq!(
+            ModuleName::for_update("cve-2024-1")
+                .expect("valid")
+                .as_str(),
+            "ksplice_cve_2024_1"
+        );
+        for bad in ["ksplice_", "kpatch_x", "ksplice_a.b", "ksplice_ä"] {
+            assert!(
+                matches!(ModuleName::new(bad), Err(Error::InvalidModuleName { .. })),
+                "{bad}"
+            );
+        }
+        let longest = format!("ksplice_{}", "x".repeat(47));
+        assert!(ModuleName::new(&longest).is_ok());
+        assert!(ModuleName::new(&format!("{longest}x")).is_err());
+    }
+
+    #[test]
+    fn targets_group_objects_with_vmlinux_first() {
+        let i = inputs(vec![
+            obj("xfs", vec![func("a", vec![0x90], vec![])]),
+            obj("vmlinux", vec![func("b", vec![0x90], vec![])]),
+            obj("xfs", vec![func("c", vec![0x90], vec![])]),
+        ]);
+        let t = validate(&i).expect("valid");
+        let got: Vec<_> = t.iter().map(|t| (t.name, t.objects.clone())).collect();
+        assert_eq!(got, vec![("vmlinux", vec![1]), ("xfs", vec![0, 2])]);
+    }
+
+    #[test]
+    fn bad_inputs_are_refused_precisely() {
+        assert!(matches!(validate(&inputs(vec![])), Err(Error::NoObjects)));
+        let dup = inputs(vec![
+            obj("vmlinux", vec![func("a", vec![0x90], vec![])]),
+            obj("vmlinux", vec![func("a", vec![0x90], vec![])]),
+        ]);
+        assert!(matches!(
+            validate(&dup),
+            Err(Error::DuplicateFunction { name, sympos: 0, .. }) if name == "a"
+        ));
+        let skip = inputs(vec![obj(
+            "vmlinux",
+            vec![func("a", vec![0; 4], vec![(2, 3)])],
+        )]);
+        assert!(matches!(
+            validate(&skip),
+            Err(Error::SkipOutOfRange {
+                offset: 2,
+                len: 3,
+                size: 4,
+                ..
+            })
+        ));
+        let empty = inputs(vec![obj("vmlinux", vec![func("a", vec![], vec![])])]);
+        assert!(matches!(validate(&empty), Err(Error::EmptyRunPre { .. })));
+        let quote = inputs(vec![obj("vmlinux", vec![func("a\"b", vec![0x90], vec![])])]);
+        assert!(matches!(
+            validate(&quote),
+            Err(Error::InvalidSymbolName { .. })
+        ));
+        let target = inputs(vec![obj("../x", vec![])]);
+        assert!(matches!(
+            validate(&target),
+            Err(Error::InvalidTarget { .. })
+        ));
+    }
 }
