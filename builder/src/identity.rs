@@ -39,13 +39,15 @@ impl TargetImage {
         let elf = if raw.starts_with(ELF_MAGIC) {
             raw
         } else {
-            let at = find(&raw, XZ_MAGIC).ok_or_else(|| {
-                bad("neither an ELF vmlinux nor a bzImage with an XZ payload".into())
-            })?;
+            let payload = bzimage_payload(&raw)
+                .or_else(|| find(&raw, XZ_MAGIC).map(|at| &raw[at..]))
+                .filter(|p| p.starts_with(XZ_MAGIC))
+                .ok_or_else(|| {
+                    bad("neither an ELF vmlinux nor a bzImage with an XZ payload".into())
+                })?;
+            let at = payload.as_ptr() as usize - raw.as_ptr() as usize;
             let mut out = Vec::new();
-            // XzDecoder stops at the end of the first stream: the bzImage's
-            // trailer after the payload is never fed to it as data.
-            xz2::read::XzDecoder::new(&raw[at..])
+            xz2::read::XzDecoder::new(payload)
                 .take(MAX_VMLINUX)
                 .read_to_end(&mut out)
                 .map_err(|e| bad(format!("XZ payload at {at:#x}: {e}")))?;
@@ -81,6 +83,27 @@ impl TargetImage {
         file.segments()
             .find_map(|seg| seg.data_range(addr, len).ok().flatten())
     }
+}
+
+/// The compressed kernel of a bzImage, from its boot protocol header
+/// (Documentation/x86/boot.rst: `payload_offset`/`payload_length`), without
+/// the 4-byte uncompressed size the build appends (liblzma rejects trailing
+/// bytes after the stream).
+fn bzimage_payload(raw: &[u8]) -> Option<&[u8]> {
+    if raw.get(0x202..0x206)? != b"HdrS" {
+        return None;
+    }
+    let setup_sects = match *raw.get(0x1f1)? {
+        0 => 4,
+        n => usize::from(n),
+    };
+    let u32_at = |o: usize| -> Option<usize> {
+        let b: [u8; 4] = raw.get(o..o + 4)?.try_into().ok()?;
+        Some(u32::from_le_bytes(b) as usize)
+    };
+    let start = (setup_sects + 1) * 512 + u32_at(0x248)?;
+    let len = u32_at(0x24c)?.checked_sub(4)?;
+    raw.get(start..start.checked_add(len)?)
 }
 
 fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {

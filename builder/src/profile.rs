@@ -133,11 +133,25 @@ impl Profile {
                     release.map_or((String::new(), None), |(s, v)| (s, Some(v))),
                     (src.clone(), img.release.clone()),
                 )?;
-                let v = agree(
-                    "version",
-                    version.map_or((String::new(), None), |(s, v)| (s, Some(v))),
-                    (src, img.version.clone()),
-                )?;
+                // linux_banner's build number may differ from uname -v's
+                // (the release build fills it in late): compare the rest.
+                if let (Some((vs, v)), Some(iv)) = (&version, &img.version) {
+                    let tail = |s: &str| {
+                        s.split_once(' ')
+                            .map(|x| x.1.to_string())
+                            .unwrap_or_default()
+                    };
+                    if tail(v) != tail(iv) {
+                        return Err(Error::Disagree {
+                            field: "version",
+                            first_source: vs.clone(),
+                            first: v.clone(),
+                            second_source: src,
+                            second: iv.clone(),
+                        });
+                    }
+                }
+                let v = version;
                 (r, v)
             }
             None => (release, version),
@@ -356,7 +370,8 @@ mod tests {
             ),
             "{e}"
         );
-        let e = check_against_config("6.2.0-1-amd64", VERSION, Path::new("c"), CONFIG).expect_err("must be refused");
+        let e = check_against_config("6.2.0-1-amd64", VERSION, Path::new("c"), CONFIG)
+            .expect_err("must be refused");
         assert!(
             matches!(
                 e,
