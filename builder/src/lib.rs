@@ -1,6 +1,7 @@
 //! The ksplice builder: from two kernel versions to a signed live update.
 pub mod affected;
 pub mod checkout;
+pub mod diff;
 pub mod error;
 pub mod identity;
 pub mod kbuild;

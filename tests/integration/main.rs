@@ -1,3 +1,4 @@
 //! Integration tests for ksplice (one test binary).
 mod module;
 mod client;
+mod differ;

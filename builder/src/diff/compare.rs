@@ -207,7 +207,7 @@ fn line_only(a: &[u8], b: &[u8], post: &Object<'_>, id: EntId) -> bool {
         .filter(|r| matches!(r.r_type, elf::R_X86_64_PLT32 | elf::R_X86_64_PC32))
         .filter_map(|r| {
             let at = (r.offset - e.start) as usize;
-            (at >= 1 && b.get(at - 1) == Some(&0xe8)).then(|| {
+            (at >= 1 && matches!(b.get(at - 1), Some(&(0xe8 | 0xe9)))).then(|| {
                 let name = match post.resolve(r, 4, false) {
                     Target::Undef { sym, .. } | Target::Other { sym, .. } => {
                         post.sym(sym).name.to_string()

@@ -1,0 +1,633 @@
+//! The object differ on real objects: kernel-style fixtures built by kbuild against the
+//! installed Debian headers, and fs/proc objects built from Debian's linux-source-6.1.
+
+use std::collections::{BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+
+use builder::diff::{self, Cx, Error, Outcome, Report};
+use object::{Object, ObjectSection, ObjectSymbol};
+
+const KCFLAGS: &str = "KCFLAGS=-ffunction-sections -fdata-sections";
+
+/// `$KSPLICE_CACHE/kernel.env` (default /var/cache/ksplice-ci), written by ci/setup-kernel.
+fn kernel_env() -> &'static HashMap<String, String> {
+    static ENV: OnceLock<HashMap<String, String>> = OnceLock::new();
+    ENV.get_or_init(|| {
+        let cache =
+            std::env::var("KSPLICE_CACHE").unwrap_or_else(|_| "/var/cache/ksplice-ci".into());
+        let path = Path::new(&cache).join("kernel.env");
+        let text = std::fs::read_to_string(&path)
+            .unwrap_or_else(|e| panic!("{}: {e}; run ci/setup-kernel first", path.display()));
+        let mut env: HashMap<String, String> = text
+            .lines()
+            .filter_map(|l| l.split_once('='))
+            .map(|(k, v)| (k.trim().to_string(), v.trim().trim_matches('"').to_string()))
+            .collect();
+        env.insert("KSPLICE_CACHE".into(), cache);
+        env
+    })
+}
+
+fn env(key: &str) -> &'static str {
+    kernel_env()
+        .get(key)
+        .unwrap_or_else(|| panic!("{key} missing from kernel.env; run ci/setup-kernel"))
+}
+
+fn fixtures_src() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/diff")
+}
+
+/// Build every fixture case (pre and post) with one kbuild run; returns the build root.
+fn fixtures() -> &'static Path {
+    static ROOT: OnceLock<PathBuf> = OnceLock::new();
+    ROOT.get_or_init(|| {
+        let root =
+            std::env::temp_dir().join(format!("ksplice-differ-fixtures-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        std::fs::create_dir_all(&root).expect("create fixture build dir");
+        let mut top = String::new();
+        let mut cases: Vec<_> = std::fs::read_dir(fixtures_src())
+            .expect("fixtures/diff")
+            .flatten()
+            .map(|e| e.path())
+            .collect();
+        cases.sort();
+        for case in &cases {
+            let name = case
+                .file_name()
+                .and_then(|n| n.to_str())
+                .expect("case name")
+                .to_string();
+            for side in ["pre", "post"] {
+                let dir = root.join(&name).join(side);
+                std::fs::create_dir_all(&dir).expect("mkdir");
+                std::fs::copy(case.join(format!("{side}.c")), dir.join("fixture.c"))
+                    .expect("copy source");
+                std::fs::copy(case.join("Kbuild"), dir.join("Kbuild")).expect("copy Kbuild");
+                top.push_str(&format!("obj-m += {name}/{side}/\n"));
+            }
+        }
+        std::fs::write(root.join("Kbuild"), top).expect("write Kbuild");
+        // Every case's module is called `fixture`, so kbuild's final duplicate-name check fails;
+        // the objects are what we need, and each one is checked below.
+        let out = Command::new("make")
+            .arg("-C")
+            .arg(env("KSPLICE_KHEADERS"))
+            .arg(format!("M={}", root.display()))
+            .args(["-j2", KCFLAGS, "KBUILD_MODPOST_WARN=1", "modules"])
+            .output()
+            .expect("run make");
+        for case in &cases {
+            for side in ["pre", "post"] {
+                let name = case
+                    .file_name()
+                    .and_then(|n| n.to_str())
+                    .expect("case name");
+                let obj = root.join(name).join(side).join("fixture.o");
+                assert!(
+                    obj.exists(),
+                    "fixture {name}/{side} did not build:\n{}\n{}",
+                    String::from_utf8_lossy(&out.stdout),
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+        }
+        root
+    })
+}
+
+fn exports() -> &'static std::collections::HashSet<String> {
+    static EXPORTS: OnceLock<std::collections::HashSet<String>> = OnceLock::new();
+    EXPORTS.get_or_init(|| {
+        let path = Path::new(env("KSPLICE_KHEADERS")).join("Module.symvers");
+        let text =
+            std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        diff::vmlinux_exports_from_symvers(&text)
+    })
+}
+
+fn cx(target: &str) -> Cx {
+    let mut cx = Cx::new(target, "ksp0_");
+    cx.vmlinux_exports = exports().clone();
+    cx
+}
+
+fn objects(case: &str) -> (Vec<u8>, Vec<u8>) {
+    let root = fixtures().join(case);
+    let read =
+        |side: &str| std::fs::read(root.join(side).join("fixture.o")).expect("read fixture object");
+    (read("pre"), read("post"))
+}
+
+fn run(case: &str) -> Result<Outcome, Error> {
+    let (pre, post) = objects(case);
+    diff::diff(&pre, &post, &cx("fixture"))
+}
+
+fn set(v: Vec<&str>) -> BTreeSet<String> {
+    v.into_iter().map(str::to_string).collect()
+}
+
+fn names(list: &[&str]) -> BTreeSet<String> {
+    list.iter().map(|s| s.to_string()).collect()
+}
+
+/// A produced patch: (object bytes, report), asserting the exact changed and new sets.
+fn patch(case: &str, changed: &[&str], new: &[&str]) -> (Vec<u8>, Report) {
+    match run(case) {
+        Ok(Outcome::Patch { object, report }) => {
+            assert_eq!(
+                set(report.changed()),
+                names(changed),
+                "{case}: changed\n{report}"
+            );
+            assert_eq!(
+                set(report.new_functions()),
+                names(new),
+                "{case}: new\n{report}"
+            );
+            assert!(report.refusals.is_empty(), "{case}\n{report}");
+            (object, report)
+        }
+        other => panic!("{case}: expected a patch, got {other:?}"),
+    }
+}
+
+fn refused(case: &str, symbols: &[&str]) -> Report {
+    match run(case) {
+        Err(Error::Refused { report }) => {
+            assert_eq!(
+                set(report.refused()),
+                names(symbols),
+                "{case}: refused\n{report}"
+            );
+            *report
+        }
+        other => panic!("{case}: expected a refusal, got {other:?}"),
+    }
+}
+
+fn section_size(obj: &[u8], name: &str) -> u64 {
+    let file = object::File::parse(obj).expect("parse object");
+    file.sections()
+        .filter(|s| s.name() == Ok(name))
+        .map(|s| s.size())
+        .sum()
+}
+
+fn defined(obj: &[u8]) -> BTreeSet<String> {
+    let file = object::File::parse(obj).expect("parse object");
+    file.symbols()
+        .filter(|s| {
+            !s.is_undefined()
+                && s.kind() != object::SymbolKind::Section
+                && s.kind() != object::SymbolKind::File
+        })
+        .filter_map(|s| s.name().ok().map(str::to_string))
+        .filter(|n| !n.is_empty())
+        .collect()
+}
+
+fn undefined(obj: &[u8]) -> BTreeSet<String> {
+    let file = object::File::parse(obj).expect("parse object");
+    file.symbols()
+        .filter(|s| s.is_undefined())
+        .filter_map(|s| s.name().ok().map(str::to_string))
+        .filter(|n| !n.is_empty())
+        .collect()
+}
+
+// ---- fixture cases ---------------------------------------------------------------------------
+
+#[test]
+fn unchanged_file_is_no_change() {
+    assert!(matches!(run("unchanged"), Ok(Outcome::NoChange { .. })));
+}
+
+#[test]
+fn one_function_body_changed() {
+    let (obj, report) = patch("body-changed", &["fixture_add"], &[]);
+    assert_eq!(defined(&obj), names(&["ksp0_fixture_add"]));
+    // Run-pre data: the pre bytes, with the ftrace call and the return thunk skipped.
+    let rp = &report.run_pre[0];
+    assert_eq!(rp.name, "fixture_add");
+    assert_eq!(rp.skip.first(), Some(&(0, 5)), "{:?}", rp.skip);
+    let (pre, _) = objects("body-changed");
+    let file = object::File::parse(&*pre).expect("parse");
+    let sym = file
+        .symbols()
+        .find(|s| s.name() == Ok("fixture_add"))
+        .expect("fixture_add");
+    let sec = file
+        .section_by_index(sym.section_index().expect("section"))
+        .expect("section");
+    let data = sec.data().expect("data");
+    assert_eq!(
+        rp.code,
+        data[sym.address() as usize..(sym.address() + sym.size()) as usize]
+    );
+}
+
+#[test]
+fn new_function_called_from_changed_one() {
+    let (obj, _) = patch("new-function", &["fixture_caller"], &["fixture_helper"]);
+    assert_eq!(
+        defined(&obj),
+        names(&["ksp0_fixture_caller", "ksp0_fixture_helper"])
+    );
+    // The unchanged callee is the running kernel's copy, never a duplicate.
+    assert!(
+        undefined(&obj).contains(".klp.sym.fixture.fixture_unchanged,0"),
+        "{:?}",
+        undefined(&obj)
+    );
+}
+
+#[test]
+fn new_global_is_included() {
+    let (obj, _) = patch("new-global", &["fixture_bump"], &[]);
+    assert_eq!(
+        defined(&obj),
+        names(&["fixture_counter", "ksp0_fixture_bump"])
+    );
+}
+
+#[test]
+fn string_literal_changed() {
+    patch("string-changed", &["fixture_greet"], &[]);
+}
+
+#[test]
+fn static_local_kept_across_the_change() {
+    let (obj, report) = patch("static-local-kept", &["fixture_count"], &[]);
+    let (pre, _) = objects("static-local-kept");
+    let pre_name = symbol_names(&pre)
+        .into_iter()
+        .find(|n| n.starts_with("calls."))
+        .expect("calls.N in pre");
+    assert!(
+        report
+            .externals
+            .iter()
+            .any(|e| e.symbol == format!(".klp.sym.fixture.{pre_name},0")),
+        "{report}"
+    );
+    assert!(!defined(&obj).iter().any(|n| n.starts_with("calls")));
+}
+
+fn symbol_names(obj: &[u8]) -> Vec<String> {
+    let file = object::File::parse(obj).expect("parse object");
+    file.symbols()
+        .filter_map(|s| s.name().ok().map(str::to_string))
+        .collect()
+}
+
+#[test]
+fn static_local_renumbered_is_matched_by_its_users() {
+    let (obj, report) = patch("static-local-renamed", &["fixture_a"], &["fixture_new"]);
+    // fixture_a's `count` is the 4-byte one in pre, whatever its number.
+    let (pre, _) = objects("static-local-renamed");
+    let file = object::File::parse(&*pre).expect("parse");
+    let a_count = file
+        .symbols()
+        .find(|s| s.name().is_ok_and(|n| n.starts_with("count.")) && s.size() == 4)
+        .expect("int count");
+    let a_count = a_count.name().expect("name").to_string();
+    let wanted = format!(".klp.sym.fixture.{a_count},0");
+    assert!(
+        report.externals.iter().any(|e| e.symbol == wanted),
+        "want {wanted}\n{report}"
+    );
+    // The new function's static local is new data in the patch (2 bytes, `short`).
+    let file = object::File::parse(&*obj).expect("parse");
+    let fresh: Vec<_> = file
+        .symbols()
+        .filter(|s| s.name().is_ok_and(|n| n.starts_with("count.")) && !s.is_undefined())
+        .map(|s| s.size())
+        .collect();
+    assert_eq!(fresh, vec![2]);
+}
+
+#[test]
+fn line_shift_only_is_no_change() {
+    match run("line-shift") {
+        Ok(Outcome::NoChange { report }) => {
+            assert_eq!(
+                report.line_only,
+                vec!["fixture_where".to_string()],
+                "{report}"
+            );
+        }
+        other => panic!("expected no change, got {other:?}"),
+    }
+}
+
+#[test]
+fn changed_data_is_refused() {
+    refused("data-changed", &["fixture_limit"]);
+}
+
+#[test]
+fn changed_init_code_is_refused() {
+    refused("init-changed", &["fixture_setup_table"]);
+}
+
+#[test]
+fn notrace_function_changed_is_refused() {
+    refused("notrace-changed", &["fixture_quiet"]);
+}
+
+#[test]
+fn cold_part_follows_its_parent() {
+    let (pre, _) = objects("cold-split");
+    assert!(
+        symbol_names(&pre).iter().any(|n| n == "fixture_check.cold"),
+        "gcc made no .cold part"
+    );
+    let (obj, report) = patch("cold-split", &["fixture_check"], &[]);
+    assert!(defined(&obj).contains("fixture_check.cold"), "{report}");
+}
+
+#[test]
+fn static_inline_changed_changes_every_caller() {
+    patch("static-inline-changed", &["fixture_a", "fixture_b"], &[]);
+}
+
+#[test]
+fn exception_table_entries_follow_included_code() {
+    let (_, post) = objects("exception-table");
+    assert_eq!(section_size(&post, "__ex_table"), 24);
+    let (obj, _) = patch("exception-table", &["fixture_get"], &[]);
+    assert_eq!(section_size(&obj, "__ex_table"), 12);
+}
+
+#[test]
+fn jump_label_entries_follow_included_code() {
+    let (_, post) = objects("jump-label");
+    assert_eq!(section_size(&post, "__jump_table"), 32);
+    let (obj, _) = patch("jump-label", &["fixture_fast"], &[]);
+    assert_eq!(section_size(&obj, "__jump_table"), 16);
+    assert!(undefined(&obj).contains(".klp.sym.fixture.fixture_key,0"));
+}
+
+#[test]
+fn alternative_entries_follow_included_code() {
+    let (_, post) = objects("alternative");
+    assert_eq!(section_size(&post, ".altinstructions"), 24);
+    let (obj, _) = patch("alternative", &["fixture_alt"], &[]);
+    assert_eq!(section_size(&obj, ".altinstructions"), 12);
+    assert!(section_size(&obj, ".altinstr_replacement") > 0);
+}
+
+#[test]
+fn static_call_sites_follow_included_code() {
+    let (_, post) = objects("static-call");
+    assert_eq!(section_size(&post, ".static_call_sites"), 16);
+    let (obj, _) = patch("static-call", &["fixture_user"], &[]);
+    assert_eq!(section_size(&obj, ".static_call_sites"), 8);
+}
+
+#[test]
+fn warn_bug_table_entries_follow_included_code() {
+    let (_, post) = objects("warn");
+    assert_eq!(section_size(&post, "__bug_table"), 24);
+    let (obj, _) = patch("warn", &["fixture_warn"], &[]);
+    assert_eq!(section_size(&obj, "__bug_table"), 12);
+}
+
+#[test]
+fn entry_sizes_match_kernel_headers() {
+    let (pre, _) = objects("entry-sizes");
+    let file = object::File::parse(&*pre).expect("parse");
+    let sym = file
+        .symbols()
+        .find(|s| s.name() == Ok("ksplice_entry_sizes"))
+        .expect("ksplice_entry_sizes");
+    let sec = file
+        .section_by_index(sym.section_index().expect("section"))
+        .expect("section");
+    let data = sec.data().expect("data");
+    let at = sym.address() as usize;
+    let sizes: Vec<u64> = (0..7)
+        .map(|i| {
+            u64::from_le_bytes(
+                data[at + 8 * i..at + 8 * i + 8]
+                    .try_into()
+                    .expect("8 bytes"),
+            )
+        })
+        .collect();
+    let table: HashMap<&str, u64> = diff::entry_sizes().into_iter().collect();
+    let order = [
+        "__bug_table",
+        "__ex_table",
+        "__jump_table",
+        ".altinstructions",
+        ".parainstructions",
+        ".static_call_sites",
+        ".orc_unwind",
+    ];
+    let expected: Vec<u64> = order.iter().map(|n| table[n]).collect();
+    assert_eq!(
+        sizes, expected,
+        "entry sizes in builder/src/diff/special.rs vs the kernel headers"
+    );
+}
+
+#[test]
+fn malformed_input_exits_1() {
+    let (pre, _) = objects("unchanged");
+    let err = diff::diff(&pre, &pre[..64], &cx("fixture")).expect_err("truncated object");
+    assert!(
+        matches!(
+            err,
+            Error::Parse {
+                side: diff::Side::Post,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert_eq!(err.exit_code(), 1);
+}
+
+// ---- real kernel objects ---------------------------------------------------------------------
+
+/// Private copies of Debian's source with fs/proc built (pre) and with cmdline-string.patch and
+/// proc-version.patch applied (post); cached under $KSPLICE_CACHE/trees.
+fn fsproc_trees() -> &'static (PathBuf, PathBuf) {
+    static TREES: OnceLock<(PathBuf, PathBuf)> = OnceLock::new();
+    TREES.get_or_init(|| {
+        let trees = Path::new(env("KSPLICE_CACHE")).join("trees");
+        let version = env("KSPLICE_KVERSION");
+        let patches = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/patches");
+        let patches = if patches.exists() { patches } else { PathBuf::from("/work/shared/patches") };
+        let mut out = Vec::new();
+        for side in ["pre", "post"] {
+            let dir = trees.join(format!("differ-fsproc-{side}-{version}"));
+            if !dir.join(".ksplice-differ-ready").exists() {
+                let apply = if side == "post" {
+                    format!(
+                        "patch -p1 < {p}/cmdline-string.patch && patch -p1 < {p}/proc-version.patch && ",
+                        p = patches.display()
+                    )
+                } else {
+                    String::new()
+                };
+                let script = format!(
+                    "set -e; rm -rf {d}.tmp; mkdir -p {t}; cp -a {src} {d}.tmp; cd {d}.tmp; {apply} \
+                     cp {cfg} .config; make olddefconfig >/dev/null; make -j2 modules_prepare >/dev/null; \
+                     make -j2 '{KCFLAGS}' fs/proc/ >/dev/null; touch .ksplice-differ-ready; cd /; rm -rf {d}; mv {d}.tmp {d}",
+                    d = dir.display(),
+                    t = trees.display(),
+                    src = env("KSPLICE_KSOURCE"),
+                    cfg = env("KSPLICE_KCONFIG"),
+                );
+                let st = Command::new("sh").arg("-c").arg(&script).status().expect("run sh");
+                assert!(st.success(), "building {} failed", dir.display());
+            }
+            out.push(dir);
+        }
+        (out[0].clone(), out[1].clone())
+    })
+}
+
+fn fsproc_objects(tree: &Path) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(tree.join("fs/proc"))
+        .expect("fs/proc")
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "o"))
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn every_fs_proc_object_against_itself_is_no_change() {
+    let (pre, _) = fsproc_trees();
+    let objs = fsproc_objects(pre);
+    assert!(objs.len() >= 25, "only {} objects in fs/proc", objs.len());
+    for path in objs {
+        let data = std::fs::read(&path).expect("read object");
+        match diff::diff(&data, &data, &cx("vmlinux")) {
+            Ok(Outcome::NoChange { .. }) => {}
+            other => panic!("{}: expected no change, got {other:?}", path.display()),
+        }
+    }
+}
+
+#[test]
+fn fs_proc_rebuilt_unpatched_objects_are_no_change() {
+    let (pre, post) = fsproc_trees();
+    for path in fsproc_objects(pre) {
+        let name = path.file_name().expect("file name");
+        if name == "cmdline.o" || name == "version.o" {
+            continue;
+        }
+        let a = std::fs::read(&path).expect("read pre");
+        let b = std::fs::read(post.join("fs/proc").join(name)).expect("read post");
+        assert!(
+            matches!(
+                diff::diff(&a, &b, &cx("vmlinux")),
+                Ok(Outcome::NoChange { .. })
+            ),
+            "{}",
+            path.display()
+        );
+    }
+}
+
+fn fsproc_patch(object: &str, function: &str) -> (Vec<u8>, Report) {
+    let (pre, post) = fsproc_trees();
+    let a = std::fs::read(pre.join("fs/proc").join(object)).expect("read pre");
+    let b = std::fs::read(post.join("fs/proc").join(object)).expect("read post");
+    match diff::diff(&a, &b, &cx("vmlinux")) {
+        Ok(Outcome::Patch { object, report }) => {
+            assert_eq!(set(report.changed()), names(&[function]), "{report}");
+            assert!(
+                report.new_functions().is_empty() && report.removed().is_empty(),
+                "{report}"
+            );
+            (object, report)
+        }
+        other => panic!("{object}: expected a patch, got {other:?}"),
+    }
+}
+
+#[test]
+fn cmdline_string_patch_changes_only_cmdline_proc_show() {
+    let (obj, report) = fsproc_patch("cmdline.o", "cmdline_proc_show");
+    assert_eq!(defined(&obj), names(&["ksp0_cmdline_proc_show"]));
+    assert_eq!(
+        undefined(&obj),
+        names(&[
+            "seq_printf",
+            "__fentry__",
+            "__x86_return_thunk",
+            ".klp.sym.vmlinux.saved_command_line,0"
+        ]),
+        "{report}"
+    );
+}
+
+#[test]
+fn proc_version_patch_changes_only_version_proc_show() {
+    fsproc_patch("version.o", "version_proc_show");
+}
+
+#[test]
+fn ksplice_build_diff_cli_prints_the_changed_function() {
+    let (pre, post) = fsproc_trees();
+    let exe = std::env::current_exe().expect("test exe");
+    let bin = exe
+        .parent()
+        .and_then(Path::parent)
+        .map(|d| d.join("ksplice-build"))
+        .expect("target dir");
+    assert!(
+        bin.exists(),
+        "{} missing: build the workspace binaries (cargo test --workspace)",
+        bin.display()
+    );
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let out = Command::new(&bin)
+        .arg("diff")
+        .arg(pre.join("fs/proc/cmdline.o"))
+        .arg(post.join("fs/proc/cmdline.o"))
+        .arg("-o")
+        .arg(tmp.path().join("out.o"))
+        .arg("--report")
+        .arg(tmp.path().join("r.json"))
+        .output()
+        .expect("run ksplice-build");
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    let changed: Vec<&str> = text
+        .lines()
+        .filter(|l| l.trim_start().starts_with("changed"))
+        .collect();
+    assert_eq!(changed.len(), 1, "{text}");
+    assert!(changed[0].contains("cmdline_proc_show"), "{text}");
+    let json: Report =
+        serde_json::from_slice(&std::fs::read(tmp.path().join("r.json")).expect("report"))
+            .expect("json");
+    assert_eq!(json.changed(), vec!["cmdline_proc_show"]);
+    assert!(tmp.path().join("out.o").exists());
+    // No change and refusal exit codes.
+    let same = Command::new(&bin)
+        .arg("diff")
+        .arg(pre.join("fs/proc/cmdline.o"))
+        .arg(pre.join("fs/proc/cmdline.o"))
+        .output()
+        .expect("run");
+    assert_eq!(same.status.code(), Some(3));
+}
