@@ -1,5 +1,6 @@
 //! Host-side builds: the livepatch sample module, signed packages, and `ksplice-create` updates.
 
+use super::kgit::{patched_files, KernelRepo, PRE};
 use super::profile::Profile;
 use super::runner::Harness;
 use super::scenario::{Build, PackageVariant};
@@ -57,13 +58,154 @@ impl<'a> Context<'a> {
                 ..Built::default()
             }),
             Build::SamplePackage(v) => self.sample_package(*v, out),
-            Build::Create { .. }
-            | Build::CreateDiffext { .. }
-            | Build::Refused { .. }
-            | Build::RunPreMismatch { .. } => {
-                bail!("ksplice-create builds are not wired into the harness yet")
+            Build::Create { patch } => {
+                let id = stem(patch);
+                let branch = self.repo()?.patch_branch(&id, patch)?;
+                let pkg = self.create_git(&id, PRE, &branch, out)?;
+                Ok(Built {
+                    file: pkg,
+                    ..Built::default()
+                })
+            }
+            Build::CreateDiffext { patch } => self.create_diffext(patch, out),
+            Build::Refused { patch, reason } => {
+                let id = stem(patch);
+                let branch = self.repo()?.patch_branch(&id, patch)?;
+                match self.create_git(&id, PRE, &branch, out) {
+                    Ok(pkg) => bail!("ksplice-create built {} instead of refusing", pkg.display()),
+                    Err(e) => {
+                        let text = format!("{e:#}");
+                        if !text.to_lowercase().contains(&reason.to_lowercase()) {
+                            bail!("ksplice-create refused, but not saying {reason:?}: {text}");
+                        }
+                        eprintln!("e2e: {id}: refused as expected: {}", last_line(&text));
+                        Ok(Built::default())
+                    }
+                }
+            }
+            Build::RunPreMismatch { patch } => {
+                // A pre tree that is not the running kernel: cmdline_proc_show prints ' '
+                // instead of '\n' (an immediate operand, not a relocation field, so run-pre
+                // matching must see it).
+                let alter = out.join("alter-pre.patch");
+                std::fs::write(&alter, ALTER_CMDLINE)?;
+                let repo = self.repo()?;
+                let pre = repo.patch_branch("runpre-altered-pre", &alter)?;
+                let post = repo.patch_branch(&stem(patch), patch)?;
+                let id = format!("{}-runpre", stem(patch));
+                let pkg = self.create_git(&id, &pre, &post, out)?;
+                let module = format!("ksplice_{}", id.replace('-', "_"));
+                Ok(Built {
+                    file: pkg,
+                    env: vec![(
+                        "DMESG_ALLOW".into(),
+                        format!("{module}|livepatch: (pre-patch callback|failed to)"),
+                    )],
+                    expect: Some(format!(
+                        "refused: {module}: run-pre check failed: \n{module}: run-pre: mismatch in cmdline_proc_show+0x"
+                    )),
+                })
             }
         }
+    }
+
+    fn repo(&self) -> Result<KernelRepo> {
+        KernelRepo::open_or_create(
+            &self.h.env.e2e_cache().join("linux.git"),
+            &self.h.env.source,
+        )
+    }
+
+    fn profile(&self) -> Result<&'a Profile> {
+        match self.profile {
+            Some(p) if p.complete => Ok(p),
+            _ => bail!("no complete target profile (the profile boot failed)"),
+        }
+    }
+
+    /// `ksplice-create --git` from `pre` to `post`, signed with the test key; returns the package.
+    fn create_git(&mut self, id: &str, pre: &str, post: &str, out: &Path) -> Result<PathBuf> {
+        let p = self.profile()?;
+        let [trusted, _] = self.keys()?;
+        let repo = self.repo()?;
+        let work = self.h.work.join("create").join(id);
+        std::fs::create_dir_all(&work)?;
+        run(Command::new(self.h.bin("ksplice-create"))
+            .arg("--git")
+            .arg(&repo.git_dir)
+            .args(["--pre", pre, "--post", post, "--id", id])
+            .arg("--config")
+            .arg(p.dir.join("config"))
+            .arg("--system-map")
+            .arg(p.dir.join("System.map"))
+            .args(["--release", &p.release, "--kernel-version", &p.version])
+            .arg("--target-image")
+            .arg(&self.h.env.vmlinuz)
+            .arg("--sign-key")
+            .arg(&trusted.0)
+            .arg("--output")
+            .arg(out)
+            .arg("--work")
+            .arg(&work))?;
+        find_package(out)
+    }
+
+    /// The seed's flow: `mkdir -p src/ksplice; cp System.map src/ksplice; cp .config src/;
+    /// ksplice-create --diffext=new src/` on a copy of the source with FILE.new beside each
+    /// file the patch changes.
+    fn create_diffext(&mut self, patch: &Path, out: &Path) -> Result<Built> {
+        let p = self.profile()?;
+        let [trusted, _] = self.keys()?;
+        let src = self.h.env.e2e_cache().join("seed-src");
+        std::fs::create_dir_all(&src)?;
+        // A private copy: ksplice-create may build in SRC, the pristine source stays untouched.
+        run(Command::new("rsync")
+            .args(["-a", "--delete", "--exclude=/ksplice", "--exclude=/.config"])
+            .arg(format!("{}/", self.h.env.source.display()))
+            .arg(format!("{}/", src.display())))?;
+        let scratch = out.join("patched");
+        std::fs::create_dir_all(&scratch)?;
+        for file in patched_files(patch)? {
+            let from = self.h.env.source.join(&file);
+            let to = scratch.join(&file);
+            std::fs::create_dir_all(to.parent().context("no parent")?)?;
+            if from.exists() {
+                std::fs::copy(&from, &to)?;
+            }
+        }
+        run(Command::new("patch")
+            .args(["-s", "-p1", "-d"])
+            .arg(&scratch)
+            .arg("-i")
+            .arg(patch))?;
+        for file in patched_files(patch)? {
+            let new = src.join(format!("{file}.new"));
+            std::fs::copy(scratch.join(&file), &new)?;
+        }
+        std::fs::create_dir_all(src.join("ksplice"))?;
+        std::fs::copy(p.dir.join("System.map"), src.join("ksplice/System.map"))?;
+        std::fs::copy(p.dir.join("config"), src.join(".config"))?;
+        // The rest of the profile (release, version, arch, build-id) says which kernel it is.
+        for f in ["release", "version", "arch", "build-id", "config"] {
+            if p.dir.join(f).exists() {
+                std::fs::copy(p.dir.join(f), src.join("ksplice").join(f))?;
+            }
+        }
+        let result = run(Command::new(self.h.bin("ksplice-create"))
+            .arg("--diffext=new")
+            .arg("--sign-key")
+            .arg(&trusted.0)
+            .arg("--output")
+            .arg(out)
+            .arg(format!("{}/", src.display())));
+        for file in patched_files(patch)? {
+            let _ = std::fs::remove_file(src.join(format!("{file}.new")));
+        }
+        result?;
+        Ok(Built {
+            file: find_package(out)?,
+            ..Built::default()
+        })
     }
     /// samples/livepatch/livepatch-sample.c from the kernel source, built against the installed headers.
     fn sample_module(&mut self) -> Result<PathBuf> {
@@ -247,4 +389,47 @@ fn run(cmd: &mut Command) -> Result<String> {
         );
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Makes the pre tree differ from the running kernel inside cmdline_proc_show.
+const ALTER_CMDLINE: &str = "\
+--- a/fs/proc/cmdline.c
++++ b/fs/proc/cmdline.c
+@@ -7,5 +7,5 @@
+ static int cmdline_proc_show(struct seq_file *m, void *v)
+ {
+ \tseq_puts(m, saved_command_line);
+-\tseq_putc(m, '\\n');
++\tseq_putc(m, ' ');
+ \treturn 0;
+";
+
+fn stem(patch: &Path) -> String {
+    patch
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
+fn last_line(text: &str) -> &str {
+    text.trim_end().lines().last().unwrap_or("")
+}
+
+/// The one `ksplice-*.tar.gz` in `dir`.
+fn find_package(dir: &Path) -> Result<PathBuf> {
+    let found: Vec<PathBuf> = std::fs::read_dir(dir)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("ksplice-") && n.ends_with(".tar.gz"))
+        })
+        .collect();
+    match found.as_slice() {
+        [one] => Ok(one.clone()),
+        _ => bail!(
+            "expected one ksplice-*.tar.gz in {}, found {found:?}",
+            dir.display()
+        ),
+    }
 }

@@ -162,7 +162,9 @@ impl Harness {
                 }
                 (Err(e), _) => {
                     eprintln!("e2e: {}: build failed: {e:#}", s.name);
-                    let mut r = Row::new(&s.name, Outcome::Fail(format!("build: {e:#}")));
+                    let text = format!("{e:#}");
+                    let last = text.trim_end().lines().last().unwrap_or("").trim();
+                    let mut r = Row::new(&s.name, Outcome::Fail(format!("build: {last}")));
                     r.build_s = Some(secs);
                     rows.push(r);
                 }
