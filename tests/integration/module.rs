@@ -561,3 +561,50 @@ fn differ_output_for_cmdline_string_builds_a_livepatch() {
     );
     assert_eq!(r.modinfo("livepatch"), Some("Y"));
 }
+
+/// A new global added by one patch object and called from another links
+/// inside the module instead of becoming a livepatch symbol the running
+/// kernel does not have.
+#[test]
+fn new_global_of_another_patch_object_is_linked_inside_the_module() {
+    let root = work_root().join("cross-object");
+    let _ = std::fs::remove_dir_all(&root);
+    let fixture = fixtures().join("cross-object");
+    let caller = compile(&root.join("caller"), &fixture.join("caller.c"));
+    let callee = compile(&root.join("callee"), &fixture.join("callee.c"));
+    let inputs = Inputs {
+        name: ModuleName::new("ksplice_cross_test").expect("name"),
+        kernel_tree: kernel().headers.clone(),
+        release: kernel().release.clone(),
+        work_dir: root.join("module"),
+        objects: vec![
+            PatchObject {
+                target: "vmlinux".into(),
+                path: caller,
+                functions: vec![ReplacedFunction {
+                    name: "cmdline_proc_show".into(),
+                    sympos: 0,
+                    symbol: "ksp0_cmdline_proc_show".into(),
+                    run_pre: run_pre_of(cmdline_pre(), "cmdline_proc_show"),
+                }],
+            },
+            PatchObject {
+                target: "vmlinux".into(),
+                path: callee,
+                functions: vec![],
+            },
+        ],
+    };
+    let ko = module::build(&inputs).expect("build");
+    let r = inspect::read(&ko).expect("inspect");
+    assert_eq!(
+        r.klp_symbols,
+        vec![(".klp.sym.vmlinux.saved_command_line,0".to_owned(), 0xff20)]
+    );
+    assert!(
+        r.loader_relocated
+            .contains(&"ksp1_kpatch_string".to_owned()),
+        "{r:?}"
+    );
+    assert!(!r.undefined.contains(&"ksp1_kpatch_string".to_owned()));
+}

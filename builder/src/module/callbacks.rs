@@ -16,6 +16,7 @@ use object::build::elf::{Builder, SectionData};
 use object::build::ByteString;
 use object::elf;
 
+use super::link::{self, Definitions};
 use super::{Error, PatchObject, Result};
 
 /// Callback kinds, in `struct ksplice_hooks` order.
@@ -30,8 +31,14 @@ pub(crate) struct Hooks {
     pub by_kind: [Vec<String>; 4],
 }
 
-/// Check `obj`, add callback aliases, and write the object kbuild links to `out`.
-pub(crate) fn run(obj: &PatchObject, index: usize, out: &Path) -> Result<Hooks> {
+/// Check `obj`, add callback aliases, link it to the update's other patch
+/// objects ([`link`]), and write the object kbuild links to `out`.
+pub(crate) fn run(
+    obj: &PatchObject,
+    index: usize,
+    defs: &Definitions,
+    out: &Path,
+) -> Result<Hooks> {
     let path = obj.path.as_path();
     let data = std::fs::read(path).map_err(Error::io(path))?;
     let mut builder = Builder::read(&*data).map_err(Error::elf(path))?;
@@ -59,7 +66,8 @@ pub(crate) fn run(obj: &PatchObject, index: usize, out: &Path) -> Result<Hooks> 
         }
     }
 
-    if hooks == Hooks::default() {
+    let renamed = link::apply(&mut builder, index, defs, path)?;
+    if hooks == Hooks::default() && renamed == 0 {
         std::fs::write(out, &data).map_err(Error::io(out))?;
     } else {
         let mut buf = Vec::with_capacity(data.len() + 1024);

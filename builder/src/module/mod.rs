@@ -5,7 +5,8 @@
 //!
 //! 1. [`template`]: write the hand-written C template (`loader-module/`,
 //!    embedded at compile time) into the build directory;
-//! 2. [`callbacks`]: find the patch-author callbacks each patch object
+//! 2. [`link`] + [`callbacks`]: point references to globals another patch
+//!    object of the update adds at that object's symbol; find the patch-author callbacks each patch object
 //!    declares (`KPATCH_*_CALLBACK`, sections `.ksplice.callbacks.<kind>`)
 //!    and give each a global alias the generated C can name;
 //! 3. [`generate`]: write `ksplice-update.c` (klp objects, functions, run-pre
@@ -22,6 +23,7 @@ mod generate;
 pub mod inspect;
 mod kbuild;
 mod klp;
+mod link;
 mod template;
 
 use std::collections::HashSet;
@@ -182,11 +184,12 @@ pub fn build(inputs: &Inputs) -> Result<PathBuf> {
     std::fs::create_dir_all(dir).map_err(Error::io(dir))?;
 
     template::run(dir)?;
+    let defs = link::definitions(&inputs.objects)?;
     let hooks = inputs
         .objects
         .iter()
         .enumerate()
-        .map(|(i, obj)| callbacks::run(obj, i, &dir.join(generate::shipped_name(i))))
+        .map(|(i, obj)| callbacks::run(obj, i, &defs, &dir.join(generate::shipped_name(i))))
         .collect::<Result<Vec<_>>>()?;
     generate::run(inputs, &targets, &hooks, dir)?;
     let ko = kbuild::run(&inputs.kernel_tree, dir, &inputs.name)?;
