@@ -35,11 +35,8 @@ pub enum Error {
     #[error("invalid ed25519 public key {key}")]
     InvalidPublicKey { key: String },
     /// A trust policy file is not valid TOML for the policy schema.
-    #[error("malformed trust policy: {source}")]
-    PolicySyntax {
-        #[source]
-        source: toml::de::Error,
-    },
+    #[error("malformed trust policy: {reason}")]
+    PolicySyntax { reason: String },
     /// A trust policy is well-formed TOML but unusable (threshold 0, threshold above the key count, ...).
     #[error("invalid trust policy: {reason}")]
     InvalidPolicy { reason: String },
@@ -63,11 +60,8 @@ pub enum Error {
 
     // ---- manifest content ------------------------------------------------------------------
     /// `manifest.toml` is not UTF-8 TOML matching the schema.
-    #[error("manifest.toml: {source}")]
-    ManifestSyntax {
-        #[source]
-        source: toml::de::Error,
-    },
+    #[error("manifest.toml: {reason}")]
+    ManifestSyntax { reason: String },
     /// `manifest.toml` is not UTF-8.
     #[error("manifest.toml: not valid UTF-8")]
     ManifestNotUtf8,
@@ -121,11 +115,9 @@ pub enum Error {
     #[error("package is not a ksplice package: unexpected gzip header")]
     NotCanonicalGzip,
     /// The gzip or tar structure is broken (truncated, bad checksum, bad header field, ...).
-    #[error("malformed package archive: {source}")]
-    MalformedArchive {
-        #[source]
-        source: std::io::Error,
-    },
+    /// `reason` is the decoder's message made one line (it may quote archive bytes).
+    #[error("malformed package archive: {reason}")]
+    MalformedArchive { reason: String },
     /// Bytes follow the gzip stream, or non-zero data follows the tar end marker.
     #[error("malformed package archive: {what} after the end of the archive")]
     TrailingData { what: &'static str },
@@ -197,4 +189,42 @@ impl Error {
             source,
         }
     }
+
+    pub(crate) fn malformed(source: &std::io::Error) -> Self {
+        Error::MalformedArchive {
+            reason: one_line(&source.to_string()),
+        }
+    }
+
+    /// A TOML error as `line L column C: message`, without the multi-line snippet
+    /// `toml` shows by default.
+    pub(crate) fn toml_reason(text: &str, error: &toml::de::Error) -> String {
+        let message = one_line(error.message());
+        match error.span() {
+            Some(span) => {
+                let before = &text.as_bytes()[..span.start.min(text.len())];
+                let line = before.iter().filter(|&&b| b == b'\n').count() + 1;
+                let column = before.iter().rev().take_while(|&&b| b != b'\n').count() + 1;
+                format!("line {line} column {column}: {message}")
+            }
+            None => message,
+        }
+    }
+}
+
+/// Longest text quoted from untrusted input in a message.
+const MAX_QUOTED_CHARS: usize = 160;
+
+/// Escapes control characters (so a message stays one line and cannot drive a terminal)
+/// and cuts long text.
+pub(crate) fn one_line(text: &str) -> String {
+    let mut out: String = text
+        .chars()
+        .take(MAX_QUOTED_CHARS)
+        .flat_map(char::escape_debug)
+        .collect();
+    if text.chars().nth(MAX_QUOTED_CHARS).is_some() {
+        out.push_str("...");
+    }
+    out
 }

@@ -226,8 +226,9 @@ impl TrustPolicy {
 
     /// Parses the TOML text of a policy file.
     pub fn from_toml(text: &str) -> Result<TrustPolicy> {
-        let file: PolicyFile =
-            toml::from_str(text).map_err(|source| Error::PolicySyntax { source })?;
+        let file: PolicyFile = toml::from_str(text).map_err(|e| Error::PolicySyntax {
+            reason: Error::toml_reason(text, &e),
+        })?;
         let keys = file
             .keys
             .iter()

@@ -28,3 +28,9 @@ pub use manifest::{
 pub use package::{open_package, verify_package, write_package, OpenedPackage};
 pub use signature::{sign_manifest, verify_manifest, MANIFEST_DOMAIN};
 pub use verified::Verified;
+
+/// Lowercase hex sha256 of `data`, the digest form used throughout manifests.
+pub fn sha256_hex(data: &[u8]) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(data))
+}

@@ -156,7 +156,9 @@ impl Manifest {
                 }
             }
         }
-        toml::from_str(text).map_err(|source| Error::ManifestSyntax { source })
+        toml::from_str(text).map_err(|e| Error::ManifestSyntax {
+            reason: Error::toml_reason(text, &e),
+        })
     }
 
     /// Parses and validates signed manifest bytes.

@@ -350,7 +350,7 @@ fn read_package(pkg: &Path, policy: &TrustPolicy, sink: &mut Sink) -> Result<Rea
                 max: MAX_UNPACKED_BYTES,
             }
         } else {
-            Error::MalformedArchive { source }
+            Error::malformed(&source)
         }
     };
 

@@ -1,4 +1,5 @@
 //! Integration tests for ksplice (one test binary).
-mod module;
 mod client;
 mod differ;
+mod module;
+mod package;

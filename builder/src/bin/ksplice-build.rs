@@ -90,10 +90,26 @@ fn finish(result: Result<(), Failure>) -> ExitCode {
     match result {
         Ok(()) => ExitCode::from(EXIT_OK),
         Err(Failure { code, error }) => {
-            eprintln!("ksplice-build: {error:#}");
+            eprintln!("ksplice-build: {}", one_line_chain(&error));
             ExitCode::from(code)
         }
     }
+}
+
+/// The error and its causes on one line; a cause whose text its parent's message
+/// already quotes (manifests errors include their source) is not repeated.
+fn one_line_chain(error: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in error.chain() {
+        let part = cause.to_string();
+        if !text.contains(&part) {
+            if !text.is_empty() {
+                text.push_str(": ");
+            }
+            text.push_str(&part);
+        }
+    }
+    text.replace('\n', " ")
 }
 
 // ---- keygen ----------------------------------------------------------------------------------
