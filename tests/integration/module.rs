@@ -54,10 +54,16 @@ fn repo() -> PathBuf {
 /// headers, the way pre/post objects are built: -ffunction-sections
 /// -fdata-sections, with the patch-author headers on the include path.
 fn compile(dir: &Path, source: &Path) -> PathBuf {
+    compile_with(dir, source, "obj.c", "obj-y := obj.o\n")
+}
+
+/// Compile `source`, copied to `dir/name`, with the given Kbuild file.
+fn compile_with(dir: &Path, source: &Path, name: &str, kbuild: &str) -> PathBuf {
     std::fs::create_dir_all(dir).expect("mkdir");
     let include = module::write_author_headers(&dir.join("author-include")).expect("headers");
-    std::fs::copy(source, dir.join("obj.c")).expect("copy source");
-    std::fs::write(dir.join("Kbuild"), "obj-y := obj.o\n").expect("Kbuild");
+    std::fs::copy(source, dir.join(name)).expect("copy source");
+    std::fs::write(dir.join("Kbuild"), kbuild).expect("Kbuild");
+    let object = Path::new(name).with_extension("o");
     let out = Command::new("make")
         .arg("-C")
         .arg(&kernel().headers)
@@ -66,7 +72,7 @@ fn compile(dir: &Path, source: &Path) -> PathBuf {
             "KCFLAGS=-ffunction-sections -fdata-sections -I{}",
             include.display()
         ))
-        .arg("obj.o")
+        .arg(&object)
         .output()
         .expect("run make");
     assert!(
@@ -76,7 +82,7 @@ fn compile(dir: &Path, source: &Path) -> PathBuf {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    dir.join("obj.o")
+    dir.join(object)
 }
 
 /// Sections whose entries point at a site the kernel rewrites (ftrace
@@ -607,4 +613,116 @@ fn new_global_of_another_patch_object_is_linked_inside_the_module() {
         "{r:?}"
     );
     assert!(!r.undefined.contains(&"ksp1_kpatch_string".to_owned()));
+}
+
+fn vmlinux_exports() -> std::collections::HashSet<String> {
+    let symvers =
+        std::fs::read_to_string(kernel().headers.join("Module.symvers")).expect("symvers");
+    symvers
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<_> = l.split('\t').collect();
+            (f.get(2) == Some(&"vmlinux")).then(|| f[1].to_owned())
+        })
+        .collect()
+}
+
+/// An update of a module (xfs): the differ's patch object for a change of
+/// xfs_stats_format() that reads the non-exported xfs global `xfsstats`
+/// gives a module whose reference to it is a module-specific livepatch
+/// relocation, applied by livepatch when xfs is (or already was) loaded.
+#[test]
+fn module_target_references_become_module_livepatch_relocations() {
+    use builder::diff;
+
+    let root = work_root().join("xfs-stats");
+    let _ = std::fs::remove_dir_all(&root);
+    let xfs = kernel().source.join("fs/xfs");
+    // As fs/xfs/Makefile builds it: part of the module xfs, its headers on the path.
+    let kbuild = format!(
+        "obj-m := xfs.o\nxfs-y := xfs_stats.o\nccflags-y := -I{0} -I{0}/libxfs\n",
+        xfs.display()
+    );
+    let pre = compile_with(
+        &root.join("pre"),
+        &xfs.join("xfs_stats.c"),
+        "xfs_stats.c",
+        &kbuild,
+    );
+    let source = std::fs::read_to_string(xfs.join("xfs_stats.c")).expect("read");
+    let start = source
+        .find("int xfs_stats_format(")
+        .expect("xfs_stats_format");
+    let ret = start + source[start..].find("\treturn len;").expect("return len");
+    let changed = format!(
+        "{}\tlen += scnprintf(buf + len, PATH_MAX - len, \"ksplice %d\\n\",\n\t\t\t stats == xfsstats.xs_stats);\n{}",
+        &source[..ret],
+        &source[ret..]
+    );
+    std::fs::create_dir_all(root.join("src")).expect("mkdir");
+    std::fs::write(root.join("src/xfs_stats.c"), changed).expect("write");
+    let post = compile_with(
+        &root.join("post"),
+        &root.join("src/xfs_stats.c"),
+        "xfs_stats.c",
+        &kbuild,
+    );
+
+    let mut cx = diff::Cx::new("xfs", "ksp0_");
+    cx.vmlinux_exports = vmlinux_exports();
+    let pre_bytes = std::fs::read(&pre).expect("read pre");
+    let post_bytes = std::fs::read(&post).expect("read post");
+    let diff::Outcome::Patch { object, report } =
+        diff::diff(&pre_bytes, &post_bytes, &cx).expect("diff")
+    else {
+        panic!("differ found no change")
+    };
+    let path = root.join("patch.o");
+    std::fs::write(&path, object).expect("write patch object");
+    let pobj = PatchObject::from_report(path, &report).expect("complete report");
+    assert_eq!(pobj.target, "xfs");
+    assert_eq!(
+        pobj.functions
+            .iter()
+            .map(|f| f.name.as_str())
+            .collect::<Vec<_>>(),
+        vec!["xfs_stats_format"]
+    );
+    let ko = module::build(&Inputs {
+        name: ModuleName::new("ksplice_xfs_test").expect("name"),
+        kernel_tree: kernel().headers.clone(),
+        release: kernel().release.clone(),
+        work_dir: root.join("module"),
+        objects: vec![pobj],
+    })
+    .expect("build");
+    let r = inspect::read(&ko).expect("inspect");
+    let xfs_sections: Vec<_> = r
+        .klp_rela_sections
+        .iter()
+        .filter(|s| s.name.starts_with(".klp.rela.xfs."))
+        .collect();
+    assert_eq!(xfs_sections.len(), 1, "{r:?}");
+    assert_eq!(
+        xfs_sections[0].name,
+        ".klp.rela.xfs..text.ksp0_xfs_stats_format"
+    );
+    assert!(
+        xfs_sections[0]
+            .symbols
+            .iter()
+            .all(|s| s.starts_with(".klp.sym.xfs.")),
+        "{r:?}"
+    );
+    assert!(
+        xfs_sections[0]
+            .symbols
+            .contains(&".klp.sym.xfs.xfsstats,0".to_owned()),
+        "{r:?}"
+    );
+    let c = std::fs::read_to_string(root.join("module/ksplice-update.c")).expect("C");
+    assert!(
+        c.contains("{ .name = \"xfs\", .funcs = ksplice_funcs_0 },"),
+        "{c}"
+    );
 }
