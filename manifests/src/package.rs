@@ -403,6 +403,9 @@ fn read_package(pkg: &Path, policy: &TrustPolicy, sink: &mut Sink) -> Result<Rea
             .take(max + 1)
             .read_to_end(&mut bytes)
             .map_err(archive_err)?;
+        if bytes.len() as u64 != size {
+            return Err(truncated(name));
+        }
         Ok(bytes)
     };
     let manifest_bytes = metadata(&mut count, MANIFEST_ENTRY, MAX_MANIFEST_BYTES)?;
@@ -460,6 +463,9 @@ fn read_package(pkg: &Path, policy: &TrustPolicy, sink: &mut Sink) -> Result<Rea
             if let Some((path, out)) = out.as_mut() {
                 out.write_all(&buf[..n]).map_err(|e| Error::io(&*path, e))?;
             }
+        }
+        if copied != size {
+            return Err(truncated(&name));
         }
         if copied != file.len {
             return Err(Error::LengthMismatch {
@@ -523,6 +529,13 @@ fn read_package(pkg: &Path, policy: &TrustPolicy, sink: &mut Sink) -> Result<Rea
     })
 }
 
+/// The tar stream ended inside an entry's data (the gzip layer itself was complete).
+fn truncated(entry: &str) -> Error {
+    Error::MalformedArchive {
+        reason: format!("entry {entry:?} is truncated"),
+    }
+}
+
 /// Name and type rules every entry must pass before anything else is looked at.
 fn check_entry<R: Read>(entry: &tar::Entry<'_, R>, raw: &[u8]) -> Result<()> {
     let name = || entry_name::display(raw);
@@ -578,4 +591,78 @@ fn create_payload_file(dir: &Path, rel: &str) -> Result<(PathBuf, BufWriter<fs::
         .open(&path)
         .map_err(|e| Error::io(&path, e))?;
     Ok((path, BufWriter::new(file)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn capped_reader_allows_exactly_the_cap() {
+        let exceeded = Rc::new(Cell::new(false));
+        let mut at_cap = Capped {
+            inner: &[7u8; 10][..],
+            left: 10,
+            exceeded: Rc::clone(&exceeded),
+        };
+        let mut out = Vec::new();
+        at_cap.read_to_end(&mut out).expect("exactly at the cap");
+        assert_eq!(out.len(), 10);
+        assert!(!exceeded.get());
+
+        let mut over = Capped {
+            inner: &[7u8; 11][..],
+            left: 10,
+            exceeded: Rc::clone(&exceeded),
+        };
+        assert!(over.read_to_end(&mut Vec::new()).is_err());
+        assert!(exceeded.get());
+    }
+
+    #[test]
+    fn written_package_has_the_canonical_header_and_verifies() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ko = dir.path().join("m.ko");
+        fs::write(&ko, b"module").expect("write");
+        let mut manifest = crate::manifest::example("u");
+        manifest.module.file = "m.ko".into();
+        let key = SigningKey::from_seed(&[3; 32]);
+        let pkg =
+            write_package(dir.path(), &manifest, &[&key], &[("m.ko".into(), ko)]).expect("write");
+        assert_eq!(pkg, dir.path().join("ksplice-u.tar.gz"));
+        let bytes = fs::read(&pkg).expect("read");
+        assert_eq!(bytes[..10], GZIP_HEADER);
+        let policy = TrustPolicy::new(vec![key.public()], 1).expect("policy");
+        let verified = verify_package(&pkg, &policy).expect("verify");
+        assert_eq!(verified.files.len(), 1);
+        assert_eq!(verified.files[0].sha256, crate::sha256_hex(b"module"));
+        // No temporary file is left next to the package.
+        assert_eq!(fs::read_dir(dir.path()).expect("ls").count(), 2);
+    }
+
+    #[test]
+    fn prefilled_files_must_match_the_payload() {
+        let file = |path: &str, len, digest: &str| PayloadFile {
+            path: path.into(),
+            len,
+            sha256: digest.into(),
+        };
+        let actual = [file("a", 1, "x")];
+        check_same_files(&[file("a", 1, "x")], &actual).expect("same");
+        for (listed, reason) in [
+            (vec![file("a", 2, "x")], "has a different length"),
+            (vec![file("a", 1, "y")], "has a different sha256"),
+            (
+                vec![file("a", 1, "x"), file("b", 1, "x")],
+                "is listed but not given",
+            ),
+            (vec![], "is given but not listed"),
+        ] {
+            let err = check_same_files(&listed, &actual).expect_err("mismatch");
+            assert!(
+                matches!(err, Error::FilesMismatch { reason: r, .. } if r == reason),
+                "{err}"
+            );
+        }
+    }
 }

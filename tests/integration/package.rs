@@ -786,6 +786,23 @@ fn truncated_package_is_refused() {
             "cut {cut}: {err}"
         );
     }
+    // A complete gzip stream whose tar data stops inside an entry.
+    let mut entries = metadata(&[("m.ko", KO)]);
+    let mut short = file("m.ko", KO);
+    short.truncate(512 + 10);
+    entries.push(short);
+    let err = refuse_entries_bytes(&gz(&entries.concat()));
+    assert!(
+        matches!(err, Error::MalformedArchive { ref reason } if reason == "entry \"m.ko\" is truncated"),
+        "{err}"
+    );
+    let mut sig_short = metadata(&[("m.ko", KO)]);
+    sig_short[1].truncate(512 + 10);
+    let err = refuse_entries_bytes(&gz(&sig_short.concat()));
+    assert!(
+        matches!(err, Error::MalformedArchive { ref reason } if reason == "entry \"manifest.sig\" is truncated"),
+        "{err}"
+    );
 }
 
 // ---- every byte matters ----------------------------------------------------------------------
