@@ -62,6 +62,9 @@ pub enum Error {
     /// `manifest.toml` is not UTF-8 TOML matching the schema.
     #[error("manifest.toml: {reason}")]
     ManifestSyntax { reason: String },
+    /// A manifest value cannot be written as TOML (an integer above `i64::MAX`).
+    #[error("manifest cannot be written as TOML: {reason}")]
+    ManifestUnserializable { reason: String },
     /// `manifest.toml` is not UTF-8.
     #[error("manifest.toml: not valid UTF-8")]
     ManifestNotUtf8,

@@ -170,8 +170,11 @@ impl Manifest {
     }
 
     /// The TOML text; [`Manifest::from_toml`] reads it back to an equal value.
-    pub fn to_toml(&self) -> String {
-        toml::to_string(self).expect("invariant: the manifest schema serializes to TOML")
+    /// Fails only for values TOML cannot hold (integers above `i64::MAX`).
+    pub fn to_toml(&self) -> Result<String> {
+        toml::to_string(self).map_err(|e| Error::ManifestUnserializable {
+            reason: crate::error::one_line(&e.to_string()),
+        })
     }
 
     /// `ksplice-<id>.tar.gz`.
@@ -486,13 +489,13 @@ mod tests {
     fn toml_round_trip_and_validation() {
         let m = with_files(example("cve-2024-1"));
         m.validate().expect("valid");
-        let back = Manifest::from_toml(&m.to_toml()).expect("parse");
+        let back = Manifest::from_toml(&m.to_toml().expect("toml")).expect("parse");
         assert_eq!(back, m);
     }
 
     #[test]
     fn unknown_fields_and_formats_are_refused() {
-        let text = with_files(example("a")).to_toml();
+        let text = with_files(example("a")).to_toml().expect("toml");
         assert!(matches!(
             Manifest::from_toml(&format!("surprise = 1\n{text}")),
             Err(Error::ManifestSyntax { .. })
@@ -503,6 +506,16 @@ mod tests {
                 found: 2,
                 expected: 1
             })
+        ));
+    }
+
+    #[test]
+    fn values_toml_cannot_hold_are_an_error_not_a_panic() {
+        let mut m = with_files(example("a"));
+        m.files[0].len = u64::MAX;
+        assert!(matches!(
+            m.to_toml(),
+            Err(Error::ManifestUnserializable { .. })
         ));
     }
 

@@ -91,7 +91,7 @@ pub fn write_package(
     manifest.files = files;
     // 2. Validate, serialize once, sign those bytes.
     manifest.validate()?;
-    let manifest_bytes = manifest.to_toml().into_bytes();
+    let manifest_bytes = manifest.to_toml()?.into_bytes();
     let signature_bytes = sign_manifest(&manifest_bytes, keys)?;
 
     // 3. Write next to the target and rename, so readers never see half a package.

@@ -45,7 +45,10 @@ fn manifest_listing(files: &[(&str, &[u8])]) -> Manifest {
 
 /// `(manifest.toml, manifest.sig)` bytes for a manifest listing `files`, signed by `keys`.
 fn signed(files: &[(&str, &[u8])], keys: &[&SigningKey]) -> (Vec<u8>, Vec<u8>) {
-    let bytes = manifest_listing(files).to_toml().into_bytes();
+    let bytes = manifest_listing(files)
+        .to_toml()
+        .expect("toml")
+        .into_bytes();
     let sig = sign_manifest(&bytes, keys).expect("sign");
     (bytes, sig)
 }
@@ -365,7 +368,7 @@ fn tampered_manifest_is_refused_by_signature() {
 fn signed_but_invalid_manifest_is_refused_after_the_signature() {
     let mut m = manifest_listing(&[("m.ko", KO)]);
     m.id = "Not/An/Id".into();
-    let bytes = m.to_toml().into_bytes();
+    let bytes = m.to_toml().expect("toml").into_bytes();
     let sig = sign_manifest(&bytes, &[&key(1)]).expect("sign");
     let err = refuse_entries(&[
         file("manifest.toml", &bytes),
@@ -1075,7 +1078,7 @@ fn binaries_keygen_pack_verify_round_trip_and_refusals() {
     // pack: a manifest with empty `files`, filled from FILE....
     let mut m = manifest_listing(&[("ksplice_t_1.ko", KO)]);
     m.files.clear();
-    fs::write(d.join("manifest.toml"), m.to_toml()).expect("manifest");
+    fs::write(d.join("manifest.toml"), m.to_toml().expect("toml")).expect("manifest");
     fs::write(d.join("ksplice_t_1.ko"), KO).expect("ko");
     let (code, out, err) = run(
         &build,
@@ -1107,7 +1110,9 @@ fn binaries_keygen_pack_verify_round_trip_and_refusals() {
     // pack refusals: a manifest that fails validation, and a public key given as --key.
     fs::write(
         d.join("bad.toml"),
-        m.to_toml().replace("id = \"t-1\"", "id = \"BAD\""),
+        m.to_toml()
+            .expect("toml")
+            .replace("id = \"t-1\"", "id = \"BAD\""),
     )
     .expect("bad");
     let (code, _, err) = run(
