@@ -391,18 +391,25 @@ fn symver_changes(pre: &Path, post: &Path, objects: &[String]) -> Result<Vec<Ref
         let mut names: Vec<&String> = a.keys().chain(b.keys()).collect();
         names.sort();
         names.dedup();
-        for n in names {
-            if a.get(n) != b.get(n) {
-                let show = |v: Option<&u32>| v.map_or("none".to_string(), |c| format!("{c:#010x}"));
-                out.push(Refusal {
-                    what: format!("{obj}:{n}"),
-                    reason: format!(
-                        "exported symbol version changes ({} -> {}); modules using it would break",
-                        show(a.get(n)),
-                        show(b.get(n))
-                    ),
-                });
-            }
+        let show = |v: Option<&u32>| v.map_or("none".to_string(), |c| format!("{c:#010x}"));
+        let changed: Vec<String> = names
+            .into_iter()
+            .filter(|n| a.get(*n) != b.get(*n))
+            .map(|n| format!("{n} {} -> {}", show(a.get(n)), show(b.get(n))))
+            .collect();
+        // One refusal per object keeps the summary on one screen.
+        if !changed.is_empty() {
+            let more = match changed.len() {
+                0..=3 => String::new(),
+                n => format!(" and {} more", n - 3),
+            };
+            out.push(Refusal {
+                what: obj.clone(),
+                reason: format!(
+                    "exported symbol versions change ({}{more}); modules built against them would break",
+                    changed[..changed.len().min(3)].join(", ")
+                ),
+            });
         }
     }
     Ok(out)

@@ -262,7 +262,8 @@ ffffffffc0000000 t show_val\t[xfs]
     fn placeholder_and_unprivileged_maps_are_refused() {
         let e = SystemMap::parse("", Path::new("m")).expect_err("must be refused");
         assert!(matches!(e, Error::Parse { line: 1, .. }), "{e}");
-        let e = SystemMap::parse("0000000000000000 T _text\n", Path::new("m")).expect_err("must be refused");
+        let e = SystemMap::parse("0000000000000000 T _text\n", Path::new("m"))
+            .expect_err("must be refused");
         assert!(e.to_string().contains("without root"), "{e}");
         let e = SystemMap::parse("zz T x\n", Path::new("m")).expect_err("must be refused");
         assert!(e.to_string().contains("not hex"), "{e}");

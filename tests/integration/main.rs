@@ -1,5 +1,6 @@
 //! Integration tests for ksplice (one test binary).
 mod client;
+mod create;
 mod differ;
 mod module;
 mod package;
