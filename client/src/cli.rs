@@ -222,3 +222,27 @@ fn run(host: &Host<'_>, command: Command) -> client::Result<u8> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn alias_names_preset_their_subcommand() {
+        assert_eq!(
+            preset_for(Path::new("/usr/sbin/ksplice-apply")),
+            Some("apply")
+        );
+        assert_eq!(preset_for(Path::new("ksplice-undo")), Some("undo"));
+        assert_eq!(preset_for(Path::new("./ksplice-view")), Some("view"));
+        assert_eq!(preset_for(Path::new("/usr/sbin/ksplice")), None);
+    }
+
+    #[test]
+    fn apply_needs_packages_or_installed_not_both() {
+        assert!(Cli::try_parse_from(["ksplice", "apply"]).is_err());
+        assert!(Cli::try_parse_from(["ksplice", "apply", "--installed", "x.tar.gz"]).is_err());
+        assert!(Cli::try_parse_from(["ksplice", "apply", "--installed"]).is_ok());
+        assert!(Cli::try_parse_from(["ksplice", "undo", "--all", "a"]).is_err());
+    }
+}

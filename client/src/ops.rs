@@ -508,8 +508,20 @@ pub struct Summary {
 /// Verify a package fully (signatures, digests, extraction into a private
 /// temporary directory that is removed again) and summarize it.
 pub fn summarize(pkg: &Path, policy: &TrustPolicy) -> Result<Summary> {
-    let tmp = std::env::temp_dir().join(format!("ksplice-verify-{}", std::process::id()));
-    fsutil::create_dir_durable(&tmp)?;
+    // A fresh private directory: `create` (not `create_dir_all`) fails on
+    // anything already there, so a planted symlink in /tmp cannot redirect it.
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or_default();
+    let tmp = std::env::temp_dir().join(format!("ksplice-verify-{}-{nanos}", std::process::id()));
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&tmp)
+            .map_err(|e| Error::io(&tmp, e))?;
+    }
     let opened = manifests::package::open_package(pkg, policy, &tmp);
     let result = opened
         .map_err(|source| Error::Package {
