@@ -100,6 +100,9 @@ pub enum Error {
         max_count: usize,
         max_bytes: u64,
     },
+    /// Packing: a payload file is larger than a package may carry.
+    #[error("{}: payload file is larger than the cap of {max} bytes", path.display())]
+    PayloadTooLarge { path: PathBuf, max: u64 },
     /// Packing: the manifest's non-empty `files` disagree with the payload given.
     #[error("manifest files do not match the payload: {path:?} {reason}")]
     FilesMismatch { path: String, reason: &'static str },
