@@ -18,6 +18,8 @@ struct Kernel {
     release: String,
     source: PathBuf,
     headers: PathBuf,
+    vmlinuz: PathBuf,
+    modules: PathBuf,
 }
 
 fn kernel() -> &'static Kernel {
@@ -38,6 +40,8 @@ fn kernel() -> &'static Kernel {
             release: get("KSPLICE_KRELEASE"),
             source: get("KSPLICE_KSOURCE").into(),
             headers: get("KSPLICE_KHEADERS").into(),
+            vmlinuz: get("KSPLICE_VMLINUZ").into(),
+            modules: get("KSPLICE_KMODULES").into(),
         }
     })
 }
@@ -573,6 +577,25 @@ fn differ_output_for_cmdline_string_builds_a_livepatch() {
 /// kernel does not have.
 #[test]
 fn new_global_of_another_patch_object_is_linked_inside_the_module() {
+    let r = inspect::read(cross_update()).expect("inspect");
+    assert_eq!(
+        r.klp_symbols,
+        vec![(".klp.sym.vmlinux.saved_command_line,0".to_owned(), 0xff20)]
+    );
+    assert!(
+        r.loader_relocated
+            .contains(&"ksp1_kpatch_string".to_owned()),
+        "{r:?}"
+    );
+    assert!(!r.undefined.contains(&"ksp1_kpatch_string".to_owned()));
+}
+
+fn cross_update() -> &'static Path {
+    static KO: OnceLock<PathBuf> = OnceLock::new();
+    KO.get_or_init(build_cross_update)
+}
+
+fn build_cross_update() -> PathBuf {
     let root = work_root().join("cross-object");
     let _ = std::fs::remove_dir_all(&root);
     let fixture = fixtures().join("cross-object");
@@ -601,18 +624,7 @@ fn new_global_of_another_patch_object_is_linked_inside_the_module() {
             },
         ],
     };
-    let ko = module::build(&inputs).expect("build");
-    let r = inspect::read(&ko).expect("inspect");
-    assert_eq!(
-        r.klp_symbols,
-        vec![(".klp.sym.vmlinux.saved_command_line,0".to_owned(), 0xff20)]
-    );
-    assert!(
-        r.loader_relocated
-            .contains(&"ksp1_kpatch_string".to_owned()),
-        "{r:?}"
-    );
-    assert!(!r.undefined.contains(&"ksp1_kpatch_string".to_owned()));
+    module::build(&inputs).expect("build")
 }
 
 fn vmlinux_exports() -> std::collections::HashSet<String> {
@@ -633,6 +645,45 @@ fn vmlinux_exports() -> std::collections::HashSet<String> {
 /// relocation, applied by livepatch when xfs is (or already was) loaded.
 #[test]
 fn module_target_references_become_module_livepatch_relocations() {
+    let ko = xfs_update();
+    let r = inspect::read(ko).expect("inspect");
+    let xfs_sections: Vec<_> = r
+        .klp_rela_sections
+        .iter()
+        .filter(|s| s.name.starts_with(".klp.rela.xfs."))
+        .collect();
+    assert_eq!(xfs_sections.len(), 1, "{r:?}");
+    assert_eq!(
+        xfs_sections[0].name,
+        ".klp.rela.xfs..text.ksp0_xfs_stats_format"
+    );
+    assert!(
+        xfs_sections[0]
+            .symbols
+            .iter()
+            .all(|s| s.starts_with(".klp.sym.xfs.")),
+        "{r:?}"
+    );
+    assert!(
+        xfs_sections[0]
+            .symbols
+            .contains(&".klp.sym.xfs.xfsstats,0".to_owned()),
+        "{r:?}"
+    );
+    let dir = ko.parent().expect("module dir");
+    let c = std::fs::read_to_string(dir.join("ksplice-update.c")).expect("C");
+    assert!(
+        c.contains("{ .name = \"xfs\", .funcs = ksplice_funcs_0 },"),
+        "{c}"
+    );
+}
+
+fn xfs_update() -> &'static Path {
+    static KO: OnceLock<PathBuf> = OnceLock::new();
+    KO.get_or_init(build_xfs_update)
+}
+
+fn build_xfs_update() -> PathBuf {
     use builder::diff;
 
     let root = work_root().join("xfs-stats");
@@ -688,41 +739,190 @@ fn module_target_references_become_module_livepatch_relocations() {
             .collect::<Vec<_>>(),
         vec!["xfs_stats_format"]
     );
-    let ko = module::build(&Inputs {
+    module::build(&Inputs {
         name: ModuleName::new("ksplice_xfs_test").expect("name"),
         kernel_tree: kernel().headers.clone(),
         release: kernel().release.clone(),
         work_dir: root.join("module"),
         objects: vec![pobj],
     })
-    .expect("build");
-    let r = inspect::read(&ko).expect("inspect");
-    let xfs_sections: Vec<_> = r
-        .klp_rela_sections
-        .iter()
-        .filter(|s| s.name.starts_with(".klp.rela.xfs."))
+    .expect("build")
+}
+
+/// The guest's script: every step prints one `@@ ` marker the test checks.
+const GUEST_INIT: &str = r#"#!/bin/busybox sh
+/bin/busybox --install -s /bin
+mount -t proc proc /proc
+mount -t sysfs sys /sys
+mount -t devtmpfs dev /dev
+settle() {
+	i=0
+	while [ "$(cat /sys/kernel/livepatch/$1/transition 2>/dev/null)" = "1" ] && [ $i -lt 300 ]; do
+		sleep 0.1
+		i=$((i+1))
+	done
+}
+load() {
+	insmod /mods/$1.ko
+	echo "@@ insmod $1 rc=$?"
+	settle $1
+}
+unload() {
+	echo 0 > /sys/kernel/livepatch/$1/enabled
+	settle $1
+	sleep 1
+	rmmod $1
+	echo "@@ rmmod $1 rc=$?"
+}
+cmdline() {
+	case "$(cat /proc/cmdline)" in
+	*kpatch=1*) echo "@@ cmdline $1 patched" ;;
+	*) echo "@@ cmdline $1 original" ;;
+	esac
+}
+cmdline start
+load ksplice_cmdline_bad
+echo "@@ livepatches after bad: $(ls /sys/kernel/livepatch | wc -l)"
+cmdline after-bad
+load ksplice_cmdline_test
+cmdline loaded
+unload ksplice_cmdline_test
+cmdline unloaded
+load ksplice_callbacks_test
+cmdline callbacks
+unload ksplice_callbacks_test
+load ksplice_cross_test
+cmdline cross
+unload ksplice_cross_test
+load ksplice_xfs_test
+insmod /mods/crc32c_generic.ko
+insmod /mods/libcrc32c.ko
+insmod /mods/xfs.ko
+echo "@@ insmod xfs rc=$?"
+echo "@@ xfs stats: $(tail -n 1 /sys/fs/xfs/stats/stats)"
+unload ksplice_xfs_test
+echo "@@ xfs stats: $(tail -n 1 /sys/fs/xfs/stats/stats)"
+load ksplice_xfs_test
+echo "@@ xfs stats: $(tail -n 1 /sys/fs/xfs/stats/stats)"
+unload ksplice_xfs_test
+dmesg
+echo "@@ done"
+poweroff -f
+"#;
+
+/// The real-kernel check: Debian's vmlinuz under QEMU (TCG) loads each
+/// module with busybox insmod.  The module with the right pre code switches
+/// /proc/cmdline and reverts; one byte of wrong pre code is vetoed with the
+/// contract's log line and EINVAL; callbacks run in order; a cross-object
+/// update links; an xfs update applies when xfs loads after it and when it
+/// was loaded before.
+#[test]
+#[ignore = "boots Debian's kernel in QEMU (about a minute); run with --ignored"]
+fn qemu_updates_switch_revert_and_veto_in_the_real_kernel() {
+    let bad = build("cmdline-kpatch", "ksplice_cmdline_bad", |rp| {
+        rp.code[6] ^= 0x01
+    })
+    .expect("build bad");
+    let callbacks = build("callbacks", "ksplice_callbacks_test", |_| {}).expect("build");
+    let modules = [
+        cmdline().ko.clone(),
+        bad.ko,
+        callbacks.ko,
+        cross_update().to_owned(),
+        xfs_update().to_owned(),
+        kernel().modules.join("kernel/crypto/crc32c_generic.ko"),
+        kernel().modules.join("kernel/lib/libcrc32c.ko"),
+        kernel().modules.join("kernel/fs/xfs/xfs.ko"),
+    ];
+
+    let root = work_root().join("qemu");
+    let _ = std::fs::remove_dir_all(&root);
+    let tree = root.join("initramfs");
+    for d in ["bin", "proc", "sys", "dev", "mods"] {
+        std::fs::create_dir_all(tree.join(d)).expect("mkdir");
+    }
+    std::fs::copy("/bin/busybox", tree.join("bin/busybox")).expect("busybox-static");
+    for m in &modules {
+        std::fs::copy(m, tree.join("mods").join(m.file_name().expect("name"))).expect("copy");
+    }
+    std::fs::write(tree.join("init"), GUEST_INIT).expect("init");
+    let st = Command::new("sh")
+        .arg("-c")
+        .arg("chmod 755 init && find . | cpio -o -H newc --quiet | gzip > ../initrd.gz")
+        .current_dir(&tree)
+        .status()
+        .expect("cpio");
+    assert!(st.success(), "initramfs");
+
+    let log = root.join("serial.log");
+    let out = std::fs::File::create(&log).expect("log");
+    let st = Command::new("timeout")
+        .arg("600")
+        .arg("qemu-system-x86_64")
+        .args(["-accel", "tcg", "-cpu", "max", "-m", "1G", "-smp", "2"])
+        .args(["-nographic", "-no-reboot", "-kernel"])
+        .arg(&kernel().vmlinuz)
+        .arg("-initrd")
+        .arg(root.join("initrd.gz"))
+        .args(["-append", "console=ttyS0 panic=-1 quiet"])
+        .stdout(out.try_clone().expect("log"))
+        .stderr(out)
+        .stdin(std::process::Stdio::null())
+        .status()
+        .expect("run qemu");
+    let text = String::from_utf8_lossy(&std::fs::read(&log).expect("read log")).into_owned();
+    assert!(st.success(), "qemu: {st}; log in {}", log.display());
+    let markers: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.trim_end_matches('\r').split_once("@@ ").map(|(_, m)| m))
         .collect();
-    assert_eq!(xfs_sections.len(), 1, "{r:?}");
     assert_eq!(
-        xfs_sections[0].name,
-        ".klp.rela.xfs..text.ksp0_xfs_stats_format"
+        markers,
+        vec![
+            "cmdline start original",
+            "insmod ksplice_cmdline_bad rc=22", // EINVAL
+            "livepatches after bad: 0",
+            "cmdline after-bad original",
+            "insmod ksplice_cmdline_test rc=0",
+            "cmdline loaded patched",
+            "rmmod ksplice_cmdline_test rc=0",
+            "cmdline unloaded original",
+            "insmod ksplice_callbacks_test rc=0",
+            "cmdline callbacks patched",
+            "rmmod ksplice_callbacks_test rc=0",
+            "insmod ksplice_cross_test rc=0",
+            "cmdline cross patched",
+            "rmmod ksplice_cross_test rc=0",
+            "insmod ksplice_xfs_test rc=0",
+            "insmod xfs rc=0",
+            "xfs stats: ksplice 1",
+            "rmmod ksplice_xfs_test rc=0",
+            "xfs stats: debug 0",
+            "insmod ksplice_xfs_test rc=0",
+            "xfs stats: ksplice 1",
+            "rmmod ksplice_xfs_test rc=0",
+            "done",
+        ],
+        "log in {}",
+        log.display()
     );
-    assert!(
-        xfs_sections[0]
-            .symbols
-            .iter()
-            .all(|s| s.starts_with(".klp.sym.xfs.")),
-        "{r:?}"
+    assert!(text.contains(
+        "ksplice_cmdline_bad: run-pre: mismatch in cmdline_proc_show+0x6: expected 49 found 48"
+    ));
+    let order: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.split_once("ksplice-test: ").map(|(_, m)| m.trim_end()))
+        .collect();
+    assert_eq!(
+        order,
+        vec![
+            "pre_patch vmlinux",
+            "post_patch",
+            "pre_unpatch",
+            "post_unpatch"
+        ]
     );
-    assert!(
-        xfs_sections[0]
-            .symbols
-            .contains(&".klp.sym.xfs.xfsstats,0".to_owned()),
-        "{r:?}"
-    );
-    let c = std::fs::read_to_string(root.join("module/ksplice-update.c")).expect("C");
-    assert!(
-        c.contains("{ .name = \"xfs\", .funcs = ksplice_funcs_0 },"),
-        "{c}"
-    );
+    for bad in ["Call Trace", "BUG:", "WARNING:"] {
+        assert!(!text.contains(bad), "{bad} in {}", log.display());
+    }
 }
