@@ -48,6 +48,25 @@ pub(crate) fn check(raw: &[u8]) -> Result<(), NameProblem> {
     Ok(())
 }
 
+/// A relative package path that passed [`check`]: the only form in which an archive
+/// entry name reaches the file system.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) struct EntryName(String);
+
+impl EntryName {
+    /// Validates an untrusted name.
+    pub(crate) fn new(raw: &[u8]) -> Result<EntryName, NameProblem> {
+        check(raw)?;
+        // check() admits ASCII only.
+        let text = std::str::from_utf8(raw).map_err(|_| NameProblem::Invalid("not ASCII"))?;
+        Ok(EntryName(text.to_owned()))
+    }
+
+    pub(crate) fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
 /// Lossy text of an untrusted name for error messages.
 pub(crate) fn display(raw: &[u8]) -> String {
     String::from_utf8_lossy(raw).into_owned()
@@ -89,5 +108,10 @@ mod tests {
         }
         // `...` is a legal (if odd) file name, not a parent reference.
         assert_eq!(check(b"..."), Ok(()));
+        assert_eq!(
+            EntryName::new(b"a/b").map(|n| n.as_str().to_owned()),
+            Ok("a/b".to_owned())
+        );
+        assert_eq!(EntryName::new(b"../b"), Err(NameProblem::ParentDirectory));
     }
 }

@@ -15,7 +15,7 @@ use std::rc::Rc;
 
 use sha2::{Digest, Sha256};
 
-use crate::entry_name::{self, NameProblem};
+use crate::entry_name::{self, EntryName, NameProblem};
 use crate::error::{Error, Result};
 use crate::keys::{SigningKey, TrustPolicy};
 use crate::manifest::{Manifest, PayloadFile};
@@ -372,24 +372,23 @@ fn read_package(pkg: &Path, policy: &TrustPolicy, sink: &mut Sink) -> Result<Rea
         }
     };
     let mut count = 0;
-    let mut seen: BTreeSet<Vec<u8>> = BTreeSet::new();
+    let mut seen: BTreeSet<String> = BTreeSet::new();
 
     // 2. manifest.toml, then manifest.sig, bounded reads.
     let mut metadata = |count: &mut usize, name: &'static str, max: u64| -> Result<Vec<u8>> {
         let mut entry = next_entry(count)?.ok_or(Error::MissingMetadata { entry: name })?;
-        let raw = entry.header().path_bytes().into_owned();
-        check_entry(&entry, &raw)?;
-        if raw != name.as_bytes() {
-            let entry = entry_name::display(&raw);
+        let found = check_entry(&entry)?;
+        if found.as_str() != name {
+            let entry = found.as_str().to_owned();
             return Err(if name == MANIFEST_ENTRY {
                 Error::ManifestNotFirst { entry }
-            } else if raw == MANIFEST_ENTRY.as_bytes() {
+            } else if entry == MANIFEST_ENTRY {
                 Error::DuplicateEntry { entry }
             } else {
                 Error::SignatureNotSecond { entry }
             });
         }
-        seen.insert(raw);
+        seen.insert(found.as_str().to_owned());
         let size = entry.header().size().map_err(archive_err)?;
         if size > max {
             return Err(Error::MetadataTooLarge {
@@ -414,10 +413,10 @@ fn read_package(pkg: &Path, policy: &TrustPolicy, sink: &mut Sink) -> Result<Rea
     // 3. Signatures over the exact bytes, then the manifest's own rules — before any
     //    payload byte is read or anything is created on disk.
     let manifest = verify_manifest(&manifest_bytes, &signature_bytes, policy)?;
-    let listed: BTreeMap<&[u8], &PayloadFile> = manifest
+    let listed: BTreeMap<&str, &PayloadFile> = manifest
         .files
         .iter()
-        .map(|f| (f.path.as_bytes(), f))
+        .map(|f| (f.path.as_str(), f))
         .collect();
     if let Sink::Extract { parent, dir } = sink {
         *dir = Some(create_fresh_dir(parent, &manifest.id)?);
@@ -425,16 +424,15 @@ fn read_package(pkg: &Path, policy: &TrustPolicy, sink: &mut Sink) -> Result<Rea
 
     // 4. Payload: only listed, regular, unique entries whose length and digest match.
     while let Some(mut entry) = next_entry(&mut count)? {
-        let raw = entry.header().path_bytes().into_owned();
-        check_entry(&entry, &raw)?;
-        let name = entry_name::display(&raw);
-        if seen.contains(&raw) {
+        let entry_name = check_entry(&entry)?;
+        let name = entry_name.as_str().to_owned();
+        if seen.contains(&name) {
             return Err(Error::DuplicateEntry { entry: name });
         }
-        let Some(file) = listed.get(raw.as_slice()).copied() else {
+        let Some(file) = listed.get(name.as_str()).copied() else {
             return Err(Error::UnlistedEntry { entry: name });
         };
-        seen.insert(raw);
+        seen.insert(name.clone());
         let size = entry.header().size().map_err(archive_err)?;
         if size != file.len {
             return Err(Error::LengthMismatch {
@@ -445,7 +443,7 @@ fn read_package(pkg: &Path, policy: &TrustPolicy, sink: &mut Sink) -> Result<Rea
         }
         let mut out = match sink {
             Sink::Discard => None,
-            Sink::Extract { dir: Some(dir), .. } => Some(create_payload_file(dir, &file.path)?),
+            Sink::Extract { dir: Some(dir), .. } => Some(create_payload_file(dir, &entry_name)?),
             Sink::Extract { dir: None, .. } => {
                 unreachable!("invariant: directory created after verification")
             }
@@ -486,11 +484,7 @@ fn read_package(pkg: &Path, policy: &TrustPolicy, sink: &mut Sink) -> Result<Rea
     }
 
     // 5. Every listed file must have been present.
-    if let Some(missing) = manifest
-        .files
-        .iter()
-        .find(|f| !seen.contains(f.path.as_bytes()))
-    {
+    if let Some(missing) = manifest.files.iter().find(|f| !seen.contains(&f.path)) {
         return Err(Error::MissingFile {
             file: missing.path.clone(),
         });
@@ -537,10 +531,11 @@ fn truncated(entry: &str) -> Error {
 }
 
 /// Name and type rules every entry must pass before anything else is looked at.
-fn check_entry<R: Read>(entry: &tar::Entry<'_, R>, raw: &[u8]) -> Result<()> {
-    let name = || entry_name::display(raw);
-    match entry_name::check(raw) {
-        Ok(()) => {}
+fn check_entry<R: Read>(entry: &tar::Entry<'_, R>) -> Result<EntryName> {
+    let raw = entry.header().path_bytes();
+    let name = || entry_name::display(&raw);
+    let valid = match EntryName::new(&raw) {
+        Ok(valid) => valid,
         Err(NameProblem::Absolute) => return Err(Error::AbsolutePath { entry: name() }),
         Err(NameProblem::ParentDirectory) => return Err(Error::ParentDirectory { entry: name() }),
         Err(NameProblem::Invalid(reason)) => {
@@ -549,9 +544,9 @@ fn check_entry<R: Read>(entry: &tar::Entry<'_, R>, raw: &[u8]) -> Result<()> {
                 reason,
             })
         }
-    }
+    };
     match entry.header().entry_type() {
-        tar::EntryType::Regular => Ok(()),
+        tar::EntryType::Regular => Ok(valid),
         tar::EntryType::Symlink => Err(Error::Symlink { entry: name() }),
         tar::EntryType::Link => Err(Error::Hardlink { entry: name() }),
         tar::EntryType::Char | tar::EntryType::Block => Err(Error::DeviceFile { entry: name() }),
@@ -573,10 +568,10 @@ fn create_fresh_dir(parent: &Path, id: &str) -> Result<PathBuf> {
     Ok(dir)
 }
 
-/// Creates `dir/<rel>` (and its parent directories) for writing. `rel` passed
-/// [`entry_name::check`], and `dir` is fresh, so no link or existing file can be followed.
-fn create_payload_file(dir: &Path, rel: &str) -> Result<(PathBuf, BufWriter<fs::File>)> {
-    let path = dir.join(rel);
+/// Creates `dir/<rel>` (and its parent directories) for writing. `rel` is a checked
+/// relative name and `dir` is fresh, so no link or existing file can be followed.
+fn create_payload_file(dir: &Path, rel: &EntryName) -> Result<(PathBuf, BufWriter<fs::File>)> {
+    let path = dir.join(rel.as_str());
     if let Some(parent) = path.parent() {
         fs::DirBuilder::new()
             .recursive(true)
