@@ -87,7 +87,7 @@ impl SigningKey {
                 mode,
             });
         }
-        let text = read_small(path, MAX_KEY_FILE_BYTES)?;
+        let text = read_small(path, MAX_KEY_FILE_BYTES, malformed_key(path))?;
         let seed = parse_key_line(path, &text, SECRET_TAG)?;
         Ok(SigningKey::from_seed(&seed))
     }
@@ -156,7 +156,7 @@ impl PublicKey {
 
     /// Reads a public key file.
     pub fn load(path: &Path) -> Result<PublicKey> {
-        let text = read_small(path, MAX_KEY_FILE_BYTES)?;
+        let text = read_small(path, MAX_KEY_FILE_BYTES, malformed_key(path))?;
         let bytes = parse_key_line(path, &text, PUBLIC_TAG)?;
         Self::from_bytes(&bytes).ok_or(Error::MalformedKey {
             path: path.to_owned(),
@@ -239,7 +239,9 @@ impl TrustPolicy {
 
     /// Reads a policy file.
     pub fn load(path: &Path) -> Result<TrustPolicy> {
-        let text = read_small(path, MAX_POLICY_FILE_BYTES)?;
+        let text = read_small(path, MAX_POLICY_FILE_BYTES, |reason| Error::PolicySyntax {
+            reason: format!("{}: {reason}", path.display()),
+        })?;
         TrustPolicy::from_toml(&text)
     }
 
@@ -277,23 +279,25 @@ pub(crate) fn is_lower_hex(text: &str, len: usize) -> bool {
             .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
-/// Reads a small text file, refusing anything over `max` bytes before reading it all.
-fn read_small(path: &Path, max: u64) -> Result<String> {
+/// Reads a small text file, refusing anything over `max` bytes before reading it all;
+/// `bad` builds the error for an oversized or non-UTF-8 file.
+fn read_small(path: &Path, max: u64, bad: impl Fn(&'static str) -> Error) -> Result<String> {
     let file = fs::File::open(path).map_err(|e| Error::io(path, e))?;
     let mut bytes = Vec::new();
     file.take(max + 1)
         .read_to_end(&mut bytes)
         .map_err(|e| Error::io(path, e))?;
     if bytes.len() as u64 > max {
-        return Err(Error::MalformedKey {
-            path: path.to_owned(),
-            reason: "file too large",
-        });
+        return Err(bad("file too large"));
     }
-    String::from_utf8(bytes).map_err(|_| Error::MalformedKey {
+    String::from_utf8(bytes).map_err(|_| bad("not UTF-8 text"))
+}
+
+fn malformed_key(path: &Path) -> impl Fn(&'static str) -> Error + '_ {
+    move |reason| Error::MalformedKey {
         path: path.to_owned(),
-        reason: "not UTF-8 text",
-    })
+        reason,
+    }
 }
 
 /// Parses `<tag> <64 hex>\n` into 32 bytes.
