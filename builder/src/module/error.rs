@@ -116,6 +116,15 @@ pub enum Error {
         reason: &'static str,
     },
 
+    /// A section the module loader reads at load time refers to a module's
+    /// symbols, which livepatch only relocates when that module loads.
+    #[error("{path}: {section} refers to symbols of {object} through livepatch relocations; the loader would read it before they are written")]
+    LateSpecialRelocation {
+        path: PathBuf,
+        section: String,
+        object: String,
+    },
+
     /// The kernel tree has no Module.symvers to check references against.
     #[error("{path} is missing: the kernel tree must carry the target's Module.symvers")]
     SymversMissing { path: PathBuf },

@@ -35,6 +35,26 @@ pub const KLP_SYM_PREFIX: &str = ".klp.sym.";
 /// Name prefix of livepatch relocation sections.
 pub const KLP_RELA_PREFIX: &str = ".klp.rela.";
 
+/// Sections the module loader interprets while the update loads
+/// (module_finalize(), jump_label_add_module(), ...).  Relocations for a
+/// module target are only written later, when that module loads, so such a
+/// section must not refer to a module's symbols through livepatch
+/// relocations (the reason kernel/livepatch/core.c keeps vmlinux and module
+/// relocation sections apart).
+const LOAD_TIME_SECTIONS: &[&str] = &[
+    "__jump_table",
+    ".static_call_sites",
+    ".altinstructions",
+    ".parainstructions",
+    ".retpoline_sites",
+    ".return_sites",
+    ".smp_locks",
+    "__mcount_loc",
+    "__ex_table",
+    "__bug_table",
+    ".orc_unwind_ip",
+];
+
 /// Rewrite the module at `ko` in place.
 pub(crate) fn run(ko: &Path) -> Result<()> {
     let data = std::fs::read(ko).map_err(Error::io(ko))?;
@@ -105,6 +125,17 @@ fn rewrite(builder: &mut Builder<'_>, ko: &Path) -> Result<bool> {
             sec.delete = true;
         }
         for (object, relocs) in moved {
+            if object != "vmlinux" {
+                if let Ok(section) = std::str::from_utf8(target_name) {
+                    if LOAD_TIME_SECTIONS.contains(&section) {
+                        return Err(Error::LateSpecialRelocation {
+                            path: ko.to_owned(),
+                            section: section.to_owned(),
+                            object: object.to_owned(),
+                        });
+                    }
+                }
+            }
             let mut name = format!("{KLP_RELA_PREFIX}{object}.").into_bytes();
             name.extend_from_slice(target_name);
             added.push((name, sec.sh_info_section, sec.sh_link_section, relocs));
