@@ -120,6 +120,8 @@ pub fn apply(host: &Host<'_>, pkgs: &[PathBuf], on: &mut dyn FnMut(Event)) -> Re
     let running = Running::read(host)?;
     let mut checked = Vec::with_capacity(pkgs.len());
     for pkg in pkgs {
+        // 1. Signatures over the exact manifest bytes, then payload digests;
+        // 2. the names that become paths.
         let m = verify(pkg, &policy)?;
         // 3. The exact kernel it was built for, field by field.
         running.check(&m.id, &m.target)?;
@@ -164,8 +166,9 @@ fn apply_one(
             other: other.id.clone(),
         });
     }
+    // 4. Its bases are applied.
     check_bases(state, m)?;
-    // 4. Install: journal first, so a crash mid-copy is recognised.
+    // 5. Install: journal first, so a crash mid-copy is recognised.
     let (i, fresh) = match state.index(&id) {
         Some(i) => (i, false),
         None => {
@@ -538,12 +541,12 @@ pub fn summarize(pkg: &Path, policy: &TrustPolicy) -> Result<Summary> {
                 .map(|k| k.key_id().as_str().to_owned())
                 .collect();
             let sig = String::from_utf8_lossy(&o.signature_bytes).into_owned();
-            let signers = sig
-                .lines()
-                .filter_map(|l| l.split_whitespace().next())
-                .filter(|k| trusted.iter().any(|t| t == k))
-                .map(str::to_owned)
-                .collect();
+            let mut signers: Vec<String> = Vec::new();
+            for k in sig.lines().filter_map(|l| l.split_whitespace().next()) {
+                if trusted.iter().any(|t| t == k) && !signers.iter().any(|s| s == k) {
+                    signers.push(k.to_owned());
+                }
+            }
             Ok(Summary {
                 path: pkg.to_owned(),
                 manifest: (*o.manifest).clone(),

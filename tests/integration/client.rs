@@ -1080,3 +1080,41 @@ fn client_profile_writes_the_builder_layout() {
         Err(Error::KallsymsHidden { .. })
     ));
 }
+
+#[test]
+fn client_verify_summary_names_the_trusted_signers() {
+    let fx = Fixture::new();
+    let other = SigningKey::from_seed(&[9; 32]);
+    let mut m = Fixture::manifest("fix-a");
+    m.builds_on = vec!["base".into()];
+    let ko = fx.out.join("a.ko");
+    fs::write(&ko, "fake-module:ksplice_fix_a\n").expect("ko");
+    let pkg = manifests::write_package(
+        &fx.out,
+        &m,
+        &[&fx.key, &other],
+        &[(m.module.file.clone(), ko)],
+    )
+    .expect("package");
+    // Only the fixture key is trusted: the other signature is ignored, not listed.
+    let policy = TrustPolicy::load(&fx.root.join("etc/ksplice/trust.toml")).expect("policy");
+    let summary = ops::summarize(&pkg, &policy).expect("verify");
+    assert_eq!(
+        summary.signers,
+        vec![fx.key.public().key_id().as_str().to_owned()]
+    );
+    let text = summary.to_string();
+    for line in [
+        "verified fix-a (",
+        "  description: fix fix-a\n",
+        "  cves: CVE-2026-0001\n",
+        "  module: ksplice_fix_a (ksplice_fix_a.ko)\n",
+        "  builds on: base\n",
+        "  vmlinux: cmdline_proc_show (replaced)\n",
+    ] {
+        assert!(text.contains(line), "missing {line:?} in\n{text}");
+    }
+    let both = TrustPolicy::new(vec![fx.key.public(), other.public()], 2).expect("policy");
+    let summary = ops::summarize(&pkg, &both).expect("verify with threshold 2");
+    assert_eq!(summary.signers.len(), 2);
+}
