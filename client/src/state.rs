@@ -396,7 +396,14 @@ impl<'h, 's> State<'h, 's> {
         if self.entry(i).phase == Phase::Disabling {
             if let PatchState::Present { enabled: true, .. } = PatchState::read(self.host, &module)?
             {
-                livepatch::write_enabled(self.host, &module, false)?;
+                if let Err(e) = livepatch::write_enabled(self.host, &module, false) {
+                    // Refused (EBUSY while another patch transitions): nothing
+                    // changed, so the update stays applied.
+                    if matches!(e, Error::Sysfs { .. }) {
+                        self.set_phase(i, Phase::Applied)?;
+                    }
+                    return Err(e);
+                }
             }
             if livepatch::wait_transition(self.host, &module)? == Wait::Stalled {
                 let blocking = livepatch::blocking_tasks(self.host, 0);
