@@ -559,6 +559,13 @@ fn client_bad_packages_are_refused_before_kernel_or_state_is_touched() {
     repack(&good, &bad("unsigned.tar.gz"), |e| {
         e[1].1 = b"ksplice-signatures-v1\n".to_vec();
     });
+    repack(&good, &bad("no-sig.tar.gz"), |e| {
+        e.remove(1);
+    });
+    repack(&good, &bad("tampered.tar.gz"), |e| {
+        let text = String::from_utf8(e[0].1.clone()).expect("utf8");
+        e[0].1 = text.replace("fix fix-a", "fix fix-b").into_bytes();
+    });
     repack(&good, &bad("corrupt.tar.gz"), |e| {
         let ko = &mut e[2].1;
         ko[0] ^= 0xff;
@@ -594,7 +601,10 @@ fn client_bad_packages_are_refused_before_kernel_or_state_is_touched() {
         &pkg_err(|s| {
             matches!(
                 s,
-                M::MalformedSignatureFile { .. } | M::ThresholdNotMet { .. }
+                M::MalformedSignatureFile {
+                    line: 2,
+                    reason: "no signatures"
+                }
             )
         }),
         exit::VERIFICATION,
@@ -603,6 +613,18 @@ fn client_bad_packages_are_refused_before_kernel_or_state_is_touched() {
         untrusted,
         "untrusted",
         &pkg_err(|s| matches!(s, M::UntrustedSigner { .. })),
+        exit::VERIFICATION,
+    );
+    check(
+        bad("no-sig.tar.gz"),
+        "no signature file",
+        &pkg_err(|s| matches!(s, M::SignatureNotSecond { .. })),
+        exit::VERIFICATION,
+    );
+    check(
+        bad("tampered.tar.gz"),
+        "tampered manifest",
+        &pkg_err(|s| matches!(s, M::BadSignature { .. })),
         exit::VERIFICATION,
     );
     check(
