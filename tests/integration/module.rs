@@ -503,6 +503,20 @@ fn run_pre_tables_follow_the_pre_code_byte_for_byte() {
 /// is saved_command_line.
 #[test]
 fn differ_output_for_cmdline_string_builds_a_livepatch() {
+    let r = inspect::read(differ_cmdline_update()).expect("inspect");
+    assert_eq!(
+        r.klp_symbols,
+        vec![(".klp.sym.vmlinux.saved_command_line,0".to_owned(), 0xff20)]
+    );
+    assert_eq!(r.modinfo("livepatch"), Some("Y"));
+}
+
+fn differ_cmdline_update() -> &'static Path {
+    static KO: OnceLock<PathBuf> = OnceLock::new();
+    KO.get_or_init(build_differ_cmdline_update)
+}
+
+fn build_differ_cmdline_update() -> PathBuf {
     use builder::diff;
 
     let root = work_root().join("differ-cmdline-string");
@@ -563,13 +577,7 @@ fn differ_output_for_cmdline_string_builds_a_livepatch() {
         work_dir: root.join("module"),
         objects: vec![pobj],
     };
-    let ko = module::build(&inputs).expect("build");
-    let r = inspect::read(&ko).expect("inspect");
-    assert_eq!(
-        r.klp_symbols,
-        vec![(".klp.sym.vmlinux.saved_command_line,0".to_owned(), 0xff20)]
-    );
-    assert_eq!(r.modinfo("livepatch"), Some("Y"));
+    module::build(&inputs).expect("build")
 }
 
 /// A new global added by one patch object and called from another links
@@ -788,6 +796,14 @@ load ksplice_cmdline_test
 cmdline loaded
 unload ksplice_cmdline_test
 cmdline unloaded
+load ksplice_cmdline_differ
+cmdline differ
+load ksplice_cmdline_test
+echo "@@ stacked: $(ls /sys/kernel/livepatch | tr '\n' ' ')"
+unload ksplice_cmdline_test
+cmdline stack-top-removed
+unload ksplice_cmdline_differ
+cmdline differ-removed
 load ksplice_callbacks_test
 cmdline callbacks
 unload ksplice_callbacks_test
@@ -829,6 +845,7 @@ fn qemu_updates_switch_revert_and_veto_in_the_real_kernel() {
         bad.ko,
         callbacks.ko,
         cross_update().to_owned(),
+        differ_cmdline_update().to_owned(),
         xfs_update().to_owned(),
         kernel().modules.join("kernel/crypto/crc32c_generic.ko"),
         kernel().modules.join("kernel/lib/libcrc32c.ko"),
@@ -887,6 +904,14 @@ fn qemu_updates_switch_revert_and_veto_in_the_real_kernel() {
             "cmdline loaded patched",
             "rmmod ksplice_cmdline_test rc=0",
             "cmdline unloaded original",
+            "insmod ksplice_cmdline_differ rc=0",
+            "cmdline differ patched",
+            "insmod ksplice_cmdline_test rc=0",
+            "stacked: ksplice_cmdline_differ ksplice_cmdline_test ",
+            "rmmod ksplice_cmdline_test rc=0",
+            "cmdline stack-top-removed patched",
+            "rmmod ksplice_cmdline_differ rc=0",
+            "cmdline differ-removed original",
             "insmod ksplice_callbacks_test rc=0",
             "cmdline callbacks patched",
             "rmmod ksplice_callbacks_test rc=0",
