@@ -631,3 +631,69 @@ fn ksplice_build_diff_cli_prints_the_changed_function() {
         .expect("run");
     assert_eq!(same.status.code(), Some(3));
 }
+
+// ---- benchmark (run by ci/bench-diff; ignored in the normal suite, asserts no timing) ------
+
+/// Diff every object under `$KSPLICE_BENCH_DIR` (default: the cached fs/proc tree) against
+/// itself `$KSPLICE_BENCH_ROUNDS` times in this process; print objects/s and peak RSS.
+#[test]
+#[ignore = "benchmark: run through ci/bench-diff"]
+fn bench_diff_subtree() {
+    let dir = std::env::var("KSPLICE_BENCH_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| fsproc_trees().0.join("fs/proc"));
+    let rounds: usize = std::env::var("KSPLICE_BENCH_ROUNDS")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(20);
+    let mut paths = Vec::new();
+    let mut stack = vec![dir.clone()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).expect("read dir").flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if p.extension().is_some_and(|x| x == "o")
+                && !p.to_string_lossy().ends_with(".mod.o")
+            {
+                paths.push(p);
+            }
+        }
+    }
+    paths.sort();
+    let data: Vec<Vec<u8>> = paths
+        .iter()
+        .map(|p| std::fs::read(p).expect("read object"))
+        .collect();
+    let bytes: usize = data.iter().map(Vec::len).sum();
+    let cx = cx("vmlinux");
+    let start = std::time::Instant::now();
+    for _ in 0..rounds {
+        for (p, d) in paths.iter().zip(&data) {
+            let r = diff::diff(d, d, &cx);
+            assert!(
+                matches!(r, Ok(Outcome::NoChange { .. })),
+                "{}: {r:?}",
+                p.display()
+            );
+        }
+    }
+    let secs = start.elapsed().as_secs_f64();
+    let total = paths.len() * rounds;
+    let hwm = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .map(|l| l.trim_start_matches("VmHWM:").trim().to_string())
+        })
+        .unwrap_or_default();
+    println!(
+        "bench-diff: {} objects ({:.1} MiB) under {} x {rounds} rounds = {total} diffs in {secs:.2} s: {:.0} objects/s, {:.0} MiB/s; peak RSS {hwm}",
+        paths.len(),
+        bytes as f64 / 1048576.0,
+        dir.display(),
+        total as f64 / secs,
+        (bytes * rounds) as f64 / 1048576.0 / secs
+    );
+}
