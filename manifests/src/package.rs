@@ -142,31 +142,26 @@ pub fn verify_package(pkg: &Path, policy: &TrustPolicy) -> Result<Verified<Manif
 
 /// Verifies a package and extracts its payload into a fresh directory under `parent`
 /// (named `ksplice-<id>.<random>`, mode 0700). Signatures are checked before the directory
-/// is created; on any later failure the directory is removed again.
+/// is created; on any later failure (even a panic) the directory is removed again.
 pub fn open_package(pkg: &Path, policy: &TrustPolicy, parent: &Path) -> Result<OpenedPackage> {
     let mut sink = Sink::Extract {
         parent: parent.to_owned(),
         dir: None,
     };
-    let result = read_package(pkg, policy, &mut sink);
-    let Sink::Extract { dir, .. } = sink else {
-        unreachable!("invariant: sink stays Extract")
+    // On any error (or unwinding) `sink` is dropped still holding the directory,
+    // and its Drop removes it; only success takes the directory out.
+    let read = read_package(pkg, policy, &mut sink)?;
+    let dir = match &mut sink {
+        Sink::Extract { dir, .. } => dir.take(),
+        Sink::Discard => None,
     };
-    match (result, dir) {
-        (Ok(read), Some(dir)) => Ok(OpenedPackage {
-            manifest: read.manifest,
-            dir,
-            manifest_bytes: read.manifest_bytes,
-            signature_bytes: read.signature_bytes,
-        }),
-        (Ok(_), None) => unreachable!("invariant: a verified package creates its directory"),
-        (Err(e), dir) => {
-            if let Some(dir) = dir {
-                let _ = fs::remove_dir_all(&dir);
-            }
-            Err(e)
-        }
-    }
+    let dir = dir.expect("invariant: a verified package has created its directory");
+    Ok(OpenedPackage {
+        manifest: read.manifest,
+        dir,
+        manifest_bytes: read.manifest_bytes,
+        signature_bytes: read.signature_bytes,
+    })
 }
 
 // ---- writing ---------------------------------------------------------------------------------
@@ -279,6 +274,14 @@ enum Sink {
         parent: PathBuf,
         dir: Option<PathBuf>,
     },
+}
+
+impl Drop for Sink {
+    fn drop(&mut self) {
+        if let Sink::Extract { dir: Some(dir), .. } = self {
+            let _ = fs::remove_dir_all(dir);
+        }
+    }
 }
 
 struct ReadPackage {
