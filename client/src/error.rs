@@ -103,6 +103,8 @@ pub enum Error {
         module: String,
         other: String,
     },
+    #[error("refused: {path} is not the package of {id} that was verified and installed")]
+    InstalledMismatch { id: String, path: PathBuf },
     #[error("refused: invalid {what} {name:?} in the manifest")]
     InvalidName { what: &'static str, name: String },
     #[error("{path}: symbol addresses are hidden (run as root)")]
@@ -136,9 +138,10 @@ impl Error {
     /// The documented exit code for this error.
     pub fn exit_code(&self) -> u8 {
         match self {
-            Error::Package { .. } | Error::TrustPolicy { .. } | Error::InvalidName { .. } => {
-                exit::VERIFICATION
-            }
+            Error::Package { .. }
+            | Error::TrustPolicy { .. }
+            | Error::InvalidName { .. }
+            | Error::InstalledMismatch { .. } => exit::VERIFICATION,
             Error::KernelMismatch { .. } => exit::WRONG_KERNEL,
             Error::RunPre { .. }
             | Error::Load { .. }

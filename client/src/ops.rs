@@ -236,6 +236,15 @@ fn load(state: &mut State<'_, '_>, i: usize, policy: &TrustPolicy) -> Result<()>
             }
         })?;
     let result = (|| {
+        // The copy must be the very update the journal recorded (and whose
+        // target was checked): a package swapped on disk between the first
+        // verification and the copy may be validly signed, but is another one.
+        if *opened.manifest != e.manifest {
+            return Err(Error::InstalledMismatch {
+                id: e.id.clone(),
+                path: pkg.clone(),
+            });
+        }
         let ko = opened.dir.join(&opened.manifest.module.file);
         let file = File::open(&ko).map_err(|err| Error::io(&ko, err))?;
         state.set_phase(i, Phase::Loading)?;

@@ -1140,3 +1140,35 @@ fn client_verify_summary_names_the_trusted_signers() {
     let summary = ops::summarize(&pkg, &both).expect("verify with threshold 2");
     assert_eq!(summary.signers.len(), 2);
 }
+
+#[test]
+fn client_swapped_installed_package_is_refused_at_boot() {
+    let fx = Fixture::new();
+    let sys = FakeKernel::new(&fx.root, Mode::Normal);
+    apply(&fx, &sys, &[fx.package("fix-a", |_| {})])
+        .0
+        .expect("apply");
+    fx.reboot();
+    // Another validly signed build under the same id replaces the installed copy.
+    let other = fx.package("fix-a", |m| {
+        m.description = "something else".into();
+        m.target.release = "6.1.0-57-amd64".into();
+    });
+    let installed = fx.state_dir().join("packages/ksplice-fix-a.tar.gz");
+    fs::copy(&other, &installed).expect("swap");
+    let host = fx.host(&sys);
+    let mut events = Vec::new();
+    let r = ops::apply_installed(&host, &mut |e| events.push(e));
+    match r {
+        Err(ref e @ Error::InstalledMismatch { ref id, .. }) => {
+            assert_eq!(id, "fix-a");
+            assert_eq!(e.exit_code(), exit::VERIFICATION);
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+    assert_eq!(
+        fx.loads(),
+        vec!["load ksplice_fix_a"],
+        "the swapped copy reached the kernel"
+    );
+}
