@@ -1,12 +1,14 @@
 //! `e2e`: run the end-to-end scenarios against Debian's kernel in QEMU and print the results table.
 //!
-//! Usage: `e2e [--list] [--verbose] [--profile debug|release] [SCENARIO...]`.
+//! Usage: `e2e [--list] [--verbose] [--demo] [--set FILE] [--profile debug|release] [SCENARIO...]`.
+//! `--set FILE` runs the scenarios FILE names (one a line, `#` comments) and prints
+//! the names of the others as excluded, so nothing is dropped silently.
 //! Exit status: 0 when every selected scenario passed, 1 when any failed or did
 //! not run, 2 on a usage or set-up error.
 
 use anyhow::{bail, Result};
 use ksplice_tests::e2e::report::{Outcome, Table};
-use ksplice_tests::e2e::runner::Harness;
+use ksplice_tests::e2e::runner::{Harness, Show};
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
@@ -23,6 +25,8 @@ fn main() -> ExitCode {
 fn run() -> Result<bool> {
     let mut list = false;
     let mut verbose = false;
+    let mut demo = false;
+    let mut set: Option<String> = None;
     let mut profile = "debug".to_string();
     let mut names = Vec::new();
     let mut args = std::env::args().skip(1);
@@ -30,6 +34,11 @@ fn run() -> Result<bool> {
         match a.as_str() {
             "--list" => list = true,
             "--verbose" | "-v" => verbose = true,
+            "--demo" => demo = true,
+            "--set" => match args.next() {
+                Some(f) => set = Some(f),
+                None => bail!("--set needs a file"),
+            },
             "--profile" => match args.next() {
                 Some(p) => profile = p,
                 None => bail!("--profile needs a value"),
@@ -39,7 +48,15 @@ fn run() -> Result<bool> {
         }
     }
     let mut h = Harness::discover(&profile)?;
-    h.verbose = verbose;
+    if verbose {
+        h.show = Show::All;
+    }
+    if demo {
+        if !verbose {
+            h.show = Show::Scripts;
+        }
+        return h.demo();
+    }
     let all = h.scenarios();
     if list {
         for s in &all {
@@ -47,6 +64,23 @@ fn run() -> Result<bool> {
             println!("{:<32} needs {:?} missing {:?}", s.name, s.needs, missing);
         }
         return Ok(true);
+    }
+    if let Some(f) = &set {
+        let text = std::fs::read_to_string(f).map_err(|e| anyhow::anyhow!("{f}: {e}"))?;
+        let listed: Vec<String> = text
+            .lines()
+            .map(|l| l.split('#').next().unwrap_or("").trim().to_string())
+            .filter(|l| !l.is_empty())
+            .collect();
+        let excluded: Vec<&str> = all
+            .iter()
+            .filter(|s| !listed.contains(&s.name))
+            .map(|s| s.name.as_str())
+            .collect();
+        if !excluded.is_empty() {
+            println!("e2e: excluded by {f}: {}", excluded.join(", "));
+        }
+        names.extend(listed);
     }
     for n in &names {
         if !all.iter().any(|s| &s.name == n) {

@@ -59,8 +59,8 @@ impl<'a> Context<'a> {
             }),
             Build::SamplePackage(v) => self.sample_package(*v, out),
             Build::Create { patch } => {
-                let id = stem(patch);
-                let branch = self.repo()?.patch_branch(&id, patch)?;
+                let id = stem(patch).to_lowercase();
+                let branch = self.repo()?.patch_branch(&stem(patch), patch)?;
                 let pkg = self.create_git(&id, PRE, &branch, out)?;
                 Ok(Built {
                     file: pkg,
@@ -69,8 +69,8 @@ impl<'a> Context<'a> {
             }
             Build::CreateDiffext { patch } => self.create_diffext(patch, out),
             Build::Refused { patch, reason } => {
-                let id = stem(patch);
-                let branch = self.repo()?.patch_branch(&id, patch)?;
+                let id = stem(patch).to_lowercase();
+                let branch = self.repo()?.patch_branch(&stem(patch), patch)?;
                 match self.create_git(&id, PRE, &branch, out) {
                     Ok(pkg) => bail!("ksplice-create built {} instead of refusing", pkg.display()),
                     Err(e) => {
@@ -83,30 +83,107 @@ impl<'a> Context<'a> {
                     }
                 }
             }
-            Build::RunPreMismatch { patch } => {
-                // A pre tree that is not the running kernel: cmdline_proc_show prints ' '
-                // instead of '\n' (an immediate operand, not a relocation field, so run-pre
-                // matching must see it).
-                let alter = out.join("alter-pre.patch");
-                std::fs::write(&alter, ALTER_CMDLINE)?;
-                let repo = self.repo()?;
-                let pre = repo.patch_branch("runpre-altered-pre", &alter)?;
-                let post = repo.patch_branch(&stem(patch), patch)?;
-                let id = format!("{}-runpre", stem(patch));
-                let pkg = self.create_git(&id, &pre, &post, out)?;
-                let module = format!("ksplice_{}", id.replace('-', "_"));
-                Ok(Built {
-                    file: pkg,
-                    env: vec![(
-                        "DMESG_ALLOW".into(),
-                        format!("{module}|livepatch: (pre-patch callback|failed to)"),
-                    )],
-                    expect: Some(format!(
-                        "refused: {module}: run-pre check failed: \n{module}: run-pre: mismatch in cmdline_proc_show+0x"
-                    )),
-                })
+            Build::RunPreMismatch { patch } => self.run_pre_mismatch(patch, out),
+        }
+    }
+
+    /// A package whose pre build does not match the running kernel, refused inside the kernel.
+    ///
+    /// ksplice-create itself refuses such a build (it checks the pre build against the
+    /// target image), so the package is made from a good cmdline-string update: one byte of
+    /// the module's run-pre copy of the pre code, outside every skipped range, is flipped,
+    /// and the package re-signed with the test key. The update module must then refuse in
+    /// its pre_patch callback with exactly the contract's line.
+    fn run_pre_mismatch(&mut self, patch: &Path, out: &Path) -> Result<Built> {
+        let id = stem(patch).to_lowercase();
+        let branch = self.repo()?.patch_branch(&stem(patch), patch)?;
+        let good = self.create_git(&id, PRE, &branch, &out.join("good"))?;
+        let dir = out.join("unpacked");
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir)?;
+        run(Command::new("tar")
+            .arg("-C")
+            .arg(&dir)
+            .arg("-xzf")
+            .arg(&good))?;
+        let manifest = std::fs::read_to_string(dir.join("manifest.toml"))?;
+        let module = toml_field(&manifest, "[module]", "name")?;
+        let ko_name = toml_field(&manifest, "[module]", "file")?;
+        let report: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(dir.join("report.json"))?)
+                .context("report.json")?;
+        let rp = &report[0]["run_pre"][0];
+        let func = rp["name"]
+            .as_str()
+            .context("report.json: no run_pre")?
+            .to_string();
+        let code = hex_decode(rp["code"].as_str().context("run_pre code")?)?;
+        let skips: Vec<(usize, usize)> = rp["skip"]
+            .as_array()
+            .context("run_pre skip")?
+            .iter()
+            .filter_map(|r| Some((r[0].as_u64()? as usize, r[1].as_u64()? as usize)))
+            .collect();
+        let off = (0..code.len())
+            .find(|i| !skips.iter().any(|(s, l)| (*s..s + l).contains(i)))
+            .context("every byte of the function is skipped")?;
+        let ko_path = dir.join(&ko_name);
+        let mut ko = std::fs::read(&ko_path)?;
+        let hits: Vec<usize> = ko
+            .windows(code.len())
+            .enumerate()
+            .filter(|(_, w)| *w == code.as_slice())
+            .map(|(i, _)| i)
+            .collect();
+        let [at] = hits.as_slice() else {
+            bail!(
+                "the pre code of {func} occurs {} times in {ko_name}",
+                hits.len()
+            );
+        };
+        let running = ko[at + off];
+        let altered = running ^ 0x01;
+        ko[at + off] = altered;
+        std::fs::write(&ko_path, ko)?;
+        let new_id = format!("{id}-runpre");
+        let head = manifest
+            .split("\n[[files]]")
+            .next()
+            .expect("invariant: split yields one part")
+            .replace(&format!("id = \"{id}\""), &format!("id = \"{new_id}\""));
+        let mpath = out.join("manifest.toml");
+        std::fs::write(&mpath, head)?;
+        let [trusted, _] = self.keys()?;
+        let mut pack = Command::new(self.h.bin("ksplice-build"));
+        pack.arg("pack")
+            .arg("--manifest")
+            .arg(&mpath)
+            .arg("--key")
+            .arg(&trusted.0)
+            .arg("--output")
+            .arg(out.join(format!("ksplice-{new_id}.tar.gz")));
+        for e in std::fs::read_dir(&dir)? {
+            let p = e?.path();
+            let name = p
+                .file_name()
+                .context("no name")?
+                .to_string_lossy()
+                .into_owned();
+            if !name.starts_with("manifest.") {
+                pack.arg(format!("{name}={}", p.display()));
             }
         }
+        run(&mut pack)?;
+        Ok(Built {
+            file: out.join(format!("ksplice-{new_id}.tar.gz")),
+            env: vec![(
+                "DMESG_ALLOW".into(),
+                format!("{module}: run-pre|livepatch: (pre-patch callback|failed to)"),
+            )],
+            expect: Some(format!(
+                "refused: {module}: run-pre check failed: \n{module}: run-pre: mismatch in {func}+0x{off:x}: expected {altered:02x} found {running:02x}"
+            )),
+        })
     }
 
     fn repo(&self) -> Result<KernelRepo> {
@@ -130,7 +207,7 @@ impl<'a> Context<'a> {
         let repo = self.repo()?;
         let work = self.h.work.join("create").join(id);
         std::fs::create_dir_all(&work)?;
-        run(Command::new(self.h.bin("ksplice-create"))
+        let result = run(Command::new(self.h.bin("ksplice-create"))
             .arg("--git")
             .arg(&repo.git_dir)
             .args(["--pre", pre, "--post", post, "--id", id])
@@ -146,7 +223,9 @@ impl<'a> Context<'a> {
             .arg("--output")
             .arg(out)
             .arg("--work")
-            .arg(&work))?;
+            .arg(&work));
+        log_create(out, &result);
+        result?;
         find_package(out)
     }
 
@@ -198,6 +277,7 @@ impl<'a> Context<'a> {
             .arg("--output")
             .arg(out)
             .arg(format!("{}/", src.display())));
+        log_create(out, &result);
         for file in patched_files(patch)? {
             let _ = std::fs::remove_file(src.join(format!("{file}.new")));
         }
@@ -374,7 +454,7 @@ fn corrupt_payload(pkg: &Path, file: &str) -> Result<()> {
     Ok(())
 }
 
-/// Runs a command, returning its stdout, failing with its stderr.
+/// Runs a command, returning its stdout then stderr, failing with both.
 fn run(cmd: &mut Command) -> Result<String> {
     let out = cmd
         .output()
@@ -388,22 +468,50 @@ fn run(cmd: &mut Command) -> Result<String> {
             String::from_utf8_lossy(&out.stderr)
         );
     }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    Ok(format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    ))
 }
 
-/// Makes the pre tree differ from the running kernel inside cmdline_proc_show.
-const ALTER_CMDLINE: &str = "\
---- a/fs/proc/cmdline.c
-+++ b/fs/proc/cmdline.c
-@@ -7,5 +7,5 @@
- static int cmdline_proc_show(struct seq_file *m, void *v)
- {
- \tseq_puts(m, saved_command_line);
--\tseq_putc(m, '\\n');
-+\tseq_putc(m, ' ');
- \treturn 0;
-";
+/// The string value of `key` in TOML `table` (the first `key = "..."` after the header).
+fn toml_field(text: &str, table: &str, key: &str) -> Result<String> {
+    let start = text
+        .find(table)
+        .with_context(|| format!("manifest has no {table}"))?;
+    text[start..]
+        .lines()
+        .skip(1)
+        .find_map(|l| l.strip_prefix(&format!("{key} = \"")))
+        .and_then(|v| v.strip_suffix('"'))
+        .map(str::to_string)
+        .with_context(|| format!("manifest {table} has no {key}"))
+}
 
+fn hex_decode(s: &str) -> Result<Vec<u8>> {
+    if s.len() % 2 != 0 {
+        bail!("odd-length hex");
+    }
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).context("bad hex"))
+        .collect()
+}
+
+/// Keeps ksplice-create's report next to the package and shows its timing summary.
+fn log_create(out: &Path, result: &Result<String>) {
+    let text = match result {
+        Ok(t) => t.clone(),
+        Err(e) => format!("{e:#}"),
+    };
+    let _ = std::fs::write(out.join("ksplice-create.log"), &text);
+    if let Some(l) = text.lines().find(|l| l.trim_start().starts_with("time:")) {
+        eprintln!("e2e:   ksplice-create {}", l.trim());
+    }
+}
+
+/// The patch's file stem: branch name, and (lowercased, as update ids must be) update id.
 fn stem(patch: &Path) -> String {
     patch
         .file_stem()

@@ -13,6 +13,17 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+/// Which serial lines the harness echoes while the guest runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Show {
+    /// Markers and `!!` problem lines (ci/e2e).
+    Markers,
+    /// Everything the guest prints.
+    All,
+    /// What scenario scripts print, without markers (the demo).
+    Scripts,
+}
+
 /// Where things are, for one run.
 #[derive(Debug, Clone)]
 pub struct Harness {
@@ -27,8 +38,8 @@ pub struct Harness {
     pub patches: PathBuf,
     /// Pieces whose binaries answer `--help` for their subcommand.
     pub pieces: BTreeSet<Piece>,
-    /// Print every guest line as it arrives (the demo does; ci/e2e prints markers only).
-    pub verbose: bool,
+    /// Which guest lines to print as they arrive.
+    pub show: Show,
 }
 
 impl Harness {
@@ -57,7 +68,7 @@ impl Harness {
             work,
             patches,
             pieces: BTreeSet::new(),
-            verbose: false,
+            show: Show::Markers,
         };
         h.pieces = [Piece::Client, Piece::Profile, Piece::Pack, Piece::Create]
             .into_iter()
@@ -143,7 +154,9 @@ impl Harness {
 
         // 2. Build every package on the host.
         let pkgdir = self.work.join("pkg");
-        let _ = std::fs::remove_dir_all(&pkgdir);
+        for s in &runnable {
+            let _ = std::fs::remove_dir_all(pkgdir.join(&s.name));
+        }
         let mut boot_list: Vec<(Scenario, build::Built, f64)> = Vec::new();
         let mut ctx = build::Context::new(self, prof.as_ref(), &pkgdir)?;
         for s in runnable {
@@ -201,6 +214,49 @@ impl Harness {
         let order: Vec<String> = selected.iter().map(|s| s.name.clone()).collect();
         rows.sort_by_key(|r| order.iter().position(|n| *n == r.scenario));
         Ok(rows)
+    }
+
+    /// The README demo: build the cmdline-string update, boot, show /proc/cmdline before,
+    /// apply, after, undo. Falls back to the signed livepatch-sample package (and says so)
+    /// when ksplice-create cannot build the update.
+    pub fn demo(&self) -> Result<bool> {
+        let (prof, _) = profile::capture(self, self.pieces.contains(&Piece::Profile))?;
+        let pkgdir = self.work.join("pkg");
+        let out = pkgdir.join("demo");
+        let _ = std::fs::remove_dir_all(&out);
+        std::fs::create_dir_all(&out)?;
+        let mut ctx = build::Context::new(self, Some(&prof), &pkgdir)?;
+        let patch = self.patches.join("cmdline-string.patch");
+        println!("demo: building the cmdline-string update with ksplice-create (git form: pre -> cmdline-string)");
+        let t = Instant::now();
+        let built = match ctx.build(&Build::Create { patch }, &out) {
+            Ok(b) => b,
+            Err(e) => {
+                println!("demo: ksplice-create could not build it: {e:#}");
+                println!("demo: showing the kernel's livepatch-sample, packed and signed by ksplice-build, instead");
+                let _ = std::fs::remove_dir_all(&out);
+                std::fs::create_dir_all(&out)?;
+                ctx.build(&Build::SamplePackage(scenario::PackageVariant::Good), &out)?
+            }
+        };
+        println!(
+            "demo: built {} in {:.1} s",
+            built.file.display(),
+            t.elapsed().as_secs_f64()
+        );
+        let s = Scenario {
+            name: "demo".into(),
+            needs: vec![],
+            build: Build::Nothing,
+            guest: Some(scenario::Guest {
+                script: "demo.sh",
+                env: vec![],
+                modules: vec![],
+            }),
+        };
+        println!("demo: booting Debian's kernel {} in QEMU", self.env.release);
+        let (log, _) = self.boot("demo", &[(s, built)], ctx.trust())?;
+        Ok(log.scenarios.get("demo").and_then(|g| g.passed) == Some(true))
     }
 
     /// Boots the kernel with `plan` and returns the parsed serial log.
@@ -262,12 +318,23 @@ impl Harness {
             plan.len(),
             serial.display()
         );
-        let verbose = self.verbose;
-        let (ended, took) = b.run(|line| {
-            if verbose {
-                println!("{line}");
-            } else if line.contains("@@KSPLICE ") || line.starts_with("!!") {
-                eprintln!("  guest: {line}");
+        let show = self.show;
+        let mut in_script = false;
+        let (ended, took) = b.run(|line| match show {
+            Show::All => println!("{line}"),
+            Show::Markers => {
+                if line.contains("@@KSPLICE ") || line.starts_with("!!") {
+                    eprintln!("  guest: {line}");
+                }
+            }
+            Show::Scripts => {
+                if line.contains("event=start") {
+                    in_script = true;
+                } else if line.contains("event=end") {
+                    in_script = false;
+                } else if in_script && !line.contains("@@KSPLICE") {
+                    println!("{line}");
+                }
             }
         })?;
         eprintln!(
