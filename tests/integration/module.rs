@@ -951,3 +951,106 @@ fn qemu_updates_switch_revert_and_veto_in_the_real_kernel() {
         assert!(!text.contains(bad), "{bad} in {}", log.display());
     }
 }
+
+/// Copy the files `patch` touches from the kernel source into `dir`, apply
+/// it, and return the touched paths (relative to the source root).
+fn apply_shared_patch(dir: &Path, patch: &str) -> Vec<String> {
+    let patch = repo().join("../shared/patches").join(patch);
+    let text = std::fs::read_to_string(&patch).expect("read patch");
+    let files: Vec<String> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("+++ "))
+        .filter_map(|l| l.split_whitespace().next())
+        .filter_map(|p| p.split_once('/').map(|(_, rest)| rest.to_owned()))
+        .collect();
+    for f in &files {
+        let to = dir.join(f);
+        std::fs::create_dir_all(to.parent().expect("parent")).expect("mkdir");
+        std::fs::copy(kernel().source.join(f), to).expect("copy source");
+    }
+    let st = Command::new("patch")
+        .args(["-s", "-p1", "-i"])
+        .arg(&patch)
+        .current_dir(dir)
+        .status()
+        .expect("run patch");
+    assert!(st.success(), "{} does not apply", patch.display());
+    files
+}
+
+/// kpatch's patches that include kpatch-macros.h / kpatch-syscall.h compile
+/// unchanged with our headers, and the macros leave what the module step
+/// reads: one 8-byte slot per callback, no metadata for the patched syscall.
+#[test]
+fn kpatch_patches_build_unchanged_with_the_author_headers() {
+    let root = work_root().join("kpatch-patches");
+    let _ = std::fs::remove_dir_all(&root);
+    let mut built = Vec::new();
+    for patch in [
+        "macro-callbacks.patch",
+        "gcc-static-local-var-6.patch",
+        "syscall.patch",
+    ] {
+        let src = root.join(patch).join("src");
+        for f in apply_shared_patch(&src, patch) {
+            let dir = root.join(patch).join(f.replace('/', "_"));
+            let parent = kernel().source.join(&f);
+            let kbuild = format!(
+                "obj-y := x.o\nccflags-y := -I{}\n",
+                parent.parent().expect("dir").display()
+            );
+            built.push((
+                patch,
+                f.clone(),
+                compile_with(&dir, &src.join(&f), "x.c", &kbuild),
+            ));
+        }
+    }
+    for (patch, file, obj) in &built {
+        let data = std::fs::read(obj).expect("read");
+        let elf = object::File::parse(&*data).expect("parse");
+        let callback_sizes: Vec<(String, u64, usize)> = elf
+            .sections()
+            .filter_map(|s| {
+                let name = s.name().ok()?;
+                name.starts_with(".ksplice.callbacks.")
+                    .then(|| (name.to_owned(), s.size(), s.relocations().count()))
+            })
+            .collect();
+        if *patch == "macro-callbacks.patch" {
+            let mut names: Vec<_> = callback_sizes.iter().map(|c| c.0.as_str()).collect();
+            names.sort();
+            assert_eq!(
+                names,
+                vec![
+                    ".ksplice.callbacks.post_patch",
+                    ".ksplice.callbacks.post_unpatch",
+                    ".ksplice.callbacks.pre_patch",
+                    ".ksplice.callbacks.pre_unpatch"
+                ],
+                "{file}"
+            );
+            assert!(
+                callback_sizes.iter().all(|c| c.1 == 8 && c.2 == 1),
+                "{file}: {callback_sizes:?}"
+            );
+        } else {
+            assert!(callback_sizes.is_empty(), "{file}: {callback_sizes:?}");
+        }
+        if *patch == "syscall.patch" {
+            let sections = section_names(obj);
+            assert!(
+                !sections.contains(".data.__syscall_meta__newuname"),
+                "{sections:?}"
+            );
+            // The file's other syscalls keep theirs: the check can fail.
+            assert!(
+                sections.contains(".data.__syscall_meta__uname"),
+                "{sections:?}"
+            );
+            let funcs = global_functions(obj);
+            assert!(funcs.contains("__x64_sys_newuname") && funcs.contains("__ia32_sys_newuname"));
+        }
+    }
+    assert_eq!(built.len(), 5);
+}
