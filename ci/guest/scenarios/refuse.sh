@@ -6,7 +6,7 @@ before=$(cat /proc/cmdline)
 step unchanged-before kernel_unchanged
 refused refuse "$expect" ksplice apply "$PKG"
 cp /tmp/step.out /tmp/refusal.out
-tail -n +2 "$(dirname "$PKG")/expect" | while IFS= read -r line; do
+tail -n +2 "$(dirname "$PKG")/expect" | while IFS= read -r line || [ -n "$line" ]; do
 	step "says:$(echo "$line" | tr ' ' '_' | cut -c1-40)" grep -qF -- "$line" /tmp/refusal.out || exit 1
 done || exit 1
 step unchanged-after kernel_unchanged

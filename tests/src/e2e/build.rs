@@ -178,7 +178,8 @@ impl<'a> Context<'a> {
             file: out.join(format!("ksplice-{new_id}.tar.gz")),
             env: vec![(
                 "DMESG_ALLOW".into(),
-                format!("{module}: run-pre|livepatch: (pre-patch callback|failed to)"),
+                // Plan values are single words: `.` stands for the spaces.
+                format!("{module}:.run-pre|livepatch:.(pre-patch.callback|failed.to)"),
             )],
             expect: Some(format!(
                 "refused: {module}: run-pre check failed: \n{module}: run-pre: mismatch in {func}+0x{off:x}: expected {altered:02x} found {running:02x}"
@@ -490,7 +491,7 @@ fn toml_field(text: &str, table: &str, key: &str) -> Result<String> {
 }
 
 fn hex_decode(s: &str) -> Result<Vec<u8>> {
-    if s.len() % 2 != 0 {
+    if !s.len().is_multiple_of(2) {
         bail!("odd-length hex");
     }
     (0..s.len())

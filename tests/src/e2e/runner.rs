@@ -293,6 +293,12 @@ impl Harness {
                 line.push_str(&format!(" PKG={guest_path}"));
             }
             for (k, v) in g.env.iter().chain(&built.env) {
+                if v.contains(char::is_whitespace) || v.contains(['*', '?', '[']) {
+                    bail!(
+                        "{}: guest variable {k}={v:?} must be one word without glob characters",
+                        s.name
+                    );
+                }
                 line.push_str(&format!(" {k}={v}"));
             }
             plan_text.push_str(&line);
