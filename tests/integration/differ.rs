@@ -123,8 +123,13 @@ fn objects(case: &str) -> (Vec<u8>, Vec<u8>) {
 }
 
 fn run(case: &str) -> Result<Outcome, Error> {
+    run_for(case, "fixture")
+}
+
+/// Diff a fixture as if its object belonged to `target` ("vmlinux" or a module name).
+fn run_for(case: &str, target: &str) -> Result<Outcome, Error> {
     let (pre, post) = objects(case);
-    diff::diff(&pre, &post, &cx("fixture"))
+    diff::diff(&pre, &post, &cx(target))
 }
 
 fn set(v: Vec<&str>) -> BTreeSet<String> {
@@ -137,7 +142,11 @@ fn names(list: &[&str]) -> BTreeSet<String> {
 
 /// A produced patch: (object bytes, report), asserting the exact changed and new sets.
 fn patch(case: &str, changed: &[&str], new: &[&str]) -> (Vec<u8>, Report) {
-    match run(case) {
+    patch_for(case, "fixture", changed, new)
+}
+
+fn patch_for(case: &str, target: &str, changed: &[&str], new: &[&str]) -> (Vec<u8>, Report) {
+    match run_for(case, target) {
         Ok(Outcome::Patch { object, report }) => {
             assert_eq!(
                 set(report.changed()),
@@ -157,7 +166,7 @@ fn patch(case: &str, changed: &[&str], new: &[&str]) -> (Vec<u8>, Report) {
 }
 
 fn refused(case: &str, symbols: &[&str]) -> Report {
-    match run(case) {
+    match run_for(case, "fixture") {
         Err(Error::Refused { report }) => {
             assert_eq!(
                 set(report.refused()),
@@ -368,9 +377,16 @@ fn exception_table_entries_follow_included_code() {
 fn jump_label_entries_follow_included_code() {
     let (_, post) = objects("jump-label");
     assert_eq!(section_size(&post, "__jump_table"), 32);
-    let (obj, _) = patch("jump-label", &["fixture_fast"], &[]);
+    // In vmlinux the key is resolved before jump label init: the entry is kept.
+    let (obj, _) = patch_for("jump-label", "vmlinux", &["fixture_fast"], &[]);
     assert_eq!(section_size(&obj, "__jump_table"), 16);
-    assert!(undefined(&obj).contains(".klp.sym.fixture.fixture_key,0"));
+    assert!(undefined(&obj).contains(".klp.sym.vmlinux.fixture_key,0"));
+}
+
+#[test]
+fn jump_label_keyed_in_a_module_is_refused() {
+    let report = refused("jump-label", &["fixture_fast"]);
+    assert_eq!(report.refusals[0].section, "__jump_table", "{report}");
 }
 
 #[test]
@@ -386,8 +402,14 @@ fn alternative_entries_follow_included_code() {
 fn static_call_sites_follow_included_code() {
     let (_, post) = objects("static-call");
     assert_eq!(section_size(&post, ".static_call_sites"), 16);
-    let (obj, _) = patch("static-call", &["fixture_user"], &[]);
+    let (obj, _) = patch_for("static-call", "vmlinux", &["fixture_user"], &[]);
     assert_eq!(section_size(&obj, ".static_call_sites"), 8);
+}
+
+#[test]
+fn static_call_keyed_in_a_module_is_refused() {
+    let report = refused("static-call", &["fixture_user"]);
+    assert_eq!(report.refusals[0].section, ".static_call_sites", "{report}");
 }
 
 #[test]

@@ -12,6 +12,7 @@ use super::correlate::{base_name, parent_name, Pair};
 use super::load::{EntId, EntKind, Kind, Object, SecId, Target};
 use super::report::Refusal;
 use super::special::Anchor;
+use super::Cx;
 
 /// Why an entity is in the patch object.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -55,6 +56,7 @@ pub(crate) struct Selection {
 
 struct Walk<'p, 'a> {
     pair: &'p Pair<'a>,
+    cx: &'p Cx,
     status: &'p Statuses,
     changed_ro: &'p std::collections::HashSet<EntId>,
     sel: Selection,
@@ -164,6 +166,27 @@ impl Walk<'_, '_> {
         }
     }
 
+    /// The key's name when the key referenced by `key` would live in a module other than the
+    /// patch module itself (None: in vmlinux or fresh in the patch).
+    fn module_key(&self, key: &super::load::Rela) -> Option<String> {
+        let post = &self.pair.post;
+        match post.resolve(key, 0, false) {
+            Target::Ent { ent, .. } => {
+                let fresh = self.sel.included.contains_key(&ent)
+                    || is_special_static(post, ent)
+                    || self.status.of(ent) == Status::New;
+                (!fresh && self.cx.target_object != "vmlinux")
+                    .then(|| post.ent(ent).name.to_string())
+            }
+            Target::Undef { sym, .. } => {
+                let s = post.sym(sym);
+                let ext = super::emit::external(self.cx, s.name, false, s.bind);
+                (ext.object != "vmlinux").then(|| s.name.to_string())
+            }
+            Target::Other { .. } => None,
+        }
+    }
+
     /// Keep the special-section entries anchored in included code; their other references
     /// (keys, strings, replacement code) are needed too. Returns whether anything was added.
     fn specials(&mut self) -> bool {
@@ -185,13 +208,41 @@ impl Walk<'_, '_> {
                 let Some(owner) = anchor_owner(post, r, &self.sel.included) else {
                     continue;
                 };
-                kept.push((index, owner));
                 let lo = s
                     .relas
                     .partition_point(|x| x.offset < index * sp.entry_size);
                 let hi = s
                     .relas
                     .partition_point(|x| x.offset < (index + 1) * sp.entry_size);
+                if let Some(key_at) = sp.key_at {
+                    let key = s.relas[lo..hi]
+                        .iter()
+                        .find(|x| x.offset == index * sp.entry_size + key_at);
+                    if let Some(key) = key {
+                        if let Some(home) = self.module_key(key) {
+                            // 5.8+ kernels apply vmlinux klp relocations before the patch
+                            // module's jump label / static call init, module ones only later:
+                            // an entry keyed in a module would be initialised with a bogus key.
+                            if !(home.starts_with("__tracepoint_")
+                                || home.starts_with("__SCK__tp_func_"))
+                            {
+                                let owner_e = post.ent(owner);
+                                let problem = Refusal {
+                                    symbol: owner_e.name.to_string(),
+                                    section: sp.name.to_string(),
+                                    reason: format!(
+                                        "static key / static call key {home} lives in module {}: use static_key_enabled() or a plain call instead",
+                                        self.cx.target_object
+                                    ),
+                                };
+                                self.sel.problems.push(problem);
+                            }
+                            // Inert tracepoints are dropped, like the refused entries.
+                            continue;
+                        }
+                    }
+                }
+                kept.push((index, owner));
                 for other in &s.relas[lo..hi] {
                     if other.offset == r.offset {
                         continue;
@@ -262,6 +313,7 @@ pub(crate) fn anchor_entity(obj: &Object<'_>, r: &super::load::Rela) -> Option<(
 }
 
 pub(crate) fn run(
+    cx: &Cx,
     pair: &Pair<'_>,
     status: &Statuses,
     changed_ro: &std::collections::HashSet<EntId>,
@@ -277,6 +329,7 @@ pub(crate) fn run(
     }
     let mut walk = Walk {
         pair,
+        cx,
         status,
         changed_ro,
         sel: Selection::default(),

@@ -73,7 +73,7 @@ pub fn diff(pre: &[u8], post: &[u8], cx: &Cx) -> Result<Outcome, Error> {
     let post = load::run(post, Side::Post)?;
     let pair = correlate::run(pre, post);
     let (status, changed_ro) = compare::run(&pair);
-    let selection = include::run(&pair, &status, &changed_ro);
+    let selection = include::run(cx, &pair, &status, &changed_ro);
     let refusals = verify::run(&pair, &status, &changed_ro, &selection);
     let (functions, line_only, included, run_pre) = emit::describe(&pair, &status, &selection, cx);
     let mut report = Report {

@@ -42,6 +42,9 @@ pub(crate) struct Special {
     pub entry_size: u64,
     pub anchor: Anchor,
     pub site: Site,
+    /// Offset of the field naming a static key / static call key, whose home decides whether
+    /// the entry can work in a livepatch module (see `include`).
+    pub key_at: Option<u64>,
 }
 
 /// Linux 6.1, x86-64.
@@ -51,78 +54,91 @@ pub(crate) const SPECIAL_SECTIONS: &[Special] = &[
         entry_size: 8,
         anchor: Anchor::Reloc(0),
         site: Site::Fixed(5),
+        key_at: None,
     },
     Special {
         name: "__bug_table",
         entry_size: 12,
         anchor: Anchor::Reloc(0),
         site: Site::Kept,
+        key_at: None,
     },
     Special {
         name: "__ex_table",
         entry_size: 12,
         anchor: Anchor::Reloc(0),
         site: Site::Kept,
+        key_at: None,
     },
     Special {
         name: "__jump_table",
         entry_size: 16,
         anchor: Anchor::Reloc(0),
         site: Site::JumpLabel,
+        key_at: Some(8),
     },
     Special {
         name: ".altinstructions",
         entry_size: 12,
         anchor: Anchor::Reloc(0),
         site: Site::LenAt(10),
+        key_at: None,
     },
     Special {
         name: ".parainstructions",
         entry_size: 16,
         anchor: Anchor::Reloc(0),
         site: Site::LenAt(9),
+        key_at: None,
     },
     Special {
         name: ".static_call_sites",
         entry_size: 8,
         anchor: Anchor::Reloc(0),
         site: Site::Fixed(5),
+        key_at: Some(4),
     },
     Special {
         name: ".retpoline_sites",
         entry_size: 4,
         anchor: Anchor::Reloc(0),
         site: Site::Branch,
+        key_at: None,
     },
     Special {
         name: ".return_sites",
         entry_size: 4,
         anchor: Anchor::Reloc(0),
         site: Site::Fixed(5),
+        key_at: None,
     },
     Special {
         name: ".call_sites",
         entry_size: 4,
         anchor: Anchor::Reloc(0),
         site: Site::Fixed(5),
+        key_at: None,
     },
     Special {
         name: ".smp_locks",
         entry_size: 4,
         anchor: Anchor::Reloc(0),
         site: Site::Fixed(1),
+        key_at: None,
     },
     Special {
         name: ".orc_unwind_ip",
         entry_size: 4,
         anchor: Anchor::Reloc(0),
         site: Site::Kept,
+        key_at: None,
     },
     Special {
         name: ".orc_unwind",
         entry_size: 6,
         anchor: Anchor::ParallelTo(".orc_unwind_ip"),
         site: Site::Kept,
+        key_at: None,
     },
 ];
 
