@@ -123,7 +123,7 @@ pub fn create(opts: &Options, summary: &mut Summary) -> Result<PathBuf> {
     };
 
     // 3. Which objects the change reaches, and how kbuild builds each.
-    let plan = affected::plan(&trees.pre, &changes)?;
+    let plan = summary.time("prepare", |_| affected::plan(&trees.pre, &changes))?;
     let mut refusals = plan.refusals.clone();
     for f in &plan.ignored {
         summary

@@ -81,6 +81,9 @@ fn src_tree(flow: &str) -> Result<PathBuf> {
             bail!("cp -al {} failed", env.source.display());
         }
     }
+    // The set-up marker is no source; without it every copy shares the
+    // prepared tree of a plain `cp -al` of the source.
+    let _ = std::fs::remove_file(dir.join(".extracted"));
     let k = dir.join("ksplice");
     std::fs::create_dir_all(&k)?;
     for f in [
