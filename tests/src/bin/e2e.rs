@@ -55,7 +55,16 @@ fn run() -> Result<bool> {
         if !verbose {
             h.show = Show::Scripts;
         }
-        return h.demo();
+        let ok = h.demo()?;
+        if ok {
+            println!("demo: the running kernel changed and changed back, without a reboot");
+        } else {
+            println!(
+                "demo: FAILED; the guest's serial log is {}",
+                h.work.join("boot-demo/serial.log").display()
+            );
+        }
+        return Ok(ok);
     }
     let all = h.scenarios();
     if list {
