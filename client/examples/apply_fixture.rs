@@ -1,4 +1,4 @@
-//! Benchmark fixture: `make DIR` writes a fake root with a signed package,
+//! Benchmark fixture: `make DIR [MIB]` writes a fake root with a signed package,
 //! `apply DIR` applies it through the client library against a simulated
 //! kernel, so `/usr/bin/time -v` can measure the apply path's peak memory
 //! without loading anything into the real kernel.
@@ -37,7 +37,7 @@ impl Sys for SimKernel {
     }
 }
 
-fn make(dir: &Path) -> anyhow::Result<()> {
+fn make(dir: &Path, mib: usize) -> anyhow::Result<()> {
     let root = dir.join("root");
     for d in [
         "sys/kernel/livepatch",
@@ -62,9 +62,10 @@ fn make(dir: &Path) -> anyhow::Result<()> {
         root.join("etc/ksplice/trust.toml"),
         TrustPolicy::new(vec![key.public()], 1)?.to_toml(),
     )?;
-    // A livepatch module is a few hundred KB; use 1 MiB of incompressible bytes.
+    // A livepatch module is a few hundred KB; default to 1 MiB of
+    // incompressible bytes.
     let ko = dir.join("ksplice_bench.ko");
-    let mut data = vec![0u8; 1 << 20];
+    let mut data = vec![0u8; mib << 20];
     let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
     for b in data.iter_mut() {
         x ^= x << 13;
@@ -112,11 +113,11 @@ fn make(dir: &Path) -> anyhow::Result<()> {
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().collect();
     let (Some(cmd), Some(dir)) = (args.get(1), args.get(2)) else {
-        anyhow::bail!("usage: apply_fixture make|apply DIR");
+        anyhow::bail!("usage: apply_fixture make DIR [MIB] | apply DIR");
     };
     let dir = PathBuf::from(dir);
     match cmd.as_str() {
-        "make" => make(&dir),
+        "make" => make(&dir, args.get(3).map_or(Ok(1), |m| m.parse())?),
         "apply" => {
             let root = dir.join("root");
             let sys = SimKernel(root.clone());
