@@ -1054,3 +1054,40 @@ fn kpatch_patches_build_unchanged_with_the_author_headers() {
     }
     assert_eq!(built.len(), 5);
 }
+
+/// A module target's symbol in `__jump_table` is refused: the loader reads
+/// the table when the update loads, before livepatch writes xfs relocations.
+#[test]
+fn module_symbol_in_a_load_time_section_is_refused() {
+    let root = work_root().join("module-key-in-jump-table");
+    let _ = std::fs::remove_dir_all(&root);
+    let patch = compile(
+        &root.join("post"),
+        &fixtures().join("module-key-in-jump-table/patch.c"),
+    );
+    let inputs = Inputs {
+        name: ModuleName::new("ksplice_jump_test").expect("name"),
+        kernel_tree: kernel().headers.clone(),
+        release: kernel().release.clone(),
+        work_dir: root.join("module"),
+        objects: vec![PatchObject {
+            target: "xfs".into(),
+            path: patch,
+            functions: vec![ReplacedFunction {
+                name: "xfs_test_show".into(),
+                sympos: 0,
+                symbol: "ksp0_xfs_test_show".into(),
+                run_pre: RunPre {
+                    code: vec![0x90],
+                    skip: vec![],
+                },
+            }],
+        }],
+    };
+    match module::build(&inputs) {
+        Err(Error::LateSpecialRelocation {
+            section, object, ..
+        }) => assert_eq!((section.as_str(), object.as_str()), ("__jump_table", "xfs")),
+        other => panic!("wrong result: {other:?}"),
+    }
+}
