@@ -1,6 +1,7 @@
 //! Where the pre and post sources come from: SRC + FILE.EXT, SRC + patch, or two git refs (git2).
 
 use std::collections::BTreeMap;
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -234,16 +235,59 @@ pub fn materialize(pre: &PreSource, dest: &Path) -> Result<()> {
                 .find_commit(*commit)
                 .and_then(|c| c.tree())
                 .map_err(Error::git(format!("tree of {commit}")))?;
-            std::fs::create_dir_all(dest).map_err(Error::io(dest))?;
-            let mut co = git2::build::CheckoutBuilder::new();
-            co.target_dir(dest).force().update_index(false);
-            r.checkout_tree(tree.as_object(), Some(&mut co))
-                .map_err(Error::git(format!(
-                    "check out {commit} into {}",
-                    dest.display()
-                )))
+            // List the blobs, then write them on every core, one repository
+            // handle per worker (git2 handles are not Sync): libgit2's own
+            // checkout is single-threaded and the cold build waits for it.
+            let mut blobs = Vec::new();
+            tree.walk(git2::TreeWalkMode::PreOrder, |dir, entry| {
+                if entry.kind() == Some(git2::ObjectType::Blob) {
+                    let name = entry.name().unwrap_or_default();
+                    blobs.push((format!("{dir}{name}"), entry.id(), entry.filemode()));
+                }
+                git2::TreeWalkResult::Ok
+            })
+            .map_err(Error::git(format!("walk tree of {commit}")))?;
+            let mut dirs: Vec<&Path> = blobs
+                .iter()
+                .filter_map(|(p, _, _)| Path::new(p).parent())
+                .collect();
+            dirs.sort_unstable();
+            dirs.dedup();
+            for d in std::iter::once(Path::new("")).chain(dirs) {
+                let p = dest.join(d);
+                std::fs::create_dir_all(&p).map_err(Error::io(&p))?;
+            }
+            use rayon::prelude::*;
+            blobs.par_iter().try_for_each_init(
+                || git2::Repository::open(repo),
+                |r, (path, oid, mode)| -> Result<()> {
+                    let r = r.as_ref().map_err(|e| Error::Git {
+                        what: format!("open {}", repo.display()),
+                        source: git2::Error::from_str(e.message()),
+                    })?;
+                    let blob = r
+                        .find_blob(*oid)
+                        .map_err(Error::git(format!("blob {path}")))?;
+                    write_blob(&dest.join(path), blob.content(), *mode)
+                },
+            )
         }
     }
+}
+
+/// Write one git blob as a file (0644 / 0755) or a symlink (mode 120000).
+fn write_blob(path: &Path, content: &[u8], mode: i32) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    if mode == 0o120000 {
+        let target = std::ffi::OsStr::from_bytes(content);
+        return std::os::unix::fs::symlink(target, path).map_err(Error::io(path));
+    }
+    std::fs::write(path, content).map_err(Error::io(path))?;
+    if mode == 0o100755 {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755))
+            .map_err(Error::io(path))?;
+    }
+    Ok(())
 }
 
 /// Apply a unified diff to copies of the files it touches in `pre_tree`; the
@@ -406,6 +450,104 @@ mod tests {
     fn patch_headers_give_stripped_paths() {
         let p = "diff -Nupr src.orig/fs/proc/cmdline.c src/fs/proc/cmdline.c\n--- src.orig/fs/proc/cmdline.c\t2022\n+++ src/fs/proc/cmdline.c\t2022\n@@ -1 +1 @@\n-a\n+b\n--- a/gone.c\n+++ /dev/null\n--- /dev/null\n+++ b/new.c\n";
         assert_eq!(patch_files(p), vec!["fs/proc/cmdline.c", "gone.c", "new.c"]);
+    }
+
+    /// Commit `files` (path, content, mode) on top of `parent` with git2.
+    fn commit(
+        r: &git2::Repository,
+        parent: Option<git2::Oid>,
+        files: &[(&str, &str, i32)],
+    ) -> git2::Oid {
+        let mut index = git2::Index::new().expect("index");
+        for (path, content, mode) in files {
+            let oid = r.blob(content.as_bytes()).expect("blob");
+            let entry = git2::IndexEntry {
+                ctime: git2::IndexTime::new(0, 0),
+                mtime: git2::IndexTime::new(0, 0),
+                dev: 0,
+                ino: 0,
+                mode: *mode as u32,
+                uid: 0,
+                gid: 0,
+                file_size: content.len() as u32,
+                id: oid,
+                flags: 0,
+                flags_extended: 0,
+                path: path.as_bytes().to_vec(),
+            };
+            index.add(&entry).expect("add");
+        }
+        let tree = r
+            .find_tree(index.write_tree_to(r).expect("tree"))
+            .expect("tree");
+        let sig = git2::Signature::now("t", "t@localhost").expect("sig");
+        let parents: Vec<git2::Commit<'_>> = parent
+            .map(|p| r.find_commit(p).expect("parent"))
+            .into_iter()
+            .collect();
+        let refs: Vec<&git2::Commit<'_>> = parents.iter().collect();
+        r.commit(None, &sig, &sig, "c", &tree, &refs)
+            .expect("commit")
+    }
+
+    #[test]
+    fn git_source_lists_changes_and_materializes_the_pre_tree() {
+        use std::os::unix::fs::PermissionsExt;
+        let d = tempfile::tempdir().expect("tempdir");
+        let r = git2::Repository::init_bare(d.path().join("repo.git")).expect("init");
+        let pre = commit(
+            &r,
+            None,
+            &[
+                ("fs/proc/cmdline.c", "pre\n", 0o100644),
+                ("scripts/run.sh", "#!/bin/sh\n", 0o100755),
+                ("link", "fs/proc/cmdline.c", 0o120000),
+            ],
+        );
+        let post = commit(
+            &r,
+            Some(pre),
+            &[
+                ("fs/proc/cmdline.c", "post\n", 0o100644),
+                ("scripts/run.sh", "#!/bin/sh\n", 0o100755),
+                ("link", "fs/proc/cmdline.c", 0o120000),
+            ],
+        );
+        r.branch("pre", &r.find_commit(pre).expect("c"), false)
+            .expect("branch");
+        r.branch("fix", &r.find_commit(post).expect("c"), false)
+            .expect("branch");
+        let src = Source::Git {
+            repo: d.path().join("repo.git"),
+            pre: "pre".into(),
+            post: GitPost::Ref("fix".into()),
+        };
+        let c = resolve(&src).expect("resolves");
+        assert_eq!(c.pre_id, format!("git-{pre}"));
+        assert_eq!(c.name_hint, "fix");
+        assert_eq!(
+            c.changes,
+            Some(vec![Change {
+                path: "fs/proc/cmdline.c".into(),
+                content: Some(b"post\n".to_vec())
+            }])
+        );
+        assert!(c.diff_text.as_deref().unwrap_or("").contains("+post"));
+        let dest = d.path().join("tree");
+        materialize(&c.pre, &dest).expect("materialize");
+        assert_eq!(
+            std::fs::read_to_string(dest.join("fs/proc/cmdline.c")).expect("read"),
+            "pre\n"
+        );
+        let mode = std::fs::metadata(dest.join("scripts/run.sh"))
+            .expect("stat")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o111, 0o111);
+        assert_eq!(
+            std::fs::read_link(dest.join("link")).expect("symlink"),
+            PathBuf::from("fs/proc/cmdline.c")
+        );
     }
 
     #[test]

@@ -112,7 +112,8 @@ pub fn create(opts: &Options, summary: &mut Summary) -> Result<PathBuf> {
         &make,
     )?;
     summary.cached_tree = trees.reused;
-    summary.add_time("prepare", start.elapsed());
+    summary.add_time("checkout", trees.materialize_time);
+    summary.add_time("prepare", start.elapsed() - trees.materialize_time);
 
     let (changes, diff_text) = match (&co.changes, &co.patch) {
         (Some(c), _) => (c.clone(), co.diff_text.clone().unwrap_or_default()),
@@ -146,7 +147,18 @@ pub fn create(opts: &Options, summary: &mut Summary) -> Result<PathBuf> {
 
     // 4. Compile pre and post at once; -j is shared between the two makes.
     summary.time("compile", |_| -> Result<()> {
-        trees.apply(&changes, &objects)?;
+        // Only changes that reach objects go into the post tree: a refused
+        // Kconfig or Makefile change would make kbuild reconfigure the tree.
+        let refused: HashSet<&str> = refusals.iter().map(|r| r.what.as_str()).collect();
+        let buildable: Vec<checkout::Change> = changes
+            .iter()
+            .filter(|c| {
+                (c.path.ends_with(".c") || c.path.ends_with(".h"))
+                    && !refused.contains(c.path.as_str())
+            })
+            .cloned()
+            .collect();
+        trees.apply(&buildable, &objects)?;
         let half = Make {
             jobs: (make.jobs / 2).max(1),
             ..make.clone()

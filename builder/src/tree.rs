@@ -36,6 +36,9 @@ pub struct Trees {
     pub post: PathBuf,
     /// Whether the prepared pre tree came from the cache.
     pub reused: bool,
+    /// Time spent copying the pre source out (0 when reused): the summary
+    /// counts it as checkout, not prepare.
+    pub materialize_time: std::time::Duration,
     _lock: File,
 }
 
@@ -81,12 +84,15 @@ impl Trees {
         let pre_dir = base.join(format!("pre-{key}"));
         let post_dir = base.join(format!("pre-{key}.post"));
         let reused = pre_dir.join(MARKER).is_file();
+        let mut materialize_time = std::time::Duration::ZERO;
         if !reused {
             // An unfinished tree (crash, failed prepare) is rebuilt from scratch
             // at its final path: kbuild records absolute paths for tools.
             remove_dir(&pre_dir)?;
             remove_dir(&post_dir)?;
+            let start = std::time::Instant::now();
             checkout::materialize(pre, &pre_dir)?;
+            materialize_time = start.elapsed();
             make.prepare(&pre_dir, config)?;
             install_symvers(&pre_dir, symvers)?;
             let m = pre_dir.join(MARKER);
@@ -103,6 +109,7 @@ impl Trees {
             pre: pre_dir,
             post: post_dir,
             reused,
+            materialize_time,
             _lock: lock,
         })
     }
@@ -230,6 +237,7 @@ mod tests {
             pre: pre.clone(),
             post: post.clone(),
             reused: true,
+            materialize_time: std::time::Duration::ZERO,
             _lock: File::open(d.path()).expect("dir handle"),
         };
         let change = |p: &str, c: &str| Change {
