@@ -88,6 +88,44 @@ fn c_string(data: &[u8], off: i64) -> Option<&[u8]> {
     Some(&rest[..end])
 }
 
+/// Do two strings differ only in `file.c:LINE` numbers (`__FILE__ ":" __stringify(__LINE__)`,
+/// e.g. fortify's field-spanning-write warning)? A line shift then changes nothing functional.
+fn same_but_line(a: &[u8], b: &[u8]) -> bool {
+    fn tokens(s: &[u8]) -> Vec<(bool, &[u8])> {
+        let mut out = Vec::new();
+        let mut i = 0;
+        while i < s.len() {
+            let digit = s[i].is_ascii_digit();
+            let start = i;
+            while i < s.len() && s[i].is_ascii_digit() == digit {
+                i += 1;
+            }
+            out.push((digit, &s[start..i]));
+        }
+        out
+    }
+    let (ta, tb) = (tokens(a), tokens(b));
+    if ta.len() != tb.len() {
+        return false;
+    }
+    let mut prev: &[u8] = &[];
+    let mut differed = false;
+    for (x, y) in ta.iter().zip(&tb) {
+        if x.0 != y.0 {
+            return false;
+        }
+        if x.1 != y.1 {
+            let after_file = prev.ends_with(b".c:") || prev.ends_with(b".h:");
+            if !x.0 || !after_file {
+                return false;
+            }
+            differed = true;
+        }
+        prev = x.1;
+    }
+    differed
+}
+
 pub(crate) struct Cmp<'p, 'a> {
     pub pair: &'p Pair<'a>,
     /// Pre entities of read-only data whose contents changed: references to them differ.
@@ -113,7 +151,7 @@ impl Cmp<'_, '_> {
                     }
                     if sx.is_strings() {
                         return match (c_string(sx.data, o1 + bias), c_string(sy.data, o2 + bias)) {
-                            (Some(a), Some(b)) => a == b,
+                            (Some(a), Some(b)) => a == b || same_but_line(a, b),
                             _ => o1 == o2,
                         };
                     }
@@ -333,4 +371,23 @@ pub(crate) fn run(pair: &Pair<'_>) -> (Statuses, HashSet<EntId>) {
         },
         changed_ro,
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_line_strings_differ_only_by_line() {
+        assert!(same_but_line(
+            b"p at arch/x86/kvm/x86.c:8493",
+            b"p at arch/x86/kvm/x86.c:8494"
+        ));
+        assert!(!same_but_line(
+            b"p at arch/x86/kvm/x86.c:8493",
+            b"p at arch/x86/kvm/x86.c:8493"
+        ));
+        assert!(!same_but_line(b"limit 10", b"limit 20"));
+        assert!(!same_but_line(b"x.c:1 a", b"x.c:1 b"));
+    }
 }

@@ -12,12 +12,6 @@ use super::load::{EntId, EntKind, Object, Target};
 
 /// `foo.isra.0` -> `foo.isra`, `count.12` -> `count`, `__UNIQUE_ID_ddebug412` -> `__UNIQUE_ID_ddebug`.
 pub(crate) fn base_name(name: &str) -> String {
-    let name = if let Some(rest) = name.strip_prefix("__UNIQUE_ID_") {
-        let trimmed = rest.trim_end_matches(|c: char| c.is_ascii_digit());
-        return format!("__UNIQUE_ID_{trimmed}");
-    } else {
-        name
-    };
     let mut out = String::with_capacity(name.len());
     for (i, part) in name.split('.').enumerate() {
         if i > 0 && !part.is_empty() && part.bytes().all(|b| b.is_ascii_digit()) {
@@ -27,6 +21,12 @@ pub(crate) fn base_name(name: &str) -> String {
             out.push('.');
         }
         out.push_str(part);
+    }
+    // `__UNIQUE_ID_<name><counter>` (include/linux/compiler.h __UNIQUE_ID), possibly with a
+    // GCC suffix as well (`__UNIQUE_ID_ddebug473.50`).
+    if out.starts_with("__UNIQUE_ID_") {
+        let trimmed = out.trim_end_matches(|c: char| c.is_ascii_digit()).len();
+        out.truncate(trimmed);
     }
     out
 }
@@ -182,6 +182,7 @@ mod tests {
         assert_eq!(base_name("count.12"), "count");
         assert_eq!(base_name("foo.cold"), "foo.cold");
         assert_eq!(base_name("__UNIQUE_ID_ddebug412"), "__UNIQUE_ID_ddebug");
+        assert_eq!(base_name("__UNIQUE_ID_ddebug473.50"), "__UNIQUE_ID_ddebug");
         assert_eq!(base_name(".data..percpu"), ".data..percpu");
         assert_eq!(base_name("plain"), "plain");
     }
