@@ -123,7 +123,10 @@ impl Walk<'_, '_> {
                 // Changed functions are roots; unchanged ones stay in the running kernel.
             }
             EntKind::Object | EntKind::Section => {
-                if is_special_static(post, t) {
+                if sec.kind == Kind::AltReplacement {
+                    // Replacement code for the entries kept with included code.
+                    self.add(t, Reason::Unnamed);
+                } else if is_special_static(post, t) {
                     self.add(t, Reason::SpecialStatic);
                 } else if status == Status::New {
                     self.add(
