@@ -8,6 +8,7 @@ mod correlate;
 mod emit;
 mod error;
 mod include;
+mod link;
 mod load;
 mod report;
 mod special;
@@ -16,6 +17,7 @@ mod verify;
 use std::collections::{HashMap, HashSet};
 
 pub use error::{Error, Side};
+pub use link::{link_update, PatchPart};
 pub use report::{External, FunctionChange, FunctionStatus, Inclusion, Refusal, Report, RunPre};
 pub use special::entry_sizes;
 
