@@ -285,6 +285,12 @@ fn static_local_kept_across_the_change() {
         "{report}"
     );
     assert!(!defined(&obj).iter().any(|n| n.starts_with("calls")));
+    // sympos comes from the caller's view of the target's symbol table.
+    let (pre, post) = objects("static-local-kept");
+    let mut with_pos = cx("fixture");
+    with_pos.sympos.insert(pre_name.clone(), 2);
+    let Ok(Outcome::Patch { object, report }) = diff::diff(&pre, &post, &with_pos) else { panic!("expected a patch") };
+    assert!(undefined(&object).contains(&format!(".klp.sym.fixture.{pre_name},2")), "{report}");
 }
 
 fn symbol_names(obj: &[u8]) -> Vec<String> {
@@ -342,6 +348,12 @@ fn changed_data_is_refused() {
 #[test]
 fn changed_init_code_is_refused() {
     refused("init-changed", &["fixture_setup_table"]);
+}
+
+#[test]
+fn change_in_an_unknown_section_is_refused() {
+    let report = refused("unknown-section-changed", &["fixture_table"]);
+    assert_eq!(report.refusals[0].section, ".ksplice_fixture_table", "{report}");
 }
 
 #[test]
