@@ -76,7 +76,10 @@ impl<'a> Context<'a> {
                     Err(e) => {
                         let text = format!("{e:#}");
                         if !text.to_lowercase().contains(&reason.to_lowercase()) {
-                            bail!("ksplice-create refused, but not saying {reason:?}: {text}");
+                            bail!(
+                                "{text}\nrefused, but not for the expected reason ({reason:?}): {}",
+                                refusal_line(&text)
+                            );
                         }
                         eprintln!("e2e: {id}: refused as expected: {}", last_line(&text));
                         Ok(Built::default())
@@ -518,6 +521,19 @@ fn stem(patch: &Path) -> String {
         .file_stem()
         .map(|s| s.to_string_lossy().into_owned())
         .unwrap_or_default()
+}
+
+/// ksplice-create's first refusal reason (the line after `refused:`), else its last line.
+fn refusal_line(text: &str) -> &str {
+    let mut lines = text.lines().map(str::trim);
+    while let Some(l) = lines.next() {
+        if l.ends_with("refused:") {
+            if let Some(next) = lines.next() {
+                return next;
+            }
+        }
+    }
+    last_line(text)
 }
 
 fn last_line(text: &str) -> &str {

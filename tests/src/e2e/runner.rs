@@ -34,7 +34,7 @@ pub struct Harness {
     pub bins: PathBuf,
     /// Scratch and artifacts: `target/e2e`.
     pub work: PathBuf,
-    /// The test patches (`../shared/patches` next to the workspace, or `$KSPLICE_PATCHES`).
+    /// The test patches (`$KSPLICE_PATCHES`, `tests/patches`, or `../shared/patches` next to the workspace).
     pub patches: PathBuf,
     /// Pieces whose binaries answer `--help` for their subcommand.
     pub pieces: BTreeSet<Piece>,
@@ -55,9 +55,21 @@ impl Harness {
         let bins = target.join(profile);
         let work = target.join("e2e");
         std::fs::create_dir_all(&work)?;
-        let patches = std::env::var_os("KSPLICE_PATCHES")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| root.join("../shared/patches"));
+        // The test patches: $KSPLICE_PATCHES, else tests/patches in the workspace, else
+        // ../shared/patches beside it. Missing patches are a set-up error, not fewer scenarios.
+        let patches = match std::env::var_os("KSPLICE_PATCHES") {
+            Some(p) => PathBuf::from(p),
+            None => [root.join("tests/patches"), root.join("../shared/patches")]
+                .into_iter()
+                .find(|p| p.is_dir())
+                .unwrap_or_else(|| root.join("../shared/patches")),
+        };
+        if !patches.join("cmdline-string.patch").is_file() {
+            bail!(
+                "no test patches in {} (set KSPLICE_PATCHES to the directory of *.patch files)",
+                patches.display()
+            );
+        }
         if !qemu::available() {
             bail!("qemu-system-x86_64 is missing: run ci/setup-kernel");
         }
@@ -176,8 +188,10 @@ impl Harness {
                 (Err(e), _) => {
                     eprintln!("e2e: {}: build failed: {e:#}", s.name);
                     let text = format!("{e:#}");
-                    let last = text.trim_end().lines().last().unwrap_or("").trim();
-                    let mut r = Row::new(&s.name, Outcome::Fail(format!("build: {last}")));
+                    let mut r = Row::new(
+                        &s.name,
+                        Outcome::Fail(format!("build: {}", summary_line(&text))),
+                    );
                     r.build_s = Some(secs);
                     rows.push(r);
                 }
@@ -426,6 +440,21 @@ impl Harness {
     }
 }
 
+/// The line of a build failure worth a table cell: the compiler's error, else the last line.
+fn summary_line(text: &str) -> &str {
+    let lines: Vec<&str> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
+    lines
+        .iter()
+        .find(|l| l.contains("error:") && !l.starts_with("make"))
+        .or_else(|| lines.last())
+        .copied()
+        .unwrap_or("")
+}
+
 fn failed_step(g: &markers::GuestResult) -> String {
     match g.steps.iter().find(|s| !s.1) {
         Some(s) => format!("step {} failed", s.0),
@@ -463,4 +492,19 @@ fn shared_libs(bin: &Path) -> Result<Vec<PathBuf>> {
         }
     }
     Ok(libs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn summary_prefers_the_compiler_error() {
+        let text = "cmd failed:\nkernel/sys.c:1299:10: fatal error: kpatch-syscall.h: No such file or directory\nmake[2]: *** [x] Error 1\nmake: *** [Makefile:2065: .] Error 2\n";
+        assert_eq!(
+            summary_line(text),
+            "kernel/sys.c:1299:10: fatal error: kpatch-syscall.h: No such file or directory"
+        );
+        assert_eq!(summary_line("a\n\nlast one\n"), "last one");
+    }
 }
