@@ -18,6 +18,8 @@ pub struct Row {
     pub build_s: Option<f64>,
     pub apply_s: Option<f64>,
     pub outcome: Outcome,
+    /// Said after the result, e.g. that a cached result was reused.
+    pub note: Option<String>,
 }
 
 impl Row {
@@ -27,6 +29,7 @@ impl Row {
             build_s: None,
             apply_s: None,
             outcome,
+            note: None,
         }
     }
 }
@@ -60,11 +63,14 @@ impl fmt::Display for Table<'_> {
             "scenario", "build s", "apply s"
         )?;
         for r in self.0 {
-            let result = match &r.outcome {
+            let mut result = match &r.outcome {
                 Outcome::Pass => "pass".to_string(),
                 Outcome::Fail(why) => format!("FAIL: {why}"),
                 Outcome::NotRun(why) => format!("NOT RUN: {why}"),
             };
+            if let Some(n) = &r.note {
+                result.push_str(&format!(" ({n})"));
+            }
             writeln!(
                 f,
                 "{:<w$}  {:>7}  {:>7}  {result}",

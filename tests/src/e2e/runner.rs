@@ -149,7 +149,17 @@ impl Harness {
                             Outcome::Fail("ksplice profile output incomplete".into())
                         };
                         let mut row = Row::new(&s.name, outcome);
-                        row.apply_s = booted.then(|| t.elapsed().as_secs_f64());
+                        if booted {
+                            row.note = Some(format!(
+                                "captured by a boot of the unmodified kernel in {:.0} s",
+                                t.elapsed().as_secs_f64()
+                            ));
+                        } else {
+                            row.note = Some(format!(
+                                "cached in {}; remove it to capture again",
+                                p.dir.display()
+                            ));
+                        }
                         rows.push(row);
                     }
                     prof = Some(p);
