@@ -438,3 +438,60 @@ fn produced_module_has_livepatch_metadata_and_the_target_vermagic() -> Result<()
     );
     Ok(())
 }
+
+#[test]
+fn every_unpatchable_change_is_refused_in_one_run() -> Result<()> {
+    let src = src_tree("refusals")?;
+    let files = [
+        "lib/string.c",
+        "arch/x86/entry/entry_64.S",
+        "fs/proc/Makefile",
+        // obj-$(CONFIG_X86_32): kbuild does not build it for this config.
+        "arch/x86/kernel/doublefault_32.c",
+    ];
+    for f in files {
+        let mut text = std::fs::read_to_string(src.join(f))?;
+        text.push('\n');
+        std::fs::write(src.join(format!("{f}.new")), text)?;
+    }
+    let out = tempfile::tempdir()?;
+    let (opts, _etc) = options(
+        Source::DiffExt {
+            src: src.clone(),
+            ext: "new".into(),
+        },
+        src_profile(&src),
+        out.path(),
+    );
+    let mut summary = Summary::default();
+    let result = create(&opts, &mut summary);
+    for f in files {
+        std::fs::remove_file(src.join(format!("{f}.new")))?;
+    }
+    let Err(Error::Refused(refusals)) = result else {
+        panic!(
+            "expected a refusal, got {:?}",
+            result.map_err(|e| e.to_string())
+        );
+    };
+    let got: BTreeSet<(String, String)> = refusals
+        .iter()
+        .map(|r| {
+            (
+                r.what.clone(),
+                r.reason.split([' ', ';']).next().unwrap_or("").to_string(),
+            )
+        })
+        .collect();
+    let want: BTreeSet<(String, String)> = [
+        ("lib/string.c", "lib/"),
+        ("arch/x86/entry/entry_64.S", "assembly"),
+        ("fs/proc/Makefile", "build"),
+        ("arch/x86/kernel/doublefault_32.c", "not"),
+    ]
+    .iter()
+    .map(|(a, b)| (a.to_string(), b.to_string()))
+    .collect();
+    assert_eq!(got, want, "{summary}");
+    Ok(())
+}
