@@ -151,12 +151,7 @@ fn kernel_name<'a>(pair: &Pair<'a>, id: EntId) -> &'a str {
     }
 }
 
-pub(crate) fn run(
-    pair: &Pair<'_>,
-    status: &Statuses,
-    sel: &Selection,
-    cx: &Cx,
-) -> Result<Emitted, Error> {
+pub(crate) fn run(pair: &Pair<'_>, sel: &Selection, cx: &Cx) -> Result<Emitted, Error> {
     let post = &pair.post;
     let mut b = Builder::new(Endianness::Little, true);
     b.header.e_type = elf::ET_REL;
@@ -388,7 +383,6 @@ pub(crate) fn run(
     out.b
         .write(&mut buf)
         .map_err(|source| Error::Write { source })?;
-    let _ = status;
     Ok(Emitted {
         object: buf,
         externals,

@@ -100,7 +100,7 @@ pub fn diff(pre: &[u8], post: &[u8], cx: &Cx) -> Result<Outcome, Error> {
         // Removed functions alone need no patch: nothing calls them any more.
         return Ok(Outcome::NoChange { report });
     }
-    let emitted = emit::run(&pair, &status, &selection, cx)?;
+    let emitted = emit::run(&pair, &selection, cx)?;
     report.externals = emitted.externals;
     Ok(Outcome::Patch {
         object: emitted.object,
