@@ -289,8 +289,13 @@ fn static_local_kept_across_the_change() {
     let (pre, post) = objects("static-local-kept");
     let mut with_pos = cx("fixture");
     with_pos.sympos.insert(pre_name.clone(), 2);
-    let Ok(Outcome::Patch { object, report }) = diff::diff(&pre, &post, &with_pos) else { panic!("expected a patch") };
-    assert!(undefined(&object).contains(&format!(".klp.sym.fixture.{pre_name},2")), "{report}");
+    let Ok(Outcome::Patch { object, report }) = diff::diff(&pre, &post, &with_pos) else {
+        panic!("expected a patch")
+    };
+    assert!(
+        undefined(&object).contains(&format!(".klp.sym.fixture.{pre_name},2")),
+        "{report}"
+    );
 }
 
 fn symbol_names(obj: &[u8]) -> Vec<String> {
@@ -353,7 +358,10 @@ fn changed_init_code_is_refused() {
 #[test]
 fn change_in_an_unknown_section_is_refused() {
     let report = refused("unknown-section-changed", &["fixture_table"]);
-    assert_eq!(report.refusals[0].section, ".ksplice_fixture_table", "{report}");
+    assert_eq!(
+        report.refusals[0].section, ".ksplice_fixture_table",
+        "{report}"
+    );
 }
 
 #[test]
@@ -778,4 +786,53 @@ fn new_globals_are_linked_across_the_objects_of_an_update() {
         .any(|e| e.name == "fixture_provide" || e.name == "fixture_shared"));
     // The provider's own object is untouched.
     assert!(defined(&parts[0].object).contains("ksp0_fixture_provide"));
+}
+
+#[test]
+fn paravirt_and_lock_sites_follow_included_code() {
+    let (_, post) = objects("paravirt-and-locks");
+    let (pv, locks) = (
+        section_size(&post, ".parainstructions"),
+        section_size(&post, ".smp_locks"),
+    );
+    assert!(
+        pv > 0 && locks > 0,
+        "fixture has no paravirt ({pv}) or lock ({locks}) sites"
+    );
+    let (obj, report) = patch("paravirt-and-locks", &["fixture_irq"], &[]);
+    assert_eq!(section_size(&obj, ".parainstructions"), pv / 2);
+    assert_eq!(section_size(&obj, ".smp_locks"), locks / 2);
+    // Run-pre skips every paravirt site and lock prefix of the pre function.
+    let skip = &report.run_pre[0].skip;
+    let skipped: u32 = skip.iter().map(|r| r.1).sum();
+    assert!(skip.len() >= 3 && skipped >= 5 + 1, "{skip:?}");
+}
+
+#[test]
+fn run_pre_skips_the_jump_label_site() {
+    let (pre, _) = objects("jump-label");
+    let file = object::File::parse(&*pre).expect("parse");
+    let text = file
+        .section_by_name(".text.fixture_fast")
+        .expect("text section")
+        .index();
+    let table = file.section_by_name("__jump_table").expect("__jump_table");
+    let site = table
+        .relocations()
+        .filter(|(off, _)| off % 16 == 0)
+        .find_map(|(_, r)| match r.target() {
+            object::RelocationTarget::Symbol(s) => {
+                let sym = file.symbol_by_index(s).expect("symbol");
+                (sym.section_index() == Some(text))
+                    .then(|| (sym.address() as i64 + r.addend()) as u32)
+            }
+            _ => None,
+        })
+        .expect("a jump label in fixture_fast");
+    let (_, report) = patch_for("jump-label", "vmlinux", &["fixture_fast"], &[]);
+    let skip = &report.run_pre[0].skip;
+    assert!(
+        skip.iter().any(|&(s, l)| s <= site && site + 2 <= s + l),
+        "site {site:#x} not in {skip:?}"
+    );
 }
