@@ -805,7 +805,8 @@ fn paravirt_and_lock_sites_follow_included_code() {
     // Run-pre skips every paravirt site and lock prefix of the pre function.
     let skip = &report.run_pre[0].skip;
     let skipped: u32 = skip.iter().map(|r| r.1).sum();
-    assert!(skip.len() >= 3 && skipped >= 5 + 1, "{skip:?}");
+    // At least the ftrace call (5 bytes) and one lock prefix (1 byte) beyond it.
+    assert!(skip.len() >= 3 && skipped > 5, "{skip:?}");
 }
 
 #[test]
