@@ -17,7 +17,7 @@ use super::compare::{Status, Statuses};
 use super::correlate::Pair;
 use super::error::{Error, Side};
 use super::include::{anchor_entity, Reason, Selection};
-use super::load::{EntId, EntKind, Object, Target};
+use super::load::{EntId, EntKind, Kind, Object, Target};
 use super::report::{External, FunctionChange, FunctionStatus, Inclusion, RunPre};
 use super::special::Site;
 use super::Cx;
@@ -295,11 +295,25 @@ pub(crate) fn run(pair: &Pair<'_>, sel: &Selection, cx: &Cx) -> Result<Emitted, 
             }),
         }
     };
+    let used = replacement_ranges(post, sel);
     for &id in sel.included.keys() {
         let e = post.ent(id);
+        let s = post.sec(e.sec);
+        // Code in `.altinstr_replacement` / `.altinstr_aux` is shared by the whole object; the
+        // parts that belong to code left out of the patch are never reached, and their jumps
+        // back into that code must not become references to the running kernel (they would
+        // need sympos for every local function of the object).
+        let shared_alt = s.kind == Kind::AltReplacement || s.name == ".altinstr_aux";
         let mut relas = Vec::new();
         for r in post.ent_relas(id) {
-            let (sym, addend) = map_target(&mut out, post.resolve_in(e.sec, r))?;
+            let t = post.resolve_in(e.sec, r);
+            if shared_alt
+                && dead_code_ref(post, sel, t)
+                && !(s.kind == Kind::AltReplacement && used.iter().any(|u| u.contains(&r.offset)))
+            {
+                continue;
+            }
+            let (sym, addend) = map_target(&mut out, t)?;
             relas.push(OutRela {
                 r_offset: r.offset - e.start,
                 symbol: Some(sym),
@@ -387,6 +401,41 @@ pub(crate) fn run(pair: &Pair<'_>, sel: &Selection, cx: &Cx) -> Result<Emitted, 
         object: buf,
         externals,
     })
+}
+
+/// A reference to a function of this object that stays out of the patch.
+fn dead_code_ref(post: &Object<'_>, sel: &Selection, t: Target) -> bool {
+    match t {
+        Target::Ent { ent, .. } => {
+            !sel.included.contains_key(&ent)
+                && post.ent(ent).kind == EntKind::Func
+                && matches!(post.ent_section(ent).kind, Kind::Text | Kind::Init)
+        }
+        _ => false,
+    }
+}
+
+/// Byte ranges of `.altinstr_replacement` used by the kept `.altinstructions` entries
+/// (`repl_offset` at +4, `replacementlen` at +11 of `struct alt_instr`).
+fn replacement_ranges(post: &Object<'_>, sel: &Selection) -> Vec<std::ops::Range<u64>> {
+    let mut out = Vec::new();
+    let Some(alt) = post.section_by_name(".altinstructions") else {
+        return out;
+    };
+    let s = post.sec(alt);
+    let size = super::special::lookup(".altinstructions").map_or(12, |sp| sp.entry_size);
+    for &(index, _) in sel.kept.get(&alt).map(Vec::as_slice).unwrap_or(&[]) {
+        let entry = index * size;
+        let Some(r) = s.relas.iter().find(|r| r.offset == entry + 4) else {
+            continue;
+        };
+        let len = u64::from(s.data.get((entry + 11) as usize).copied().unwrap_or(0));
+        let start = post.sym(r.sym).value as i64 + r.addend;
+        if let Ok(start) = u64::try_from(start) {
+            out.push(start..start + len);
+        }
+    }
+    out
 }
 
 /// Functions, inclusions and run-pre data for the report.
