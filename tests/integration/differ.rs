@@ -365,6 +365,11 @@ fn change_in_an_unknown_section_is_refused() {
 }
 
 #[test]
+fn new_export_is_refused() {
+    refused("new-export", &["fixture_new_export"]);
+}
+
+#[test]
 fn notrace_function_changed_is_refused() {
     refused("notrace-changed", &["fixture_quiet"]);
 }

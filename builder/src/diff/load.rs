@@ -189,6 +189,7 @@ fn classify(name: &str, sh_type: u32, flags: u64) -> Kind {
         || name.starts_with(".discard")
         || name.starts_with(".note")
         || name.starts_with("__ksymtab")
+        || name.starts_with("___ksymtab")
         || name.starts_with("__kcrctab")
         || name == ".modinfo"
         || name == "__versions"

@@ -1,6 +1,6 @@
 //! Pass 5: refuse what cannot be patched safely, listing every problem at once.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 use object::elf;
 
@@ -96,6 +96,33 @@ pub(crate) fn run(
                 reason: "removed from a section the differ does not understand".to_string(),
             });
         }
+    }
+    // 3. A new EXPORT_SYMBOL would be silently missing from the update (its __ksymtab
+    //    entry is not something a livepatch module can add to the kernel's table).
+    // `___ksymtab+NAME` / `___ksymtab_gpl+NAME` (include/linux/export.h, 6.1).
+    let exports = |o: &Object<'_>| -> HashMap<String, String> {
+        o.sections
+            .iter()
+            .filter(|s| s.name.starts_with("___ksymtab"))
+            .filter_map(|s| {
+                s.name
+                    .split_once('+')
+                    .map(|(_, n)| (n.to_string(), s.name.to_string()))
+            })
+            .collect()
+    };
+    let before = exports(pre);
+    let mut added: Vec<(String, String)> = exports(post)
+        .into_iter()
+        .filter(|(n, _)| !before.contains_key(n))
+        .collect();
+    added.sort();
+    for (symbol, section) in added {
+        out.push(Refusal {
+            symbol,
+            section,
+            reason: "new EXPORT_SYMBOL cannot be added by a live update".to_string(),
+        });
     }
     out.sort_by(|a, b| (&a.symbol, &a.section, &a.reason).cmp(&(&b.symbol, &b.section, &b.reason)));
     out.dedup();
