@@ -452,6 +452,41 @@ mod tests {
         assert_eq!(patch_files(p), vec!["fs/proc/cmdline.c", "gone.c", "new.c"]);
     }
 
+    #[test]
+    fn patches_apply_to_copies_and_bad_patches_are_refused() {
+        let d = tempfile::tempdir().expect("tempdir");
+        let pre = d.path().join("pre");
+        std::fs::create_dir_all(pre.join("fs/proc")).expect("mkdir");
+        std::fs::write(pre.join("fs/proc/cmdline.c"), "a\nb\nc\n").expect("write");
+        let patch = d.path().join("fix.patch");
+        std::fs::write(
+            &patch,
+            "--- a/fs/proc/cmdline.c\n+++ b/fs/proc/cmdline.c\n@@ -1,3 +1,3 @@\n a\n-b\n+B\n c\n",
+        )
+        .expect("write");
+        let (changes, text) =
+            apply_patch(&patch, &pre, &d.path().join("scratch")).expect("applies");
+        assert_eq!(
+            changes,
+            vec![Change {
+                path: "fs/proc/cmdline.c".into(),
+                content: Some(b"a\nB\nc\n".to_vec())
+            }]
+        );
+        assert!(text.contains("+B"));
+        assert_eq!(
+            std::fs::read_to_string(pre.join("fs/proc/cmdline.c")).expect("read"),
+            "a\nb\nc\n"
+        );
+        std::fs::write(
+            &patch,
+            "--- a/fs/proc/cmdline.c\n+++ b/fs/proc/cmdline.c\n@@ -1,3 +1,3 @@\n x\n-y\n+Y\n z\n",
+        )
+        .expect("write");
+        let e = apply_patch(&patch, &pre, &d.path().join("scratch2")).expect_err("must not apply");
+        assert!(matches!(e, Error::PatchDoesNotApply { .. }), "{e}");
+    }
+
     /// Commit `files` (path, content, mode) on top of `parent` with git2.
     fn commit(
         r: &git2::Repository,
