@@ -98,6 +98,105 @@ fn first_mismatch(pre: &[u8], live: &[u8], skip: &[(u32, u32)]) -> Option<usize>
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::{Path, PathBuf};
+
+    /// A minimal ELF64 executable: one PT_LOAD of `code` at `vaddr`.
+    fn elf_image(vaddr: u64, code: &[u8]) -> TargetImage {
+        let mut e = Vec::new();
+        e.extend_from_slice(b"\x7fELF\x02\x01\x01\0\0\0\0\0\0\0\0\0");
+        e.extend_from_slice(&2u16.to_le_bytes()); // ET_EXEC
+        e.extend_from_slice(&62u16.to_le_bytes()); // EM_X86_64
+        e.extend_from_slice(&1u32.to_le_bytes());
+        e.extend_from_slice(&vaddr.to_le_bytes()); // entry
+        e.extend_from_slice(&64u64.to_le_bytes()); // phoff
+        e.extend_from_slice(&0u64.to_le_bytes()); // shoff
+        e.extend_from_slice(&0u32.to_le_bytes());
+        for v in [64u16, 56, 1, 64, 0, 0] {
+            e.extend_from_slice(&v.to_le_bytes());
+        }
+        let off = 64 + 56u64;
+        e.extend_from_slice(&1u32.to_le_bytes()); // PT_LOAD
+        e.extend_from_slice(&5u32.to_le_bytes()); // R+X
+        for v in [
+            off,
+            vaddr,
+            vaddr,
+            code.len() as u64,
+            code.len() as u64,
+            4096,
+        ] {
+            e.extend_from_slice(&v.to_le_bytes());
+        }
+        e.extend_from_slice(code);
+        TargetImage {
+            path: PathBuf::from("vmlinux"),
+            elf: e,
+            build_id: String::new(),
+            release: None,
+            version: None,
+            text_addr: vaddr,
+        }
+    }
+
+    fn report(name: &str, code: &[u8], skip: Vec<(u32, u32)>) -> diff::Report {
+        diff::Report {
+            run_pre: vec![diff::RunPre {
+                name: name.into(),
+                sympos: 0,
+                code: code.to_vec(),
+                skip,
+            }],
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn code_match_picks_the_duplicate_and_follows_the_kaslr_shift() {
+        const BASE: u64 = 0xffffffff81000000;
+        // Two local show_val functions; the second one is ours.
+        let mut text = vec![0x90u8; 0x40];
+        text[0x10..0x14].copy_from_slice(&[0x31, 0xc0, 0xc3, 0xcc]);
+        text[0x20..0x24].copy_from_slice(&[0x31, 0xd2, 0xc3, 0xcc]);
+        let image = elf_image(BASE, &text);
+        // kallsyms of a boot shifted by 0x2000000.
+        let map = SystemMap::parse(
+            "ffffffff83000000 T _text\nffffffff83000010 t show_val\nffffffff83000020 t show_val\n",
+            Path::new("map"),
+        )
+        .expect("map");
+        let (fixed, refusals) = check(
+            &report("show_val", &[0x31, 0xd2, 0xc3], vec![]),
+            &map,
+            &image,
+        );
+        assert!(refusals.is_empty(), "{refusals:?}");
+        assert_eq!(fixed, HashMap::from([("show_val".to_string(), 2)]));
+        // A byte differing outside the skip ranges refuses; inside, it is fine.
+        let (_, refusals) = check(
+            &report("show_val", &[0x31, 0xff, 0xc3], vec![]),
+            &map,
+            &image,
+        );
+        assert_eq!(refusals.len(), 1);
+        assert!(
+            refusals[0].reason.starts_with("pre build does not match"),
+            "{refusals:?}"
+        );
+        let (_, refusals) = check(
+            &report("show_val", &[0x31, 0xff, 0xc3], vec![(1, 1)]),
+            &map,
+            &image,
+        );
+        assert_eq!(refusals.len(), 1, "both duplicates match: ambiguous");
+        assert!(refusals[0].reason.contains("cannot tell"), "{refusals:?}");
+        let (_, refusals) = check(&report("missing", &[0xc3], vec![]), &map, &image);
+        assert!(
+            refusals[0]
+                .reason
+                .starts_with("not in the target's System.map"),
+            "{refusals:?}"
+        );
+    }
 
     #[test]
     fn skip_ranges_hide_only_their_bytes() {
