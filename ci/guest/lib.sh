@@ -86,19 +86,20 @@ kernel_unchanged() {
 # dmesg_clean BEFORE_FILE [ALLOW_REGEX]: no oops, warning, trace, livepatch error or other
 # KERN_ERR-or-worse message since BEFORE_FILE (written by `dmesg -r`, which keeps the levels).
 dmesg_clean() {
-	dmesg -r > /tmp/dmesg.after
+	_T=${KSPLICE_TMP:-/tmp}
+	dmesg -r > "$_T"/dmesg.after
 	_n=$(wc -l < "$1")
-	tail -n +$((_n + 1)) /tmp/dmesg.after > /tmp/dmesg.new
-	grep -E '^<[0-3]>|Call Trace|BUG|WARNING:|livepatch: .*([Ee]rror|[Ff]ail)' /tmp/dmesg.new > /tmp/dmesg.bad
+	tail -n +$((_n + 1)) "$_T"/dmesg.after > "$_T"/dmesg.new
+	grep -E '^<[0-3]>|Call Trace|BUG|WARNING:|livepatch: .*([Ee]rror|[Ff]ail)' "$_T"/dmesg.new > "$_T"/dmesg.bad
 	if [ -n "$2" ]; then
-		grep -vE "$2" /tmp/dmesg.bad > /tmp/dmesg.bad2
-		mv /tmp/dmesg.bad2 /tmp/dmesg.bad
+		grep -vE "$2" "$_T"/dmesg.bad > "$_T"/dmesg.bad2
+		mv "$_T"/dmesg.bad2 "$_T"/dmesg.bad
 	fi
-	if [ -s /tmp/dmesg.bad ]; then
+	if [ -s "$_T"/dmesg.bad ]; then
 		echo "!! kernel log has errors:"
-		sed 's/^/  ! /' /tmp/dmesg.bad
+		sed 's/^/  ! /' "$_T"/dmesg.bad
 		echo "   in:"
-		sed 's/^/  | /' /tmp/dmesg.new
+		sed 's/^/  | /' "$_T"/dmesg.new
 		return 1
 	fi
 	return 0

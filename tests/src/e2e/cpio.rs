@@ -94,6 +94,7 @@ fn pad(w: &mut impl Write, len: usize) -> Result<()> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)] // in tests a panic is the failure report
 mod tests {
     use super::*;
 

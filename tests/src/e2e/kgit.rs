@@ -190,6 +190,7 @@ pub fn patched_files(patch: &Path) -> Result<Vec<String>> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)] // in tests a panic is the failure report
 mod tests {
     use super::*;
 

@@ -111,6 +111,7 @@ pub fn parse(text: &str) -> Log {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)] // in tests a panic is the failure report
 mod tests {
     use super::*;
 

@@ -3,6 +3,7 @@
 pub mod build;
 pub mod cpio;
 pub mod env;
+mod guestlib;
 pub mod kgit;
 pub mod kmod;
 pub mod markers;

@@ -84,6 +84,7 @@ impl fmt::Display for Table<'_> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)] // in tests a panic is the failure report
 mod tests {
     use super::*;
 
