@@ -321,6 +321,62 @@ pub fn plan(pre_tree: &Path, changes: &[Change]) -> Result<Plan> {
     Ok(plan)
 }
 
+/// Whether kbuild descends into `dir` under `config`: every parent Makefile
+/// that names the child (`obj-$(CONFIG_X) += child/`) must enable it. A child
+/// no parent line names is assumed reached (arch and top-level descents use
+/// other variables); `Some(reason)` only when a parent names it and every
+/// such line is switched off.
+pub fn dir_disabled(tree: &Path, dir: &str, config: &str) -> Option<String> {
+    let parts: Vec<&str> = dir.split('/').filter(|p| !p.is_empty()).collect();
+    for i in 1..parts.len() {
+        let parent = parts[..i].join("/");
+        let child = format!("{}/", parts[i]);
+        let text = ["Makefile", "Kbuild"]
+            .iter()
+            .filter_map(|m| std::fs::read_to_string(tree.join(&parent).join(m)).ok())
+            .collect::<Vec<_>>()
+            .join("\n")
+            .replace("\\\n", " ");
+        let mut named = false;
+        let mut enabled = false;
+        let mut off = String::new();
+        for line in text.lines() {
+            let Some((lhs, rhs)) = line.split_once('=') else {
+                continue;
+            };
+            if !rhs.split_whitespace().any(|w| w == child) {
+                continue;
+            }
+            let lhs = lhs.trim_end_matches([':', '+', '?']).trim();
+            let Some(sel) = lhs.strip_prefix("obj-") else {
+                continue;
+            };
+            named = true;
+            match sel {
+                "y" | "m" => enabled = true,
+                s => match s.strip_prefix("$(").and_then(|s| s.strip_suffix(')')) {
+                    Some(var) if var.starts_with("CONFIG_") && !var.contains(['(', ' ', ',']) => {
+                        match crate::profile::config_value(config, var).as_deref() {
+                            Some("y" | "m") => enabled = true,
+                            _ => {
+                                off = format!(
+                                    "{var} is not set ({parent}/ does not descend into {child})"
+                                )
+                            }
+                        }
+                    }
+                    // An expression we do not evaluate: assume it may build.
+                    _ => enabled = true,
+                },
+            }
+        }
+        if named && !enabled {
+            return Some(off);
+        }
+    }
+    None
+}
+
 /// Cheap pre-check: is a .c file's name mentioned in an include line of its
 /// own directory? (Kernel .c files included elsewhere sit beside their includer.)
 fn is_included_c(tree: &Path, c: &str) -> bool {
@@ -414,6 +470,31 @@ mod tests {
         .map(String::from)
         .collect();
         assert_eq!(deps, want);
+    }
+
+    #[test]
+    fn disabled_directories_are_found_through_parent_makefiles() {
+        let d = tempfile::tempdir().expect("tempdir");
+        let t = d.path();
+        std::fs::create_dir_all(t.join("drivers/xen/events")).expect("mkdir");
+        std::fs::create_dir_all(t.join("drivers/base")).expect("mkdir");
+        std::fs::write(
+            t.join("drivers/Makefile"),
+            "obj-y += base/\nobj-$(CONFIG_XEN) += xen/ \\\n\tother/\nobj-$(subst m,y,$(CONFIG_FOO)) += foo/\n",
+        )
+        .expect("write");
+        std::fs::write(t.join("drivers/xen/Makefile"), "obj-y += events/\n").expect("write");
+        let config = "CONFIG_FOO=m\n# CONFIG_XEN is not set\n";
+        assert_eq!(dir_disabled(t, "drivers/base", config), None);
+        let off = dir_disabled(t, "drivers/xen/events", config).expect("disabled");
+        assert!(off.starts_with("CONFIG_XEN is not set"), "{off}");
+        assert_eq!(
+            dir_disabled(t, "drivers/xen/events", "CONFIG_XEN=y\n"),
+            None
+        );
+        assert_eq!(dir_disabled(t, "drivers/foo", config), None);
+        // Not named by its parent: assumed reached.
+        assert_eq!(dir_disabled(t, "drivers/unnamed", config), None);
     }
 
     #[test]

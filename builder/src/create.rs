@@ -336,6 +336,8 @@ fn classify_objects(
     refusals: &mut Vec<Refusal>,
 ) -> Result<Vec<Job>> {
     let changed: HashSet<&str> = changes.iter().map(|c| c.path.as_str()).collect();
+    let config_path = pre.join(".config");
+    let config = std::fs::read_to_string(&config_path).map_err(Error::io(&config_path))?;
     let mut dirs: HashMap<String, HashMap<String, ObjectBuild>> = HashMap::new();
     let mut jobs = Vec::new();
     for (obj, reasons) in objects {
@@ -354,6 +356,20 @@ fn classify_objects(
             }
         };
         let c_file = format!("{}.c", obj.trim_end_matches(".o"));
+        // kbuild compiles a listed object even when no parent descends into
+        // its directory; the parents' Makefiles say whether one does.
+        let off = build
+            .as_ref()
+            .and_then(|_| affected::dir_disabled(pre, &make_dir(pre, obj), &config));
+        if let Some(why) = off {
+            if changed.contains(c_file.as_str()) {
+                refusals.push(Refusal {
+                    what: c_file,
+                    reason: format!("not built by the target's config: {why}"),
+                });
+            }
+            continue;
+        }
         match build {
             Some(b) => jobs.push(Job {
                 object: obj.clone(),
