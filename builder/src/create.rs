@@ -159,6 +159,10 @@ pub fn create(opts: &Options, summary: &mut Summary) -> Result<PathBuf> {
             .cloned()
             .collect();
         trees.apply(&buildable, &objects)?;
+        for tree in [&trees.pre, &trees.post] {
+            module::write_author_headers(&tree.join(kbuild::AUTHOR_INCLUDE))
+                .map_err(|e| Error::Module(e.to_string()))?;
+        }
         let half = Make {
             jobs: (make.jobs / 2).max(1),
             ..make.clone()
@@ -219,12 +223,12 @@ pub fn create(opts: &Options, summary: &mut Summary) -> Result<PathBuf> {
                     .collect();
                 let path = pobj_dir.join(format!("{}.o", d.index));
                 std::fs::write(&path, &object).map_err(Error::io(&path))?;
-                let functions = replaced_functions(&report);
-                patch_objects.push(module::PatchObject {
-                    target: d.job.target.clone(),
-                    path,
-                    functions,
-                });
+                // A changed function without run-pre data is an error, never a
+                // silently smaller update.
+                let mut patch = module::PatchObject::from_report(path, &report)
+                    .map_err(|e| Error::Module(e.to_string()))?;
+                patch.target = d.job.target.clone();
+                patch_objects.push(patch);
                 manifest_objects
                     .entry(d.job.target.clone())
                     .or_default()
@@ -528,26 +532,6 @@ fn diff_one(
         index,
         outcome,
     })
-}
-
-fn replaced_functions(report: &diff::Report) -> Vec<module::ReplacedFunction> {
-    report
-        .functions
-        .iter()
-        .filter(|f| f.status == diff::FunctionStatus::Changed)
-        .filter_map(|f| {
-            let rp = report.run_pre.iter().find(|r| r.name == f.name)?;
-            Some(module::ReplacedFunction {
-                name: f.name.clone(),
-                sympos: f.sympos,
-                symbol: f.symbol.clone()?,
-                run_pre: module::RunPre {
-                    code: rp.code.clone(),
-                    skip: rp.skip.clone(),
-                },
-            })
-        })
-        .collect()
 }
 
 fn manifest_functions(report: &diff::Report) -> Vec<manifests::FunctionChange> {

@@ -9,8 +9,15 @@ use crate::error::{Error, Result};
 /// Flags every object is compiled with, in the prepare step too: kbuild
 /// records the command line of everything it builds, and a different KCFLAGS
 /// later would make it rebuild prepare outputs (bounds.s, asm-offsets.s) in
-/// the shared, hard-linked trees.
-pub const KCFLAGS: &str = "-ffunction-sections -fdata-sections";
+/// the shared, hard-linked trees.  The include directory is relative (kbuild
+/// compiles from the top of the tree), so the command line is the same in the
+/// pre and post trees; see [`AUTHOR_INCLUDE`].
+pub const KCFLAGS: &str = "-ffunction-sections -fdata-sections -Iksplice-include";
+
+/// Directory, relative to a tree, that holds the patch-author headers
+/// (`kpatch-macros.h`, `kpatch-syscall.h`), so patches written for kpatch
+/// build unchanged.
+pub const AUTHOR_INCLUDE: &str = "ksplice-include";
 
 /// How to call make in a prepared tree.
 #[derive(Debug, Clone)]
