@@ -71,13 +71,18 @@ fn fixtures() -> &'static Path {
             }
         }
         std::fs::write(root.join("Kbuild"), top).expect("write Kbuild");
+        // The patch-author headers (kpatch-macros.h, kpatch-syscall.h), as the create step
+        // provides them to real patches.
+        let include = root.join("author-include");
+        builder::module::write_author_headers(&include).expect("write author headers");
+        let kcflags = format!("{KCFLAGS} -I{}", include.display());
         // Every case's module is called `fixture`, so kbuild's final duplicate-name check fails;
         // the objects are what we need, and each one is checked below.
         let out = Command::new("make")
             .arg("-C")
             .arg(env("KSPLICE_KHEADERS"))
             .arg(format!("M={}", root.display()))
-            .args(["-j2", KCFLAGS, "KBUILD_MODPOST_WARN=1", "modules"])
+            .args(["-j2", &kcflags, "KBUILD_MODPOST_WARN=1", "modules"])
             .output()
             .expect("run make");
         for case in &cases {
@@ -367,6 +372,103 @@ fn change_in_an_unknown_section_is_refused() {
 #[test]
 fn new_export_is_refused() {
     refused("new-export", &["fixture_new_export"]);
+}
+
+/// `KPATCH_*_CALLBACK` tables are kept whole as new sections, with the functions their slots
+/// point to (new code, plus a copy of an unchanged function used as a callback) and what those
+/// need; `KPATCH_PRINTK` calls `_printk` behind `jiffies`.
+#[test]
+fn callback_tables_and_their_functions_are_included() {
+    let (obj, report) = patch(
+        "callbacks",
+        &["fixture_value"],
+        &["fixture_check", "fixture_pre"],
+    );
+    let included: BTreeSet<(String, String)> = report
+        .included
+        .iter()
+        .map(|i| (i.symbol.clone(), i.reason.clone()))
+        .collect();
+    let expect = |v: &[(&str, &str)]| -> BTreeSet<(String, String)> {
+        v.iter()
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .collect()
+    };
+    assert_eq!(
+        included,
+        expect(&[
+            ("fixture_value", "changed function"),
+            ("fixture_value.cold", "split-off part of fixture_value"),
+            ("fixture_pre", "new function"),
+            ("fixture_check", "new function"),
+            (
+                "fixture_cleanup",
+                "function called through a callback table"
+            ),
+            (
+                ".ksplice.callbacks.pre_patch",
+                "patch-author callback table"
+            ),
+            (
+                ".ksplice.callbacks.post_unpatch",
+                "patch-author callback table"
+            ),
+            (
+                ".rodata.fixture_value.str1.1",
+                "unnamed section used by included code"
+            ),
+        ]),
+        "{report}"
+    );
+    assert_eq!(
+        defined(&obj),
+        names(&[
+            "ksp0_fixture_value",
+            "fixture_value.cold",
+            "ksp0_fixture_pre",
+            "ksp0_fixture_check",
+            "ksp0_fixture_cleanup",
+        ])
+    );
+    assert_eq!(
+        undefined(&obj),
+        names(&[
+            "__fentry__",
+            "__x86_return_thunk",
+            "_printk",
+            "jiffies",
+            ".klp.sym.fixture.fixture_existing,0",
+            ".klp.sym.fixture.fixture_counter,0",
+        ])
+    );
+    // One 8-byte R_X86_64_64 slot per callback, pointing at the included copy: what
+    // builder::module::callbacks reads.
+    let file = object::File::parse(&*obj).expect("parse");
+    for (section, target) in [
+        (".ksplice.callbacks.pre_patch", "ksp0_fixture_pre"),
+        (".ksplice.callbacks.post_unpatch", "ksp0_fixture_cleanup"),
+    ] {
+        let sec = file.section_by_name(section).expect(section);
+        assert_eq!(sec.size(), 8, "{section}");
+        let relocs: Vec<_> = sec.relocations().collect();
+        assert_eq!(relocs.len(), 1, "{section}");
+        let (off, r) = &relocs[0];
+        assert_eq!(*off, 0);
+        assert_eq!(
+            r.flags(),
+            object::RelocationFlags::Elf {
+                r_type: object::elf::R_X86_64_64
+            }
+        );
+        let object::RelocationTarget::Symbol(sym) = r.target() else {
+            panic!("{section}: relocation without a symbol");
+        };
+        assert_eq!(
+            file.symbol_by_index(sym).expect("symbol").name(),
+            Ok(target)
+        );
+    }
+    assert_eq!(section_size(&obj, ".ksplice.callbacks.post_patch"), 0);
 }
 
 #[test]

@@ -211,7 +211,7 @@ pub(crate) fn run(pair: &Pair<'_>, sel: &Selection, cx: &Cx) -> Result<Emitted, 
         } else {
             SectionData::Data(post.ent_bytes(id).to_vec().into())
         };
-        let renamed = matches!(reason, Reason::Changed | Reason::New);
+        let renamed = matches!(reason, Reason::Changed | Reason::New | Reason::CallbackFn);
         let sec_name = if renamed {
             format!(".text.{}{}", cx.prefix, kernel_name(pair, id))
         } else {

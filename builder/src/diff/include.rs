@@ -25,6 +25,11 @@ pub(crate) enum Reason {
     Literal,
     ChangedConst,
     Unnamed,
+    /// A `.ksplice.callbacks.*` table: new in every update that has one.
+    Callback,
+    /// A function a callback slot points to that the running kernel already has: the slot
+    /// needs a copy defined in the patch object (the module step aliases it).
+    CallbackFn,
 }
 
 impl std::fmt::Display for Reason {
@@ -40,6 +45,8 @@ impl std::fmt::Display for Reason {
             }
             Reason::ChangedConst => f.write_str("changed read-only data used by included code"),
             Reason::Unnamed => f.write_str("unnamed section used by included code"),
+            Reason::Callback => f.write_str("patch-author callback table"),
+            Reason::CallbackFn => f.write_str("function called through a callback table"),
         }
     }
 }
@@ -115,10 +122,18 @@ impl Walk<'_, '_> {
         let status = self.status.of(t);
         let pre = self.pair.to_pre.get(&t).copied();
         let changed_const = pre.is_some_and(|p| self.changed_ro.contains(&p));
+        let from_callbacks = post.ent_section(from).kind == Kind::Callbacks;
+        if from_callbacks && (e.kind != EntKind::Func || sec.kind != Kind::Text) {
+            let p = problem("a callback slot must point to a function of this object");
+            self.sel.problems.push(p);
+            return;
+        }
         match e.kind {
             EntKind::Func => {
                 if status == Status::New {
                     self.add(t, Reason::New);
+                } else if from_callbacks && status != Status::Changed {
+                    self.add(t, Reason::CallbackFn);
                 }
                 // Changed functions are roots; unchanged ones stay in the running kernel.
             }
@@ -160,10 +175,24 @@ impl Walk<'_, '_> {
                 (post.ent(id).sec, post.ent_relas(id).to_vec())
             };
             for r in relas {
-                if let Target::Ent { ent, .. } = self.pair.post.resolve_in(sec, &r) {
-                    if ent != id {
-                        self.need(id, ent);
+                match self.pair.post.resolve_in(sec, &r) {
+                    Target::Ent { ent, .. } if ent != id => self.need(id, ent),
+                    Target::Undef { sym, .. } | Target::Other { sym, .. }
+                        if self.post().sec(sec).kind == Kind::Callbacks =>
+                    {
+                        // The module step can only alias a function defined in the object.
+                        let post = self.post();
+                        let p = Refusal {
+                            symbol: post.ent(id).name.to_string(),
+                            section: post.sec(sec).name.to_string(),
+                            reason: format!(
+                                "a callback slot must point to a function of this object, not to {}",
+                                post.sym(sym).name
+                            ),
+                        };
+                        self.sel.problems.push(p);
                     }
+                    _ => {}
                 }
             }
         }
@@ -341,6 +370,12 @@ pub(crate) fn run(
     };
     for (i, e) in post.entities.iter().enumerate() {
         let id = EntId(i as u32);
+        // Callback tables never exist in the running kernel: kept whenever the post build has
+        // them, whatever the pre build had.
+        if post.sec(e.sec).kind == Kind::Callbacks {
+            walk.add(id, Reason::Callback);
+            continue;
+        }
         if e.kind != EntKind::Func
             || post.sec(e.sec).kind != Kind::Text
             || parent_name(e.name).is_some()

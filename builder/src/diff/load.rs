@@ -40,9 +40,22 @@ pub(crate) enum Kind {
     Special(&'static Special),
     /// Code referenced by `.altinstructions` entries.
     AltReplacement,
+    /// A patch-author callback table (`.ksplice.callbacks.<kind>`, kpatch-macros.h): a plain
+    /// array of function pointers that exists only in the update, always kept whole.
+    Callbacks,
     /// Allocated, but not a section the differ knows: any change there is refused.
     Unknown,
 }
+
+/// The callback tables kpatch-macros.h writes (`KSPLICE_CALLBACKS_*`); the module step
+/// (builder/src/module/callbacks.rs) reads the same names. Any other `.ksplice.*` section
+/// stays unknown and is refused.
+pub(crate) const CALLBACK_SECTIONS: [&str; 4] = [
+    ".ksplice.callbacks.pre_patch",
+    ".ksplice.callbacks.post_patch",
+    ".ksplice.callbacks.pre_unpatch",
+    ".ksplice.callbacks.post_unpatch",
+];
 
 #[derive(Debug)]
 pub(crate) struct Section<'a> {
@@ -195,6 +208,9 @@ fn classify(name: &str, sh_type: u32, flags: u64) -> Kind {
         || name == "__versions"
     {
         return Kind::Ignored;
+    }
+    if CALLBACK_SECTIONS.contains(&name) {
+        return Kind::Callbacks;
     }
     if name.starts_with(".init.")
         || name.starts_with(".exit.")
@@ -356,7 +372,9 @@ pub(crate) fn run(data: &[u8], side: Side) -> Result<Object<'_>, Error> {
         };
         let Some(sec) = sym.section else { continue };
         let section = &sections[sec.0 as usize];
-        if matches!(section.kind, Kind::Meta | Kind::Ignored) {
+        // A callback table is one entity: the module step reads it as a single array, so its
+        // slots (`__ksplice_pre_patch_<fn>` pointers) must not become separate sections.
+        if matches!(section.kind, Kind::Meta | Kind::Ignored | Kind::Callbacks) {
             continue;
         }
         if !matches!(sym.value.checked_add(sym.size), Some(end) if end <= section.size) {
@@ -398,7 +416,12 @@ pub(crate) fn run(data: &[u8], side: Side) -> Result<Object<'_>, Error> {
     for (index, section) in sections.iter_mut().enumerate() {
         let wants_whole = matches!(
             section.kind,
-            Kind::Text | Kind::Data | Kind::Init | Kind::AltReplacement | Kind::Unknown
+            Kind::Text
+                | Kind::Data
+                | Kind::Init
+                | Kind::AltReplacement
+                | Kind::Callbacks
+                | Kind::Unknown
         );
         if wants_whole
             && section.entities.is_empty()

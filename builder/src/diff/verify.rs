@@ -97,6 +97,22 @@ pub(crate) fn run(
             });
         }
     }
+    // The module step reads a callback table as one 8-byte R_X86_64_64 pointer per slot
+    // (docs/loader-module.md); anything else would be refused there, after the build.
+    for s in post.sections.iter().filter(|s| s.kind == Kind::Callbacks) {
+        let slots_ok = s.size == 8 * s.relas.len() as u64
+            && s.relas
+                .iter()
+                .enumerate()
+                .all(|(n, r)| r.offset == 8 * n as u64 && r.r_type == elf::R_X86_64_64);
+        if !slots_ok {
+            out.push(Refusal {
+                symbol: s.name.to_string(),
+                section: s.name.to_string(),
+                reason: "a callback table must be an array of 8-byte function pointers, one R_X86_64_64 relocation per slot".to_string(),
+            });
+        }
+    }
     // 3. A new EXPORT_SYMBOL would be silently missing from the update (its __ksymtab
     //    entry is not something a livepatch module can add to the kernel's table).
     // `___ksymtab+NAME` / `___ksymtab_gpl+NAME` (include/linux/export.h, 6.1).
