@@ -471,6 +471,44 @@ fn callback_tables_and_their_functions_are_included() {
     assert_eq!(section_size(&obj, ".ksplice.callbacks.post_patch"), 0);
 }
 
+/// A changed local notrace function called only by traced ones (SYSCALL_DEFINEx's
+/// `__do_sys_<name>`) is replaced through its callers, which call a fresh copy of it.
+#[test]
+fn notrace_static_function_is_replaced_through_its_callers() {
+    let (obj, report) = patch("notrace-static-changed", &["fixture_entry"], &[]);
+    let included: BTreeSet<(String, String)> = report
+        .included
+        .iter()
+        .map(|i| (i.symbol.clone(), i.reason.clone()))
+        .collect();
+    assert_eq!(
+        included,
+        [
+            ("fixture_entry", "changed function"),
+            (
+                "fixture_body",
+                "changed notrace function, reached through its replaced callers",
+            ),
+        ]
+        .iter()
+        .map(|(a, b)| (a.to_string(), b.to_string()))
+        .collect::<BTreeSet<_>>(),
+        "{report}"
+    );
+    assert_eq!(
+        defined(&obj),
+        names(&["ksp0_fixture_entry", "ksp0_fixture_body"])
+    );
+    assert_eq!(
+        report
+            .run_pre
+            .iter()
+            .map(|r| r.name.as_str())
+            .collect::<Vec<_>>(),
+        ["fixture_entry"]
+    );
+}
+
 #[test]
 fn notrace_function_changed_is_refused() {
     refused("notrace-changed", &["fixture_quiet"]);

@@ -29,6 +29,9 @@ pub(crate) struct Statuses {
     pub post: Vec<Status>,
     /// Pre entities with no counterpart in post.
     pub removed: Vec<EntId>,
+    /// Changed notrace functions replaced through their callers (see `notrace`): included as
+    /// new code, not replaced functions of their own.
+    pub via_callers: std::collections::BTreeSet<EntId>,
 }
 
 impl Statuses {
@@ -368,6 +371,7 @@ pub(crate) fn run(pair: &Pair<'_>) -> (Statuses, HashSet<EntId>) {
         Statuses {
             post: status,
             removed,
+            via_callers: Default::default(),
         },
         changed_ro,
     )

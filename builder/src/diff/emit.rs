@@ -211,7 +211,10 @@ pub(crate) fn run(pair: &Pair<'_>, sel: &Selection, cx: &Cx) -> Result<Emitted, 
         } else {
             SectionData::Data(post.ent_bytes(id).to_vec().into())
         };
-        let renamed = matches!(reason, Reason::Changed | Reason::New | Reason::CallbackFn);
+        let renamed = matches!(
+            reason,
+            Reason::Changed | Reason::New | Reason::CallbackFn | Reason::ViaCallers
+        );
         let sec_name = if renamed {
             format!(".text.{}{}", cx.prefix, kernel_name(pair, id))
         } else {
@@ -461,6 +464,8 @@ pub(crate) fn describe(
             continue;
         }
         match status.of(id) {
+            // Not a replaced function: its callers are (the inclusion list says so).
+            Status::Changed if status.via_callers.contains(&id) => {}
             Status::Changed => {
                 let pid = pair.to_pre[&id];
                 let pe = pre.ent(pid);

@@ -30,6 +30,8 @@ pub(crate) enum Reason {
     /// A function a callback slot points to that the running kernel already has: the slot
     /// needs a copy defined in the patch object (the module step aliases it).
     CallbackFn,
+    /// A changed notrace function whose callers are replaced instead (`notrace` pass).
+    ViaCallers,
 }
 
 impl std::fmt::Display for Reason {
@@ -47,6 +49,9 @@ impl std::fmt::Display for Reason {
             Reason::Unnamed => f.write_str("unnamed section used by included code"),
             Reason::Callback => f.write_str("patch-author callback table"),
             Reason::CallbackFn => f.write_str("function called through a callback table"),
+            Reason::ViaCallers => {
+                f.write_str("changed notrace function, reached through its replaced callers")
+            }
         }
     }
 }
@@ -383,6 +388,7 @@ pub(crate) fn run(
             continue;
         }
         match status.of(id) {
+            Status::Changed if status.via_callers.contains(&id) => walk.add(id, Reason::ViaCallers),
             Status::Changed => walk.add(id, Reason::Changed),
             Status::New => walk.add(id, Reason::New),
             _ => {}

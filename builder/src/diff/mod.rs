@@ -1,7 +1,7 @@
 //! The object differ: from a pre and a post build of one kernel object to a patch object.
 //!
 //! A pipeline of passes, each in its own module (see docs/differ.md for the contract with the
-//! module step): load → correlate → compare → include → verify → emit, plus the report.
+//! module step): load → correlate → compare → notrace → include → verify → emit, plus the report.
 
 mod compare;
 mod correlate;
@@ -10,6 +10,7 @@ mod error;
 mod include;
 mod link;
 mod load;
+mod notrace;
 mod report;
 mod special;
 mod verify;
@@ -74,7 +75,8 @@ pub fn diff(pre: &[u8], post: &[u8], cx: &Cx) -> Result<Outcome, Error> {
     let pre = load::run(pre, Side::Pre)?;
     let post = load::run(post, Side::Post)?;
     let pair = correlate::run(pre, post);
-    let (status, changed_ro) = compare::run(&pair);
+    let (mut status, changed_ro) = compare::run(&pair);
+    notrace::run(&pair, &mut status);
     let selection = include::run(cx, &pair, &status, &changed_ro);
     let refusals = verify::run(&pair, &status, &changed_ro, &selection);
     let (functions, line_only, included, run_pre) = emit::describe(&pair, &status, &selection, cx);

@@ -60,7 +60,9 @@ pub(crate) fn run(
             (Kind::Unknown, _, _) => out.push(refuse(
                 "change inside a section the differ does not understand",
             )),
-            (Kind::Text, EntKind::Func, Status::Changed) if parent_name(e.name).is_none() => {
+            (Kind::Text, EntKind::Func, Status::Changed)
+                if parent_name(e.name).is_none() && !status.via_callers.contains(&id) =>
+            {
                 let pre_id = pair.to_pre[&id];
                 if !traced.contains(&pre_id) {
                     out.push(refuse("changed function has no ftrace entry (notrace or not traceable): cannot be patched"));
@@ -89,7 +91,15 @@ pub(crate) fn run(
     }
     for &r in &status.removed {
         let e = pre.ent(r);
-        if pre.sec(e.sec).kind == Kind::Unknown {
+        // The running kernel keeps its tracing metadata for the functions it has; a post build
+        // without it (KPATCH_SYSCALL_DEFINEx leaves SYSCALL_METADATA and ALLOW_ERROR_INJECTION
+        // out on purpose) changes nothing there, and nothing in the patch refers to it.
+        const METADATA: &[&str] = &[
+            "_ftrace_events",
+            "__syscalls_metadata",
+            "_error_injection_whitelist",
+        ];
+        if pre.sec(e.sec).kind == Kind::Unknown && !METADATA.contains(&pre.sec(e.sec).name) {
             out.push(Refusal {
                 symbol: e.name.to_string(),
                 section: pre.sec(e.sec).name.to_string(),
