@@ -26,7 +26,7 @@ fn repo_root() -> PathBuf {
 }
 
 fn patches_dir() -> PathBuf {
-    repo_root().join("../shared/patches")
+    repo_root().join("tests/patches")
 }
 
 fn kenv() -> &'static KernelEnv {

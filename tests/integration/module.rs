@@ -528,7 +528,7 @@ fn build_differ_cmdline_update() -> PathBuf {
         src.join("fs/proc/cmdline.c"),
     )
     .expect("copy");
-    let patch = repo().join("../shared/patches/cmdline-string.patch");
+    let patch = repo().join("tests/patches/cmdline-string.patch");
     let st = Command::new("patch")
         .args(["-s", "-p1", "-i"])
         .arg(&patch)
@@ -955,7 +955,7 @@ fn qemu_updates_switch_revert_and_veto_in_the_real_kernel() {
 /// Copy the files `patch` touches from the kernel source into `dir`, apply
 /// it, and return the touched paths (relative to the source root).
 fn apply_shared_patch(dir: &Path, patch: &str) -> Vec<String> {
-    let patch = repo().join("../shared/patches").join(patch);
+    let patch = repo().join("tests/patches").join(patch);
     let text = std::fs::read_to_string(&patch).expect("read patch");
     let files: Vec<String> = text
         .lines()

@@ -34,7 +34,7 @@ pub struct Harness {
     pub bins: PathBuf,
     /// Scratch and artifacts: `target/e2e`.
     pub work: PathBuf,
-    /// The test patches (`$KSPLICE_PATCHES`, `tests/patches`, or `../shared/patches` next to the workspace).
+    /// The test patches (`$KSPLICE_PATCHES`, else `tests/patches`).
     pub patches: PathBuf,
     /// Pieces whose binaries answer `--help` for their subcommand.
     pub pieces: BTreeSet<Piece>,
@@ -55,15 +55,11 @@ impl Harness {
         let bins = target.join(profile);
         let work = target.join("e2e");
         std::fs::create_dir_all(&work)?;
-        // The test patches: $KSPLICE_PATCHES, else tests/patches in the workspace, else
-        // ../shared/patches beside it. Missing patches are a set-up error, not fewer scenarios.
-        let patches = match std::env::var_os("KSPLICE_PATCHES") {
-            Some(p) => PathBuf::from(p),
-            None => [root.join("tests/patches"), root.join("../shared/patches")]
-                .into_iter()
-                .find(|p| p.is_dir())
-                .unwrap_or_else(|| root.join("../shared/patches")),
-        };
+        // The test patches: $KSPLICE_PATCHES, else tests/patches in the workspace.
+        // Missing patches are a set-up error, not fewer scenarios.
+        let patches = std::env::var_os("KSPLICE_PATCHES")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| root.join("tests/patches"));
         if !patches.join("cmdline-string.patch").is_file() {
             bail!(
                 "no test patches in {} (set KSPLICE_PATCHES to the directory of *.patch files)",
