@@ -104,13 +104,14 @@ pub fn parse_compile_lines(text: &str) -> HashMap<String, ObjectBuild> {
                 words
                     .iter()
                     .find_map(|w| w.strip_prefix("-DKBUILD_MODNAME="))
-                    .map(|n| n.trim_matches(|c| c == '\'' || c == '"').to_string())
+                    // `'"xfs"'` in the command itself, `'\''"xfs"'\''` where kbuild
+                    // echoes the command into its .cmd file.
+                    .map(|n| n.trim_matches(['\'', '"', '\\']).to_string())
                     .unwrap_or_default()
             });
-            out.insert(
-                obj.trim_start_matches("./").to_string(),
-                ObjectBuild { module },
-            );
+            // The first compile line of an object is the command itself.
+            out.entry(obj.trim_start_matches("./").to_string())
+                .or_insert(ObjectBuild { module });
         }
     }
     out
@@ -166,6 +167,7 @@ mod tests {
     fn compile_lines_tell_vmlinux_from_modules() {
         let text = "set -e;  echo '  CC      fs/proc/cmdline.o'; trap 'rm -f fs/proc/cmdline.o' HUP; gcc -Wp,-MMD,fs/proc/.cmdline.o.d -O2    -DKBUILD_MODFILE='\"fs/proc/proc\"' -DKBUILD_BASENAME='\"cmdline\"' -DKBUILD_MODNAME='\"proc\"' -D__KBUILD_MODNAME=kmod_proc -c -o fs/proc/cmdline.o fs/proc/cmdline.c   ; ./tools/objtool/objtool --orc fs/proc/cmdline.o\n\
 gcc -O2 -DMODULE  -DKBUILD_MODFILE='\"fs/xfs/xfs\"' -DKBUILD_BASENAME='\"xfs_stats\"' -DKBUILD_MODNAME='\"xfs\"' -c -o fs/xfs/xfs_stats.o fs/xfs/xfs_stats.c\n\
+printf '%s\\n' 'savedcmd_fs/xfs/xfs_stats.o := gcc -O2 -DMODULE -DKBUILD_BASENAME='\\''\"xfs_stats\"'\\'' -DKBUILD_MODNAME='\\''\"xfs\"'\\'' -c -o fs/xfs/xfs_stats.o fs/xfs/xfs_stats.c'\n\
 gcc -o scripts/foo scripts/foo.c\n";
         let m = parse_compile_lines(text);
         assert_eq!(
