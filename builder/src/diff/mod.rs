@@ -8,7 +8,6 @@ mod correlate;
 mod emit;
 mod error;
 mod include;
-mod link;
 mod load;
 mod notrace;
 mod report;
@@ -18,7 +17,6 @@ mod verify;
 use std::collections::{HashMap, HashSet};
 
 pub use error::{Error, Side};
-pub use link::{link_update, PatchPart};
 pub use report::{External, FunctionChange, FunctionStatus, Inclusion, Refusal, Report, RunPre};
 pub use special::entry_sizes;
 
