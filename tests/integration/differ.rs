@@ -769,17 +769,7 @@ fn proc_version_patch_changes_only_version_proc_show() {
 #[test]
 fn ksplice_build_diff_cli_prints_the_changed_function() {
     let (pre, post) = fsproc_trees();
-    let exe = std::env::current_exe().expect("test exe");
-    let bin = exe
-        .parent()
-        .and_then(Path::parent)
-        .map(|d| d.join("ksplice-build"))
-        .expect("target dir");
-    assert!(
-        bin.exists(),
-        "{} missing: build the workspace binaries (cargo test --workspace)",
-        bin.display()
-    );
+    let bin = ksplice_tests::cargo_bin("builder", "ksplice-build");
     let tmp = tempfile::tempdir().expect("tempdir");
     let out = Command::new(&bin)
         .arg("diff")

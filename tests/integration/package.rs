@@ -1005,31 +1005,6 @@ proptest! {
 
 // ---- the command lines -----------------------------------------------------------------------
 
-/// Builds (if needed) and locates a workspace binary in the target directory of this test.
-fn cargo_bin(package: &str, name: &str) -> PathBuf {
-    let exe = std::env::current_exe().expect("current_exe");
-    // target/<profile>/deps/integration-<hash>
-    let profile_dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("target/<profile>");
-    let target = profile_dir.parent().expect("target");
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let mut cmd = Command::new(cargo);
-    cmd.args(["build", "--quiet", "-p", package, "--bin", name])
-        .env("CARGO_TARGET_DIR", target)
-        .current_dir(env!("CARGO_MANIFEST_DIR"));
-    if profile_dir.file_name().is_some_and(|p| p == "release") {
-        cmd.arg("--release");
-    }
-    let status = cmd.status().expect("run cargo build");
-    assert!(
-        status.success(),
-        "cargo build -p {package} --bin {name} failed"
-    );
-    profile_dir.join(name)
-}
-
 /// Runs a binary in `cwd` with HOME pointing there too; returns (exit code, stdout, stderr).
 fn run(bin: &Path, cwd: &Path, args: &[&str]) -> (i32, String, String) {
     let out = Command::new(bin)
@@ -1048,8 +1023,8 @@ fn run(bin: &Path, cwd: &Path, args: &[&str]) -> (i32, String, String) {
 
 #[test]
 fn binaries_keygen_pack_verify_round_trip_and_refusals() {
-    let build = cargo_bin("builder", "ksplice-build");
-    let ksplice = cargo_bin("client", "ksplice");
+    let build = ksplice_tests::cargo_bin("builder", "ksplice-build");
+    let ksplice = ksplice_tests::cargo_bin("client", "ksplice");
     let dir = tempfile::tempdir().expect("tempdir");
     let d = dir.path();
 

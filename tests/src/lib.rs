@@ -1,3 +1,35 @@
 //! Helpers for the ksplice integration tests and end-to-end harness.
 
 pub mod e2e;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// Builds (if needed) and locates a workspace binary in the target directory of
+/// the running test: `cargo test` builds only the binaries of the package under
+/// test, and the integration tests drive the builder's and client's commands.
+pub fn cargo_bin(package: &str, name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("invariant: a test knows its executable");
+    // target/<profile>/deps/integration-<hash>
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("invariant: tests run from target/<profile>/deps");
+    let target = profile_dir
+        .parent()
+        .expect("invariant: target/<profile> has a parent");
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut cmd = Command::new(cargo);
+    cmd.args(["build", "--quiet", "-p", package, "--bin", name])
+        .env("CARGO_TARGET_DIR", target)
+        .current_dir(env!("CARGO_MANIFEST_DIR"));
+    if profile_dir.file_name().is_some_and(|p| p == "release") {
+        cmd.arg("--release");
+    }
+    let status = cmd.status().expect("run cargo build");
+    assert!(
+        status.success(),
+        "cargo build -p {package} --bin {name} failed"
+    );
+    profile_dir.join(name)
+}
