@@ -1,14 +1,20 @@
 //! `e2e`: run the end-to-end scenarios against Debian's kernel in QEMU and print the results table.
 //!
-//! Usage: `e2e [--list] [--verbose] [--demo] [--set FILE] [--profile debug|release] [SCENARIO...]`.
+//! Usage: `e2e [--list] [--verbose] [--demo] [--set FILE] [--profile debug|release] [SCENARIO...]`,
+//! or `e2e --print-profile` / `e2e --print-repo`: make sure the cached target profile (captured
+//! by `ksplice profile` in the guest) or the kernel git repository (branch `pre`, one branch per
+//! test patch) exists and print its path, for the builder's tests and benchmark.
 //! `--set FILE` runs the scenarios FILE names (one a line, `#` comments) and prints
 //! the names of the others as excluded, so nothing is dropped silently.
 //! Exit status: 0 when every selected scenario passed, 1 when any failed or did
 //! not run, 2 on a usage or set-up error.
 
 use anyhow::{bail, Result};
+use ksplice_tests::e2e::kgit::KernelRepo;
+use ksplice_tests::e2e::profile;
 use ksplice_tests::e2e::report::{Outcome, Table};
 use ksplice_tests::e2e::runner::{Harness, Show};
+use ksplice_tests::e2e::scenario;
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
@@ -28,6 +34,7 @@ fn run() -> Result<bool> {
     let mut demo = false;
     let mut set: Option<String> = None;
     let mut profile = "debug".to_string();
+    let mut print: Option<String> = None;
     let mut names = Vec::new();
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -35,6 +42,7 @@ fn run() -> Result<bool> {
             "--list" => list = true,
             "--verbose" | "-v" => verbose = true,
             "--demo" => demo = true,
+            "--print-profile" | "--print-repo" => print = Some(a.clone()),
             "--set" => match args.next() {
                 Some(f) => set = Some(f),
                 None => bail!("--set needs a file"),
@@ -50,6 +58,24 @@ fn run() -> Result<bool> {
     let mut h = Harness::discover(&profile)?;
     if verbose {
         h.show = Show::All;
+    }
+    match print.as_deref() {
+        Some("--print-profile") => {
+            let (p, _) = profile::capture(&h, true)?;
+            println!("{}", p.dir.display());
+            return Ok(true);
+        }
+        Some(_) => {
+            let repo =
+                KernelRepo::open_or_create(&h.env.e2e_cache().join("linux.git"), &h.env.source)?;
+            for patch in scenario::patch_files(&h.patches) {
+                let stem = patch.file_stem().map(|s| s.to_string_lossy().into_owned());
+                repo.patch_branch(&stem.unwrap_or_default(), &patch)?;
+            }
+            println!("{}", repo.git_dir.display());
+            return Ok(true);
+        }
+        None => {}
     }
     if demo {
         if !verbose {

@@ -98,6 +98,19 @@ fn guest(script: &'static str, env: &[(&str, &str)]) -> Option<Guest> {
 /// The name of the special scenario that captures the target profile in its own boot.
 pub const PROFILE: &str = "profile";
 
+/// The `*.patch` files of the test patches directory, sorted.
+pub fn patch_files(patches: &Path) -> Vec<PathBuf> {
+    let mut found: Vec<PathBuf> = std::fs::read_dir(patches)
+        .map(|rd| {
+            rd.filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.extension().is_some_and(|e| e == "patch"))
+                .collect()
+        })
+        .unwrap_or_default();
+    found.sort();
+    found
+}
+
 /// Every scenario, in run order, given the test patches directory.
 pub fn all(patches: &Path) -> Vec<Scenario> {
     use Piece::*;
@@ -139,15 +152,7 @@ pub fn all(patches: &Path) -> Vec<Scenario> {
             guest: guest("refuse.sh", &[("WHY", "corrupted")]),
         },
     ];
-    let mut patches_found: Vec<PathBuf> = std::fs::read_dir(patches)
-        .map(|rd| {
-            rd.filter_map(|e| e.ok().map(|e| e.path()))
-                .filter(|p| p.extension().is_some_and(|e| e == "patch"))
-                .collect()
-        })
-        .unwrap_or_default();
-    patches_found.sort();
-    for patch in patches_found {
+    for patch in patch_files(patches) {
         let stem = patch
             .file_stem()
             .expect("invariant: has an extension")
