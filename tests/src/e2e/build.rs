@@ -92,100 +92,80 @@ impl<'a> Context<'a> {
 
     /// A package whose pre build does not match the running kernel, refused inside the kernel.
     ///
-    /// ksplice-create itself refuses such a build (it checks the pre build against the
-    /// target image), so the package is made from a good cmdline-string update: one byte of
-    /// the module's run-pre copy of the pre code, outside every skipped range, is flipped,
-    /// and the package re-signed with the test key. The update module must then refuse in
-    /// its pre_patch callback with exactly the contract's line.
+    /// Built like any update, but from a pre tree in which the patched function was
+    /// deliberately altered ([`RUN_PRE_ALTERATION`]: one immediate of cmdline_proc_show)
+    /// to the same post tree. ksplice-create would refuse it offline if it had the target
+    /// image, so it gets only the target profile (SRC/ksplice/, without the image): the
+    /// update module's own run-pre check must refuse it in the kernel. The expected line
+    /// (function, offset, both bytes) comes from comparing the run-pre code of this update
+    /// with that of the good update built from the real pre tree, which ksplice-create
+    /// matched against the image.
     fn run_pre_mismatch(&mut self, patch: &Path, out: &Path) -> Result<Built> {
         let id = stem(patch).to_lowercase();
-        let branch = self.repo()?.patch_branch(&stem(patch), patch)?;
+        let repo = self.repo()?;
+        let branch = repo.patch_branch(&stem(patch), patch)?;
         let good = self.create_git(&id, PRE, &branch, &out.join("good"))?;
-        let dir = out.join("unpacked");
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir)?;
-        run(Command::new("tar")
-            .arg("-C")
-            .arg(&dir)
-            .arg("-xzf")
-            .arg(&good))?;
-        let manifest = std::fs::read_to_string(dir.join("manifest.toml"))?;
-        let module = toml_field(&manifest, "[module]", "name")?;
-        let ko_name = toml_field(&manifest, "[module]", "file")?;
-        let report: serde_json::Value =
-            serde_json::from_slice(&std::fs::read(dir.join("report.json"))?)
-                .context("report.json")?;
-        let rp = &report[0]["run_pre"][0];
-        let func = rp["name"]
-            .as_str()
-            .context("report.json: no run_pre")?
-            .to_string();
-        let code = hex_decode(rp["code"].as_str().context("run_pre code")?)?;
-        let skips: Vec<(usize, usize)> = rp["skip"]
-            .as_array()
-            .context("run_pre skip")?
-            .iter()
-            .filter_map(|r| Some((r[0].as_u64()? as usize, r[1].as_u64()? as usize)))
-            .collect();
-        let off = (0..code.len())
-            .find(|i| !skips.iter().any(|(s, l)| (*s..s + l).contains(i)))
-            .context("every byte of the function is skipped")?;
-        let ko_path = dir.join(&ko_name);
-        let mut ko = std::fs::read(&ko_path)?;
-        let hits: Vec<usize> = ko
-            .windows(code.len())
-            .enumerate()
-            .filter(|(_, w)| *w == code.as_slice())
-            .map(|(i, _)| i)
-            .collect();
-        let [at] = hits.as_slice() else {
-            bail!(
-                "the pre code of {func} occurs {} times in {ko_name}",
-                hits.len()
-            );
-        };
-        let running = ko[at + off];
-        let altered = running ^ 0x01;
-        ko[at + off] = altered;
-        std::fs::write(&ko_path, ko)?;
-        let new_id = format!("{id}-runpre");
-        let head = manifest
-            .split("\n[[files]]")
-            .next()
-            .expect("invariant: split yields one part")
-            .replace(&format!("id = \"{id}\""), &format!("id = \"{new_id}\""));
-        let mpath = out.join("manifest.toml");
-        std::fs::write(&mpath, head)?;
+        let (_, good_rp) = unpack_run_pre(&good, &out.join("good-unpacked"))?;
+
+        let alteration = out.join("alter-pre.patch");
+        std::fs::write(&alteration, RUN_PRE_ALTERATION)?;
+        let altered_pre = repo.branch_on("runpre-altered-pre", PRE, &alteration)?;
+        let p = self.profile()?;
+        let target = out.join("target");
+        std::fs::create_dir_all(target.join("ksplice"))?;
+        for f in [
+            "System.map",
+            "config",
+            "release",
+            "version",
+            "arch",
+            "build-id",
+        ] {
+            std::fs::copy(p.dir.join(f), target.join("ksplice").join(f))?;
+        }
         let [trusted, _] = self.keys()?;
-        let mut pack = Command::new(self.h.bin("ksplice-build"));
-        pack.arg("pack")
-            .arg("--manifest")
-            .arg(&mpath)
-            .arg("--key")
+        let new_id = format!("{id}-runpre");
+        let work = self.h.work.join("create").join(&new_id);
+        std::fs::create_dir_all(&work)?;
+        let pkg_dir = out.join("altered");
+        let result = run(Command::new(self.h.bin("ksplice-create"))
+            .arg("--git")
+            .arg(&repo.git_dir)
+            .args(["--pre", &altered_pre, "--post", &branch, "--id", &new_id])
+            .arg("--sign-key")
             .arg(&trusted.0)
             .arg("--output")
-            .arg(out.join(format!("ksplice-{new_id}.tar.gz")));
-        for e in std::fs::read_dir(&dir)? {
-            let p = e?.path();
-            let name = p
-                .file_name()
-                .context("no name")?
-                .to_string_lossy()
-                .into_owned();
-            if !name.starts_with("manifest.") {
-                pack.arg(format!("{name}={}", p.display()));
-            }
+            .arg(&pkg_dir)
+            .arg("--work")
+            .arg(&work)
+            .arg(&target));
+        log_create(out, &result);
+        result?;
+        let pkg = find_package(&pkg_dir)?;
+        let (module, rp) = unpack_run_pre(&pkg, &out.join("altered-unpacked"))?;
+        if rp.func != good_rp.func || rp.code.len() != good_rp.code.len() {
+            bail!(
+                "the altered pre build replaces {} ({} bytes), the good one {} ({} bytes)",
+                rp.func,
+                rp.code.len(),
+                good_rp.func,
+                good_rp.code.len()
+            );
         }
-        run(&mut pack)?;
+        let off = (0..rp.code.len())
+            .find(|&i| rp.code[i] != good_rp.code[i] && !rp.skipped(i))
+            .context("the altered pre code matches the running kernel everywhere")?;
+        let (expected, running) = (rp.code[off], good_rp.code[off]);
         Ok(Built {
-            file: out.join(format!("ksplice-{new_id}.tar.gz")),
+            file: pkg,
             env: vec![(
                 "DMESG_ALLOW".into(),
                 // Plan values are single words: `.` stands for the spaces.
                 format!("{module}:.run-pre|livepatch:.(pre-patch.callback|failed.to)"),
             )],
             expect: Some(format!(
-                "refused: {module}: run-pre check failed: \n{module}: run-pre: mismatch in {func}+0x{off:x}: expected {altered:02x} found {running:02x}"
+                "refused: {module}: run-pre check failed: \n{module}: run-pre: mismatch in {}+0x{off:x}: expected {expected:02x} found {running:02x}",
+                rp.func
             )),
         })
     }
@@ -557,4 +537,55 @@ fn find_package(dir: &Path) -> Result<PathBuf> {
             dir.display()
         ),
     }
+}
+
+/// The deliberate change to the pre tree of the run-pre scenario: the character
+/// cmdline_proc_show prints after the command line (an immediate operand, not a
+/// relocation field, so run-pre matching must see it).
+const RUN_PRE_ALTERATION: &str = "--- a/fs/proc/cmdline.c
++++ b/fs/proc/cmdline.c
+@@ -8,5 +8,5 @@
+ {
+ \tseq_puts(m, saved_command_line);
+-\tseq_putc(m, '\\n');
++\tseq_putc(m, '\\r');
+ \treturn 0;
+ }
+";
+
+/// The first replaced function's run-pre data in a package's report.json.
+struct PackageRunPre {
+    func: String,
+    code: Vec<u8>,
+    skip: Vec<(usize, usize)>,
+}
+
+impl PackageRunPre {
+    fn skipped(&self, i: usize) -> bool {
+        self.skip.iter().any(|&(s, l)| (s..s + l).contains(&i))
+    }
+}
+
+/// Unpacks a package into `dir`; returns its module name and first run-pre entry.
+fn unpack_run_pre(pkg: &Path, dir: &Path) -> Result<(String, PackageRunPre)> {
+    let _ = std::fs::remove_dir_all(dir);
+    std::fs::create_dir_all(dir)?;
+    run(Command::new("tar").arg("-C").arg(dir).arg("-xzf").arg(pkg))?;
+    let manifest = std::fs::read_to_string(dir.join("manifest.toml"))?;
+    let module = toml_field(&manifest, "[module]", "name")?;
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("report.json"))?).context("report.json")?;
+    let rp = &report[0]["run_pre"][0];
+    let func = rp["name"]
+        .as_str()
+        .context("report.json: no run_pre")?
+        .to_string();
+    let code = hex_decode(rp["code"].as_str().context("run_pre code")?)?;
+    let skip = rp["skip"]
+        .as_array()
+        .context("run_pre skip")?
+        .iter()
+        .filter_map(|r| Some((r[0].as_u64()? as usize, r[1].as_u64()? as usize)))
+        .collect();
+    Ok((module, PackageRunPre { func, code, skip }))
 }

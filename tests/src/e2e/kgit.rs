@@ -60,6 +60,11 @@ impl KernelRepo {
 
     /// Branch `name` = `pre` + `patch` as one commit; reused when the patch is unchanged.
     pub fn patch_branch(&self, name: &str, patch: &Path) -> Result<String> {
+        self.branch_on(name, PRE, patch)
+    }
+
+    /// Branch `name` = `base` + `patch` as one commit; reused when the patch is unchanged.
+    pub fn branch_on(&self, name: &str, base: &str, patch: &Path) -> Result<String> {
         let patch_s = patch.to_string_lossy().into_owned();
         let blob = self.git(&["hash-object", &patch_s])?;
         let branch = format!("refs/heads/{name}");
@@ -71,31 +76,31 @@ impl KernelRepo {
         let index = self.git_dir.join(format!("index-{name}"));
         let idx = index.to_string_lossy().into_owned();
         let _ = std::fs::remove_file(&index);
-        self.git_env(&idx, &["read-tree", PRE])?;
+        self.git_env(&idx, &["read-tree", base])?;
         if self
             .git_env(&idx, &["apply", "--cached", "-p1", &patch_s])
             .is_err()
         {
             // Some test patches need patch(1)'s fuzz (they say "applies with patch -p1").
-            self.apply_with_fuzz(&idx, name, patch)
-                .with_context(|| format!("apply {} to {PRE}", patch.display()))?;
+            self.apply_with_fuzz(&idx, name, base, patch)
+                .with_context(|| format!("apply {} to {base}", patch.display()))?;
         }
         let tree = self.git_env(&idx, &["write-tree"])?;
         let _ = std::fs::remove_file(&index);
-        let msg = format!("{name}\n\npatch blob {blob}");
-        let commit = self.git(&["commit-tree", "-p", PRE, "-m", &msg, &tree])?;
+        let msg = format!("{name}\n\npatch blob {blob} on {base}");
+        let commit = self.git(&["commit-tree", "-p", base, "-m", &msg, &tree])?;
         self.git(&["update-ref", &branch, &commit])?;
         Ok(name.to_string())
     }
 
-    fn apply_with_fuzz(&self, idx: &str, name: &str, patch: &Path) -> Result<()> {
+    fn apply_with_fuzz(&self, idx: &str, name: &str, base: &str, patch: &Path) -> Result<()> {
         let scratch = self.git_dir.join(format!("scratch-{name}"));
         let _ = std::fs::remove_dir_all(&scratch);
         let files = patched_files(patch)?;
         for f in &files {
             let to = scratch.join(f);
             std::fs::create_dir_all(to.parent().context("no parent")?)?;
-            if let Ok(text) = self.git_raw(&["show", &format!("{PRE}:{f}")]) {
+            if let Ok(text) = self.git_raw(&["show", &format!("{base}:{f}")]) {
                 std::fs::write(&to, text)?;
             }
         }
