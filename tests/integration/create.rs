@@ -30,8 +30,7 @@ fn patches_dir() -> PathBuf {
 }
 
 fn kenv() -> &'static KernelEnv {
-    static ENV: OnceLock<KernelEnv> = OnceLock::new();
-    ENV.get_or_init(|| KernelEnv::load().expect("kernel environment (run ci/setup-kernel)"))
+    ksplice_tests::kernel_env()
 }
 
 /// Run one of our ci/ scripts that prints a cached path.

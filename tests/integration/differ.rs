@@ -11,31 +11,6 @@ use object::{Object, ObjectSection, ObjectSymbol};
 
 const KCFLAGS: &str = "KCFLAGS=-ffunction-sections -fdata-sections";
 
-/// `$KSPLICE_CACHE/kernel.env` (default /var/cache/ksplice-ci), written by ci/setup-kernel.
-fn kernel_env() -> &'static HashMap<String, String> {
-    static ENV: OnceLock<HashMap<String, String>> = OnceLock::new();
-    ENV.get_or_init(|| {
-        let cache =
-            std::env::var("KSPLICE_CACHE").unwrap_or_else(|_| "/var/cache/ksplice-ci".into());
-        let path = Path::new(&cache).join("kernel.env");
-        let text = std::fs::read_to_string(&path)
-            .unwrap_or_else(|e| panic!("{}: {e}; run ci/setup-kernel first", path.display()));
-        let mut env: HashMap<String, String> = text
-            .lines()
-            .filter_map(|l| l.split_once('='))
-            .map(|(k, v)| (k.trim().to_string(), v.trim().trim_matches('"').to_string()))
-            .collect();
-        env.insert("KSPLICE_CACHE".into(), cache);
-        env
-    })
-}
-
-fn env(key: &str) -> &'static str {
-    kernel_env()
-        .get(key)
-        .unwrap_or_else(|| panic!("{key} missing from kernel.env; run ci/setup-kernel"))
-}
-
 fn fixtures_src() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/diff")
 }
@@ -80,7 +55,7 @@ fn fixtures() -> &'static Path {
         // the objects are what we need, and each one is checked below.
         let out = Command::new("make")
             .arg("-C")
-            .arg(env("KSPLICE_KHEADERS"))
+            .arg(&ksplice_tests::kernel_env().headers)
             .arg(format!("M={}", root.display()))
             .args(["-j2", &kcflags, "KBUILD_MODPOST_WARN=1", "modules"])
             .output()
@@ -107,7 +82,10 @@ fn fixtures() -> &'static Path {
 fn exports() -> &'static std::collections::HashSet<String> {
     static EXPORTS: OnceLock<std::collections::HashSet<String>> = OnceLock::new();
     EXPORTS.get_or_init(|| {
-        let path = Path::new(env("KSPLICE_KHEADERS")).join("Module.symvers");
+        let path = ksplice_tests::kernel_env()
+            .headers
+            .as_path()
+            .join("Module.symvers");
         let text =
             std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
         diff::vmlinux_exports_from_symvers(&text)
@@ -648,8 +626,8 @@ fn malformed_input_exits_1() {
 fn fsproc_trees() -> &'static (PathBuf, PathBuf) {
     static TREES: OnceLock<(PathBuf, PathBuf)> = OnceLock::new();
     TREES.get_or_init(|| {
-        let trees = Path::new(env("KSPLICE_CACHE")).join("trees");
-        let version = env("KSPLICE_KVERSION");
+        let trees = ksplice_tests::kernel_env().cache.join("trees");
+        let version = &ksplice_tests::kernel_env().version;
         let patches = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/patches");
         let patches = if patches.exists() { patches } else { PathBuf::from("/work/shared/patches") };
         let mut out = Vec::new();
@@ -670,8 +648,8 @@ fn fsproc_trees() -> &'static (PathBuf, PathBuf) {
                      make -j2 '{KCFLAGS}' fs/proc/ >/dev/null; touch .ksplice-differ-ready; cd /; rm -rf {d}; mv {d}.tmp {d}",
                     d = dir.display(),
                     t = trees.display(),
-                    src = env("KSPLICE_KSOURCE"),
-                    cfg = env("KSPLICE_KCONFIG"),
+                    src = ksplice_tests::kernel_env().source.display(),
+                    cfg = ksplice_tests::kernel_env().config.display(),
                 );
                 let st = Command::new("sh").arg("-c").arg(&script).status().expect("run sh");
                 assert!(st.success(), "building {} failed", dir.display());

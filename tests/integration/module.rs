@@ -14,36 +14,8 @@ use builder::module::{
 use object::{Object, ObjectSection, ObjectSymbol, RelocationTarget};
 
 /// The kernel set-up ci/setup-kernel records.
-struct Kernel {
-    release: String,
-    source: PathBuf,
-    headers: PathBuf,
-    vmlinuz: PathBuf,
-    modules: PathBuf,
-}
-
-fn kernel() -> &'static Kernel {
-    static K: OnceLock<Kernel> = OnceLock::new();
-    K.get_or_init(|| {
-        let cache =
-            std::env::var("KSPLICE_CACHE").unwrap_or_else(|_| "/var/cache/ksplice-ci".into());
-        let env = Path::new(&cache).join("kernel.env");
-        let text = std::fs::read_to_string(&env)
-            .unwrap_or_else(|e| panic!("{}: {e}; run ci/setup-kernel first", env.display()));
-        let get = |key: &str| {
-            text.lines()
-                .find_map(|l| l.strip_prefix(key)?.strip_prefix('='))
-                .unwrap_or_else(|| panic!("{} lacks {key}; re-run ci/setup-kernel", env.display()))
-                .to_owned()
-        };
-        Kernel {
-            release: get("KSPLICE_KRELEASE"),
-            source: get("KSPLICE_KSOURCE").into(),
-            headers: get("KSPLICE_KHEADERS").into(),
-            vmlinuz: get("KSPLICE_VMLINUZ").into(),
-            modules: get("KSPLICE_KMODULES").into(),
-        }
-    })
+fn kernel() -> &'static ksplice_tests::e2e::env::KernelEnv {
+    ksplice_tests::kernel_env()
 }
 
 fn fixtures() -> PathBuf {

@@ -4,6 +4,14 @@ pub mod e2e;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::OnceLock;
+
+/// The kernel environment of `ci/setup-kernel` (`$KSPLICE_CACHE/kernel.env`),
+/// read once; a test without it fails telling to run the set-up.
+pub fn kernel_env() -> &'static e2e::env::KernelEnv {
+    static ENV: OnceLock<e2e::env::KernelEnv> = OnceLock::new();
+    ENV.get_or_init(|| e2e::env::KernelEnv::load().unwrap_or_else(|e| panic!("{e:#}")))
+}
 
 /// Builds (if needed) and locates a workspace binary in the target directory of
 /// the running test: `cargo test` builds only the binaries of the package under
