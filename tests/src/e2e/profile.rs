@@ -34,8 +34,10 @@ impl Profile {
         };
         let build_id = match read("build-id") {
             Ok(b) => b,
-            Err(_) => build_id_from_notes(&std::fs::read(dir.join(".notes"))?)
-                .context("no GNU build-id note in /sys/kernel/notes")?,
+            Err(_) => {
+                let notes = dir.join(".notes");
+                client::identity::gnu_build_id(&std::fs::read(&notes)?, &notes)?
+            }
         };
         Ok(Self {
             dir: dir.to_path_buf(),
@@ -111,53 +113,4 @@ fn unpack(b64: &str, dir: &Path) -> Result<()> {
         bail!("the profile blob is not a tar.gz");
     }
     Ok(())
-}
-
-/// Lowercase hex of the NT_GNU_BUILD_ID note in an ELF notes blob (`/sys/kernel/notes`).
-pub fn build_id_from_notes(notes: &[u8]) -> Option<String> {
-    let u32_at = |o: usize| -> Option<usize> {
-        Some(u32::from_le_bytes(notes.get(o..o + 4)?.try_into().ok()?) as usize)
-    };
-    let align = |n: usize| (n + 3) & !3;
-    let mut off = 0;
-    while off + 12 <= notes.len() {
-        let namesz = u32_at(off)?;
-        let descsz = u32_at(off + 4)?;
-        let kind = u32_at(off + 8)?;
-        let name = notes.get(off + 12..off + 12 + namesz)?;
-        let desc_off = off + 12 + align(namesz);
-        let desc = notes.get(desc_off..desc_off + descsz)?;
-        if kind == 3 && name == b"GNU\0" {
-            return Some(desc.iter().map(|b| format!("{b:02x}")).collect());
-        }
-        off = desc_off + align(descsz);
-    }
-    None
-}
-
-#[cfg(test)]
-#[allow(clippy::unwrap_used)] // in tests a panic is the failure report
-mod tests {
-    use super::*;
-
-    fn note(name: &[u8], kind: u32, desc: &[u8]) -> Vec<u8> {
-        let mut v = Vec::new();
-        v.extend((name.len() as u32).to_le_bytes());
-        v.extend((desc.len() as u32).to_le_bytes());
-        v.extend(kind.to_le_bytes());
-        v.extend(name);
-        v.resize(v.len().div_ceil(4) * 4, 0);
-        v.extend(desc);
-        v.resize(v.len().div_ceil(4) * 4, 0);
-        v
-    }
-
-    #[test]
-    fn finds_gnu_build_id_after_other_notes() {
-        let mut blob = note(b"Xen\0", 3, &[1, 2, 3]);
-        blob.extend(note(b"GNU\0", 3, &[0xde, 0xad, 0xbe, 0xef]));
-        assert_eq!(build_id_from_notes(&blob).as_deref(), Some("deadbeef"));
-        assert_eq!(build_id_from_notes(&note(b"Linux\0", 6, &[1])), None);
-        assert_eq!(build_id_from_notes(&blob[..20]), None);
-    }
 }
