@@ -161,7 +161,7 @@ pub fn create(opts: &Options, summary: &mut Summary) -> Result<PathBuf> {
         trees.apply(&buildable, &objects)?;
         for tree in [&trees.pre, &trees.post] {
             module::write_author_headers(&tree.join(kbuild::AUTHOR_INCLUDE))
-                .map_err(|e| Error::Module(e.to_string()))?;
+                .map_err(Error::Module)?;
         }
         let half = Make {
             jobs: (make.jobs / 2).max(1),
@@ -225,8 +225,8 @@ pub fn create(opts: &Options, summary: &mut Summary) -> Result<PathBuf> {
                 std::fs::write(&path, &object).map_err(Error::io(&path))?;
                 // A changed function without run-pre data is an error, never a
                 // silently smaller update.
-                let mut patch = module::PatchObject::from_report(path, &report)
-                    .map_err(|e| Error::Module(e.to_string()))?;
+                let mut patch =
+                    module::PatchObject::from_report(path, &report).map_err(Error::Module)?;
                 patch.target = d.job.target.clone();
                 patch_objects.push(patch);
                 manifest_objects
@@ -248,7 +248,7 @@ pub fn create(opts: &Options, summary: &mut Summary) -> Result<PathBuf> {
             Err(e) => {
                 return Err(Error::Differ {
                     object: d.job.object.clone(),
-                    message: e.to_string(),
+                    source: e,
                 })
             }
         }
@@ -271,7 +271,7 @@ pub fn create(opts: &Options, summary: &mut Summary) -> Result<PathBuf> {
             work_dir: work.join("module"),
             objects: patch_objects,
         })
-        .map_err(|e| Error::Module(e.to_string()))
+        .map_err(Error::Module)
     })?;
 
     // 8. Package: manifest, module, source diff, differ reports; signed.

@@ -99,12 +99,16 @@ pub enum Error {
     },
 
     /// The object differ found malformed input.
-    #[error("differ: {object}: {message}")]
-    Differ { object: String, message: String },
+    #[error("differ: {object}: {source}")]
+    Differ {
+        object: String,
+        #[source]
+        source: crate::diff::Error,
+    },
 
-    /// The update module could not be built.
+    /// The update module could not be generated, built or checked.
     #[error("update module: {0}")]
-    Module(String),
+    Module(#[from] crate::module::Error),
 
     /// Writing or signing the package failed.
     #[error("package: {0}")]

@@ -2,6 +2,8 @@
 
 use std::path::{Path, PathBuf};
 
+use manifests::profile as layout;
+
 use crate::error::{Error, Result};
 use crate::identity::TargetImage;
 
@@ -80,14 +82,14 @@ impl Profile {
     /// Gather and cross-check the target's identity; refuse when something is
     /// missing or two sources disagree rather than build for the wrong kernel.
     pub fn resolve(inp: &ProfileInputs) -> Result<Profile> {
-        let kdir = inp.src.as_ref().map(|s| s.join("ksplice"));
+        let kdir = inp.src.as_ref().map(|s| s.join(layout::DIR));
         let in_profile = |name: &str| kdir.as_ref().map(|k| k.join(name));
 
         // 1. Config: --config, SRC/.config, SRC/ksplice/config.
         let mut cands = Vec::new();
         cands.extend(inp.config.clone());
         cands.extend(inp.src.as_ref().map(|s| s.join(".config")));
-        cands.extend(in_profile("config"));
+        cands.extend(in_profile(layout::CONFIG));
         let config = first_existing(&cands).ok_or_else(|| Error::Missing {
             what: "kernel .config",
             hint: "put the target's config in SRC/.config or give --config".into(),
@@ -97,7 +99,7 @@ impl Profile {
         // 2. Symbol table.
         let mut cands = Vec::new();
         cands.extend(inp.system_map.clone());
-        cands.extend(in_profile("System.map"));
+        cands.extend(in_profile(layout::SYSTEM_MAP));
         let system_map = first_existing(&cands).ok_or_else(|| Error::Missing {
             what: "System.map",
             hint: "copy the target's /proc/kallsyms (as root) to SRC/ksplice/System.map or give --system-map".into(),
@@ -111,11 +113,15 @@ impl Profile {
                 None => Ok((String::new(), None)),
             }
         };
-        let release = agree("release", opt("release", &inp.release), file("release")?)?;
+        let release = agree(
+            "release",
+            opt("release", &inp.release),
+            file(layout::RELEASE)?,
+        )?;
         let version = agree(
             "version",
             opt("kernel-version", &inp.version),
-            file("version")?,
+            file(layout::VERSION)?,
         )?;
 
         // 4. The image, when given or installed for that release.
@@ -167,7 +173,7 @@ impl Profile {
         check_against_config(&release, &version, &config, &config_text)?;
 
         // 5. Architecture: only x86-64 is supported by the differ.
-        let arch = file("arch")?.1.unwrap_or_else(|| "x86_64".into());
+        let arch = file(layout::ARCH)?.1.unwrap_or_else(|| "x86_64".into());
         if arch != "x86_64" {
             return Err(Error::InvalidOption {
                 option: "arch",
@@ -184,7 +190,7 @@ impl Profile {
         });
         let build_id = agree(
             "build-id",
-            file("build-id")?,
+            file(layout::BUILD_ID)?,
             from_image.unwrap_or((String::new(), None)),
         )?
         .map(|(_, b)| b.to_ascii_lowercase())
@@ -197,7 +203,7 @@ impl Profile {
         let mut cands = Vec::new();
         cands.extend(inp.symvers.clone());
         cands.extend(inp.src.as_ref().map(|s| s.join("Module.symvers")));
-        cands.extend(in_profile("Module.symvers"));
+        cands.extend(in_profile(layout::MODULE_SYMVERS));
         cands.push(
             inp.system_root
                 .join(format!("usr/src/linux-headers-{release}/Module.symvers")),

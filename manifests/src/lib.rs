@@ -15,6 +15,7 @@ pub mod error;
 pub mod keys;
 pub mod manifest;
 pub mod package;
+pub mod profile;
 pub mod signature;
 mod verified;
 

@@ -121,10 +121,14 @@ pub struct PayloadFile {
 
 // ---- parsing and validation ------------------------------------------------------------------
 
-/// Longest update id (the package name `ksplice-<id>.tar.gz` and module name derive from it).
-pub const MAX_ID_BYTES: usize = 48;
-/// Longest kernel module name (`MODULE_NAME_LEN` is 56 including the NUL).
+/// Longest kernel module name: `MODULE_NAME_LEN` is 64 - sizeof(unsigned long)
+/// = 56 including the NUL, and livepatch parses object names with `%55[^.]`.
 pub const MAX_MODULE_NAME_BYTES: usize = 55;
+/// Every update module is named `ksplice_<id with '-' as '_'>` (contracts.md C).
+pub const MODULE_PREFIX: &str = "ksplice_";
+/// Longest update id: the package name `ksplice-<id>.tar.gz` and the module
+/// name derive from it, and the module name must fit [`MAX_MODULE_NAME_BYTES`].
+pub const MAX_ID_BYTES: usize = MAX_MODULE_NAME_BYTES - MODULE_PREFIX.len();
 /// Payload names the package format reserves for itself.
 const RESERVED_NAMES: [&str; 2] = ["manifest.toml", "manifest.sig"];
 

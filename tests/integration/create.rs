@@ -495,3 +495,18 @@ fn every_unpatchable_change_is_refused_in_one_run() -> Result<()> {
     assert_eq!(got, want, "{summary}");
     Ok(())
 }
+
+/// Regression (issue 9 §5): a mistyped flag exited 2, which the exit-code
+/// table reserves for "refused"; it is a usage error (1). `--help` is 0.
+#[test]
+fn mistyped_flag_is_a_usage_error_not_a_refusal() {
+    let bin = ksplice_tests::cargo_bin("builder", "ksplice-create");
+    let out = Command::new(&bin)
+        .args(["--diffextt=new", "src/"])
+        .output()
+        .expect("run ksplice-create");
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--diffextt"));
+    let help = Command::new(&bin).arg("--help").output().expect("run");
+    assert_eq!(help.status.code(), Some(0));
+}

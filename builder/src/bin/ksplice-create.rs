@@ -112,7 +112,15 @@ fn source(cli: &Cli) -> anyhow::Result<Source> {
 }
 
 fn main() {
-    let cli = Cli::parse();
+    // clap exits 2 on a usage error, which here means "refused": a mistyped
+    // flag is a usage error (1), help and --version are success (0).
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            std::process::exit(if e.use_stderr() { 1 } else { 0 });
+        }
+    };
     let opts = match source(&cli) {
         Ok(source) => {
             let cache = std::env::var_os("KSPLICE_CACHE")

@@ -33,9 +33,7 @@ use std::path::{Path, PathBuf};
 pub use error::{Error, Result};
 pub use template::write_author_headers;
 
-/// `MODULE_NAME_LEN` is 64 - sizeof(unsigned long); the name and its NUL
-/// must fit, and livepatch parses object names with `%55[^.]`.
-const MAX_MODULE_NAME: usize = 55;
+use manifests::manifest::{MAX_MODULE_NAME_BYTES as MAX_MODULE_NAME, MODULE_PREFIX};
 
 /// The kernel module name of an update, which is also its livepatch name and
 /// its directory under /sys/kernel/livepatch (contracts.md C).
@@ -50,7 +48,7 @@ impl ModuleName {
             name: raw.to_owned(),
             reason,
         };
-        if !raw.starts_with("ksplice_") || raw.len() == "ksplice_".len() {
+        if !raw.starts_with(MODULE_PREFIX) || raw.len() == MODULE_PREFIX.len() {
             return Err(bad("must be ksplice_ followed by the update id"));
         }
         if raw.len() > MAX_MODULE_NAME {
@@ -64,7 +62,7 @@ impl ModuleName {
 
     /// The module name of update `id`: `ksplice_<id with '-' replaced by '_'>`.
     pub fn for_update(id: &str) -> Result<Self> {
-        Self::new(&format!("ksplice_{}", id.replace('-', "_")))
+        Self::new(&format!("{MODULE_PREFIX}{}", id.replace('-', "_")))
     }
 
     pub fn as_str(&self) -> &str {
@@ -342,6 +340,17 @@ mod tests {
         let longest = format!("ksplice_{}", "x".repeat(47));
         assert!(ModuleName::new(&longest).is_ok());
         assert!(ModuleName::new(&format!("{longest}x")).is_err());
+    }
+
+    /// Regression: ids of 48 bytes were valid while `ksplice_` + 48 bytes
+    /// overflowed the 55-byte module name; every valid id now makes a valid name.
+    #[test]
+    fn the_longest_valid_id_makes_a_valid_module_name() {
+        let id = "a".repeat(manifests::manifest::MAX_ID_BYTES);
+        manifests::manifest::check_id(&id).expect("longest id is valid");
+        assert!(manifests::manifest::check_id(&format!("{id}a")).is_err());
+        let name = ModuleName::for_update(&id).expect("its module name is valid");
+        assert_eq!(name.as_str().len(), MAX_MODULE_NAME);
     }
 
     #[test]
