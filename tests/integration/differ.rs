@@ -503,6 +503,177 @@ fn cold_part_follows_its_parent() {
     assert!(defined(&obj).contains("fixture_check.cold"), "{report}");
 }
 
+// ---- split-off parts: `.part.N` clones and `.cold` parts (issue 9 §3b) -----------------------
+
+/// The pre object's symbol matching `FN.part.<digits>`, failing loudly when gcc no longer
+/// splits the fixture (the tests below would then prove nothing).
+fn part_of(case: &str, function: &str) -> String {
+    let (pre, _) = objects(case);
+    let prefix = format!("{function}.part.");
+    symbol_names(&pre)
+        .into_iter()
+        .find(|n| {
+            n.strip_prefix(&prefix)
+                .is_some_and(|d| !d.is_empty() && d.bytes().all(|b| b.is_ascii_digit()))
+        })
+        .unwrap_or_else(|| {
+            panic!("{case}: gcc made no {prefix}N part: the fixture no longer produces a split")
+        })
+}
+
+/// The inclusion list of a report as (symbol, reason) pairs.
+fn inclusions(report: &Report) -> BTreeSet<(String, String)> {
+    report
+        .included
+        .iter()
+        .map(|i| (i.symbol.clone(), i.reason.clone()))
+        .collect()
+}
+
+/// A changed part is a function of its own: replaced by name, with its own run-pre data that
+/// starts with the ftrace call it has.
+fn assert_replaced_alone(case: &str, part: &str, obj: &[u8], report: &Report) {
+    assert!(
+        defined(obj).contains(&format!("ksp0_{part}")),
+        "{case}: {:?}\n{report}",
+        defined(obj)
+    );
+    let rp = report
+        .run_pre
+        .iter()
+        .find(|r| r.name == part)
+        .unwrap_or_else(|| panic!("{case}: no run-pre data for {part}\n{report}"));
+    assert_eq!(rp.skip.first(), Some(&(0, 5)), "{case}: {:?}", rp.skip);
+    // Nothing in the patch calls the running kernel's old copy.
+    let old = format!(".klp.sym.fixture.{part},0");
+    assert!(!undefined(obj).contains(&old), "{case}: {report}");
+}
+
+/// Pins issue 9 §3b: a change inside `FN.part.N` whose parent gcc inlined everywhere (no `FN`
+/// symbol is left) was dropped, "no functional change". The part is replaced on its own.
+#[test]
+fn changed_part_whose_parent_was_inlined_everywhere_is_replaced() {
+    let part = part_of("part-parent-inlined", "fixture_report");
+    let (pre, _) = objects("part-parent-inlined");
+    assert!(
+        !symbol_names(&pre).iter().any(|n| n == "fixture_report"),
+        "the fixture's parent is no longer inlined everywhere"
+    );
+    let (obj, report) = patch("part-parent-inlined", &[&part], &[]);
+    assert_replaced_alone("part-parent-inlined", &part, &obj, &report);
+    assert_eq!(defined(&obj), names(&[&format!("ksp0_{part}")]), "{report}");
+}
+
+/// Pins issue 9 §3b: a changed part whose parent is unchanged made the parent "changed" and
+/// copied the part beside it, so the callers the parent's fast path was inlined into kept
+/// calling the old part (an applied but incomplete update). Only the part is replaced.
+#[test]
+fn changed_part_whose_parent_is_unchanged_is_replaced_alone() {
+    let part = part_of("part-parent-unchanged", "fixture_report");
+    let (obj, report) = patch("part-parent-unchanged", &[&part], &[]);
+    assert_replaced_alone("part-parent-unchanged", &part, &obj, &report);
+}
+
+/// Pins issue 9 §3b: part and parent both changed — each is replaced as a function of its own,
+/// and the new parent (through its `.cold` part) calls the new part.
+#[test]
+fn changed_part_and_changed_parent_are_both_replaced() {
+    let case = "part-and-parent-changed";
+    let part = part_of(case, "fixture_report");
+    // The fast path is inlined into both callers, so they change with it.
+    let (obj, report) = patch(
+        case,
+        &[&part, "fixture_report", "fixture_first", "fixture_second"],
+        &[],
+    );
+    assert_replaced_alone(case, &part, &obj, &report);
+    assert!(
+        inclusions(&report).contains(&(
+            "fixture_report.cold".to_string(),
+            "split-off part of fixture_report".to_string()
+        )),
+        "{report}"
+    );
+}
+
+/// The mirror case: the parent changed, its part did not. The new parent keeps calling the
+/// running kernel's part, which is fine because it is unchanged; it is not copied.
+#[test]
+fn unchanged_part_of_a_changed_parent_stays_in_the_running_kernel() {
+    let case = "part-unchanged-parent-changed";
+    let part = part_of(case, "fixture_report");
+    let (obj, report) = patch(
+        case,
+        &["fixture_report", "fixture_first", "fixture_second"],
+        &[],
+    );
+    assert!(
+        undefined(&obj).contains(&format!(".klp.sym.fixture.{part},0")),
+        "{report}"
+    );
+    assert!(
+        !defined(&obj).iter().any(|n| n.contains(".part.")),
+        "{report}"
+    );
+}
+
+/// A part renumbered between the builds (`fixture_log.part.0` -> `.part.1`) pairs with its old
+/// self: it is replaced under its running-kernel name, not dropped as removed + new.
+#[test]
+fn renumbered_part_is_correlated_with_its_old_name() {
+    let (pre, post) = objects("part-renumbered");
+    assert!(symbol_names(&pre).iter().any(|n| n == "fixture_log.part.0"));
+    assert!(symbol_names(&post)
+        .iter()
+        .any(|n| n == "fixture_log.part.1"));
+    let (obj, report) = patch("part-renumbered", &["fixture_log.part.0"], &[]);
+    assert!(report.removed().is_empty(), "{report}");
+    assert_replaced_alone("part-renumbered", "fixture_log.part.0", &obj, &report);
+}
+
+/// Pins issue 9 §3b for untraced parts: the part of a notrace function has no ftrace entry; its
+/// callers (the functions the fast path was inlined into) are replaced and call a fresh copy.
+#[test]
+fn changed_notrace_part_is_replaced_through_its_callers() {
+    let case = "notrace-part-changed";
+    let part = part_of(case, "fixture_report");
+    let (obj, report) = patch(case, &["fixture_first", "fixture_second"], &[]);
+    assert!(
+        inclusions(&report).contains(&(
+            part.clone(),
+            "changed notrace function, reached through its replaced callers".to_string()
+        )),
+        "{report}"
+    );
+    assert!(defined(&obj).contains(&format!("ksp0_{part}")), "{report}");
+}
+
+/// An untraced part that something other than code refers to (here its parent, whose address
+/// is taken) cannot be reached through replaced callers: refused, naming the part.
+#[test]
+fn changed_notrace_part_with_an_unreplaceable_caller_is_refused_by_name() {
+    let case = "notrace-part-hooked";
+    let part = part_of(case, "fixture_report");
+    let report = refused(case, &[&part]);
+    assert_eq!(
+        report.refusals[0].reason,
+        "changed function has no ftrace entry (notrace or not traceable): cannot be patched",
+        "{report}"
+    );
+}
+
+/// A changed `.cold` part has no ftrace entry and goes with its parent; with no parent in the
+/// object (objtool rejects that, so the fixture skips objtool) it is refused by name.
+#[test]
+fn changed_cold_part_without_a_parent_is_refused_by_name() {
+    let report = refused("cold-orphan-changed", &["fixture_gone.cold"]);
+    assert_eq!(
+        report.refusals[0].reason,
+        "changed .cold part has no parent function in the object to be replaced with: cannot be patched",
+        "{report}"
+    );
+}
+
 #[test]
 fn static_inline_changed_changes_every_caller() {
     patch("static-inline-changed", &["fixture_a", "fixture_b"], &[]);
