@@ -499,8 +499,15 @@ fn cold_part_follows_its_parent() {
         symbol_names(&pre).iter().any(|n| n == "fixture_check.cold"),
         "gcc made no .cold part"
     );
+    // Only the .cold part's string changed: the parent is replaced for it (a .cold part has no
+    // ftrace entry), and the new parent jumps to the new part, never to the running one.
     let (obj, report) = patch("cold-split", &["fixture_check"], &[]);
     assert!(defined(&obj).contains("fixture_check.cold"), "{report}");
+    assert!(
+        !undefined(&obj).iter().any(|n| n.contains(".cold")),
+        "{:?}",
+        undefined(&obj)
+    );
 }
 
 // ---- split-off parts: `.part.N` clones and `.cold` parts (issue 9 §3b) -----------------------
