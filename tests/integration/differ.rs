@@ -922,6 +922,93 @@ fn proc_version_patch_changes_only_version_proc_show() {
     fsproc_patch("version.o", "version_proc_show");
 }
 
+/// Compile `<unit>.c` of a prepared tree twice, as it is and with `from` replaced by `to`, with
+/// kbuild's own command line for it (`.<name>.o.cmd`: same flags, same objtool pass), into a
+/// temporary directory; the tree is only read.
+fn compile_edited(tree: &Path, unit: &str, from: &str, to: &str) -> (Vec<u8>, Vec<u8>) {
+    let (dir, base) = unit.rsplit_once('/').expect("unit is dir/name");
+    let cmd_file = tree.join(dir).join(format!(".{base}.o.cmd"));
+    let text = std::fs::read_to_string(&cmd_file)
+        .unwrap_or_else(|e| panic!("{}: {e}", cmd_file.display()));
+    let (_, cmd) = text
+        .lines()
+        .next()
+        .and_then(|l| l.split_once(" := "))
+        .unwrap_or_else(|| panic!("{}: no command line", cmd_file.display()));
+    let source = std::fs::read_to_string(tree.join(format!("{unit}.c"))).expect("read source");
+    assert_eq!(
+        source.matches(from).count(),
+        1,
+        "{unit}.c: the edit site {from:?} is not there exactly once any more"
+    );
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let src = tmp.path().join(format!("{base}.c"));
+    let obj = tmp.path().join(format!("{base}.o"));
+    // The copy lives outside the tree: its quoted includes come from the unit's directory.
+    let cmd = cmd
+        .split(' ')
+        .filter(|w| !w.starts_with("-Wp,-MMD,"))
+        .collect::<Vec<_>>()
+        .join(" ")
+        .replace(
+            &format!("{unit}.c"),
+            &format!("{} -iquote {dir}", src.display()),
+        )
+        .replace(&format!("{unit}.o"), &obj.display().to_string());
+    let mut out = Vec::new();
+    for text in [source.clone(), source.replacen(from, to, 1)] {
+        std::fs::write(&src, text).expect("write source copy");
+        let st = Command::new("sh")
+            .arg("-c")
+            .arg(&cmd)
+            .current_dir(tree)
+            .status()
+            .expect("run the compiler");
+        assert!(st.success(), "compiling {unit}.c failed: {cmd}");
+        out.push(std::fs::read(&obj).expect("read object"));
+    }
+    let post = out.pop().expect("two objects");
+    (out.pop().expect("two objects"), post)
+}
+
+/// Pins issue 9 §3b on real kernel code: gcc inlines `smap_gather_stats` (fs/proc/task_mmu.c)
+/// everywhere but for its `.part.0`, so a change in its body was "no functional change".
+#[test]
+fn real_kernel_part_whose_parent_was_inlined_everywhere_is_replaced() {
+    let (tree, _) = fsproc_trees();
+    let (pre, post) = compile_edited(
+        tree,
+        "fs/proc/task_mmu",
+        "\tif (!start)\n\t\twalk_page_vma(vma, ops, mss);",
+        "\tif (!start && vma->vm_start)\n\t\twalk_page_vma(vma, ops, mss);",
+    );
+    let symbols = symbol_names(&pre);
+    let part = symbols
+        .iter()
+        .find(|n| {
+            n.strip_prefix("smap_gather_stats.part.")
+                .is_some_and(|d| !d.is_empty() && d.bytes().all(|b| b.is_ascii_digit()))
+        })
+        .unwrap_or_else(|| panic!("task_mmu.o: gcc no longer splits smap_gather_stats"));
+    assert!(
+        !symbols.iter().any(|n| n == "smap_gather_stats"),
+        "task_mmu.o: smap_gather_stats is no longer inlined everywhere"
+    );
+    match diff::diff(&pre, &post, &cx("vmlinux")) {
+        Ok(Outcome::Patch { object, report }) => {
+            assert_eq!(set(report.changed()), names(&[part]), "{report}");
+            assert!(report.new_functions().is_empty(), "{report}");
+            assert_eq!(defined(&object), names(&[&format!("ksp0_{part}")]));
+            let rp = &report.run_pre[0];
+            assert_eq!(
+                (rp.name.as_str(), rp.skip.first()),
+                (part.as_str(), Some(&(0, 5)))
+            );
+        }
+        other => panic!("task_mmu.o: expected a patch, got {other:?}"),
+    }
+}
+
 #[test]
 fn ksplice_build_diff_cli_prints_the_changed_function() {
     let (pre, post) = fsproc_trees();
