@@ -499,8 +499,186 @@ fn cold_part_follows_its_parent() {
         symbol_names(&pre).iter().any(|n| n == "fixture_check.cold"),
         "gcc made no .cold part"
     );
+    // Only the .cold part's string changed: the parent is replaced for it (a .cold part has no
+    // ftrace entry), and the new parent jumps to the new part, never to the running one.
     let (obj, report) = patch("cold-split", &["fixture_check"], &[]);
     assert!(defined(&obj).contains("fixture_check.cold"), "{report}");
+    assert!(
+        !undefined(&obj).iter().any(|n| n.contains(".cold")),
+        "{:?}",
+        undefined(&obj)
+    );
+}
+
+// ---- split-off parts: `.part.N` clones and `.cold` parts (issue 9 §3b) -----------------------
+
+/// The pre object's symbol matching `FN.part.<digits>`, failing loudly when gcc no longer
+/// splits the fixture (the tests below would then prove nothing).
+fn part_of(case: &str, function: &str) -> String {
+    let (pre, _) = objects(case);
+    let prefix = format!("{function}.part.");
+    symbol_names(&pre)
+        .into_iter()
+        .find(|n| {
+            n.strip_prefix(&prefix)
+                .is_some_and(|d| !d.is_empty() && d.bytes().all(|b| b.is_ascii_digit()))
+        })
+        .unwrap_or_else(|| {
+            panic!("{case}: gcc made no {prefix}N part: the fixture no longer produces a split")
+        })
+}
+
+/// The inclusion list of a report as (symbol, reason) pairs.
+fn inclusions(report: &Report) -> BTreeSet<(String, String)> {
+    report
+        .included
+        .iter()
+        .map(|i| (i.symbol.clone(), i.reason.clone()))
+        .collect()
+}
+
+/// A changed part is a function of its own: replaced by name, with its own run-pre data that
+/// starts with the ftrace call it has.
+fn assert_replaced_alone(case: &str, part: &str, obj: &[u8], report: &Report) {
+    assert!(
+        defined(obj).contains(&format!("ksp0_{part}")),
+        "{case}: {:?}\n{report}",
+        defined(obj)
+    );
+    let rp = report
+        .run_pre
+        .iter()
+        .find(|r| r.name == part)
+        .unwrap_or_else(|| panic!("{case}: no run-pre data for {part}\n{report}"));
+    assert_eq!(rp.skip.first(), Some(&(0, 5)), "{case}: {:?}", rp.skip);
+    // Nothing in the patch calls the running kernel's old copy.
+    let old = format!(".klp.sym.fixture.{part},0");
+    assert!(!undefined(obj).contains(&old), "{case}: {report}");
+}
+
+/// Pins issue 9 §3b: a change inside `FN.part.N` whose parent gcc inlined everywhere (no `FN`
+/// symbol is left) was dropped, "no functional change". The part is replaced on its own.
+#[test]
+fn changed_part_whose_parent_was_inlined_everywhere_is_replaced() {
+    let part = part_of("part-parent-inlined", "fixture_report");
+    let (pre, _) = objects("part-parent-inlined");
+    assert!(
+        !symbol_names(&pre).iter().any(|n| n == "fixture_report"),
+        "the fixture's parent is no longer inlined everywhere"
+    );
+    let (obj, report) = patch("part-parent-inlined", &[&part], &[]);
+    assert_replaced_alone("part-parent-inlined", &part, &obj, &report);
+    assert_eq!(defined(&obj), names(&[&format!("ksp0_{part}")]), "{report}");
+}
+
+/// Pins issue 9 §3b: a changed part whose parent is unchanged made the parent "changed" and
+/// copied the part beside it, so the callers the parent's fast path was inlined into kept
+/// calling the old part (an applied but incomplete update). Only the part is replaced.
+#[test]
+fn changed_part_whose_parent_is_unchanged_is_replaced_alone() {
+    let part = part_of("part-parent-unchanged", "fixture_report");
+    let (obj, report) = patch("part-parent-unchanged", &[&part], &[]);
+    assert_replaced_alone("part-parent-unchanged", &part, &obj, &report);
+}
+
+/// Pins issue 9 §3b: part and parent both changed — each is replaced as a function of its own,
+/// and the new parent (through its `.cold` part) calls the new part.
+#[test]
+fn changed_part_and_changed_parent_are_both_replaced() {
+    let case = "part-and-parent-changed";
+    let part = part_of(case, "fixture_report");
+    // The fast path is inlined into both callers, so they change with it.
+    let (obj, report) = patch(
+        case,
+        &[&part, "fixture_report", "fixture_first", "fixture_second"],
+        &[],
+    );
+    assert_replaced_alone(case, &part, &obj, &report);
+    assert!(
+        inclusions(&report).contains(&(
+            "fixture_report.cold".to_string(),
+            "split-off part of fixture_report".to_string()
+        )),
+        "{report}"
+    );
+}
+
+/// The mirror case: the parent changed, its part did not. The new parent keeps calling the
+/// running kernel's part, which is fine because it is unchanged; it is not copied.
+#[test]
+fn unchanged_part_of_a_changed_parent_stays_in_the_running_kernel() {
+    let case = "part-unchanged-parent-changed";
+    let part = part_of(case, "fixture_report");
+    let (obj, report) = patch(
+        case,
+        &["fixture_report", "fixture_first", "fixture_second"],
+        &[],
+    );
+    assert!(
+        undefined(&obj).contains(&format!(".klp.sym.fixture.{part},0")),
+        "{report}"
+    );
+    assert!(
+        !defined(&obj).iter().any(|n| n.contains(".part.")),
+        "{report}"
+    );
+}
+
+/// A part renumbered between the builds (`fixture_log.part.0` -> `.part.1`) pairs with its old
+/// self: it is replaced under its running-kernel name, not dropped as removed + new.
+#[test]
+fn renumbered_part_is_correlated_with_its_old_name() {
+    let (pre, post) = objects("part-renumbered");
+    assert!(symbol_names(&pre).iter().any(|n| n == "fixture_log.part.0"));
+    assert!(symbol_names(&post)
+        .iter()
+        .any(|n| n == "fixture_log.part.1"));
+    let (obj, report) = patch("part-renumbered", &["fixture_log.part.0"], &[]);
+    assert!(report.removed().is_empty(), "{report}");
+    assert_replaced_alone("part-renumbered", "fixture_log.part.0", &obj, &report);
+}
+
+/// Pins issue 9 §3b for untraced parts: the part of a notrace function has no ftrace entry; its
+/// callers (the functions the fast path was inlined into) are replaced and call a fresh copy.
+#[test]
+fn changed_notrace_part_is_replaced_through_its_callers() {
+    let case = "notrace-part-changed";
+    let part = part_of(case, "fixture_report");
+    let (obj, report) = patch(case, &["fixture_first", "fixture_second"], &[]);
+    assert!(
+        inclusions(&report).contains(&(
+            part.clone(),
+            "changed notrace function, reached through its replaced callers".to_string()
+        )),
+        "{report}"
+    );
+    assert!(defined(&obj).contains(&format!("ksp0_{part}")), "{report}");
+}
+
+/// An untraced part that something other than code refers to (here its parent, whose address
+/// is taken) cannot be reached through replaced callers: refused, naming the part.
+#[test]
+fn changed_notrace_part_with_an_unreplaceable_caller_is_refused_by_name() {
+    let case = "notrace-part-hooked";
+    let part = part_of(case, "fixture_report");
+    let report = refused(case, &[&part]);
+    assert_eq!(
+        report.refusals[0].reason,
+        "changed function has no ftrace entry (notrace or not traceable): cannot be patched",
+        "{report}"
+    );
+}
+
+/// A changed `.cold` part has no ftrace entry and goes with its parent; with no parent in the
+/// object (objtool rejects that, so the fixture skips objtool) it is refused by name.
+#[test]
+fn changed_cold_part_without_a_parent_is_refused_by_name() {
+    let report = refused("cold-orphan-changed", &["fixture_gone.cold"]);
+    assert_eq!(
+        report.refusals[0].reason,
+        "changed .cold part has no parent function in the object to be replaced with: cannot be patched",
+        "{report}"
+    );
 }
 
 #[test]
@@ -742,6 +920,93 @@ fn cmdline_string_patch_changes_only_cmdline_proc_show() {
 #[test]
 fn proc_version_patch_changes_only_version_proc_show() {
     fsproc_patch("version.o", "version_proc_show");
+}
+
+/// Compile `<unit>.c` of a prepared tree twice, as it is and with `from` replaced by `to`, with
+/// kbuild's own command line for it (`.<name>.o.cmd`: same flags, same objtool pass), into a
+/// temporary directory; the tree is only read.
+fn compile_edited(tree: &Path, unit: &str, from: &str, to: &str) -> (Vec<u8>, Vec<u8>) {
+    let (dir, base) = unit.rsplit_once('/').expect("unit is dir/name");
+    let cmd_file = tree.join(dir).join(format!(".{base}.o.cmd"));
+    let text = std::fs::read_to_string(&cmd_file)
+        .unwrap_or_else(|e| panic!("{}: {e}", cmd_file.display()));
+    let (_, cmd) = text
+        .lines()
+        .next()
+        .and_then(|l| l.split_once(" := "))
+        .unwrap_or_else(|| panic!("{}: no command line", cmd_file.display()));
+    let source = std::fs::read_to_string(tree.join(format!("{unit}.c"))).expect("read source");
+    assert_eq!(
+        source.matches(from).count(),
+        1,
+        "{unit}.c: the edit site {from:?} is not there exactly once any more"
+    );
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let src = tmp.path().join(format!("{base}.c"));
+    let obj = tmp.path().join(format!("{base}.o"));
+    // The copy lives outside the tree: its quoted includes come from the unit's directory.
+    let cmd = cmd
+        .split(' ')
+        .filter(|w| !w.starts_with("-Wp,-MMD,"))
+        .collect::<Vec<_>>()
+        .join(" ")
+        .replace(
+            &format!("{unit}.c"),
+            &format!("{} -iquote {dir}", src.display()),
+        )
+        .replace(&format!("{unit}.o"), &obj.display().to_string());
+    let mut out = Vec::new();
+    for text in [source.clone(), source.replacen(from, to, 1)] {
+        std::fs::write(&src, text).expect("write source copy");
+        let st = Command::new("sh")
+            .arg("-c")
+            .arg(&cmd)
+            .current_dir(tree)
+            .status()
+            .expect("run the compiler");
+        assert!(st.success(), "compiling {unit}.c failed: {cmd}");
+        out.push(std::fs::read(&obj).expect("read object"));
+    }
+    let post = out.pop().expect("two objects");
+    (out.pop().expect("two objects"), post)
+}
+
+/// Pins issue 9 §3b on real kernel code: gcc inlines `smap_gather_stats` (fs/proc/task_mmu.c)
+/// everywhere but for its `.part.0`, so a change in its body was "no functional change".
+#[test]
+fn real_kernel_part_whose_parent_was_inlined_everywhere_is_replaced() {
+    let (tree, _) = fsproc_trees();
+    let (pre, post) = compile_edited(
+        tree,
+        "fs/proc/task_mmu",
+        "\tif (!start)\n\t\twalk_page_vma(vma, ops, mss);",
+        "\tif (!start && vma->vm_start)\n\t\twalk_page_vma(vma, ops, mss);",
+    );
+    let symbols = symbol_names(&pre);
+    let part = symbols
+        .iter()
+        .find(|n| {
+            n.strip_prefix("smap_gather_stats.part.")
+                .is_some_and(|d| !d.is_empty() && d.bytes().all(|b| b.is_ascii_digit()))
+        })
+        .unwrap_or_else(|| panic!("task_mmu.o: gcc no longer splits smap_gather_stats"));
+    assert!(
+        !symbols.iter().any(|n| n == "smap_gather_stats"),
+        "task_mmu.o: smap_gather_stats is no longer inlined everywhere"
+    );
+    match diff::diff(&pre, &post, &cx("vmlinux")) {
+        Ok(Outcome::Patch { object, report }) => {
+            assert_eq!(set(report.changed()), names(&[part]), "{report}");
+            assert!(report.new_functions().is_empty(), "{report}");
+            assert_eq!(defined(&object), names(&[&format!("ksp0_{part}")]));
+            let rp = &report.run_pre[0];
+            assert_eq!(
+                (rp.name.as_str(), rp.skip.first()),
+                (part.as_str(), Some(&(0, 5)))
+            );
+        }
+        other => panic!("task_mmu.o: expected a patch, got {other:?}"),
+    }
 }
 
 #[test]

@@ -10,7 +10,7 @@ use std::collections::{HashMap, HashSet};
 
 use object::elf;
 
-use super::correlate::{base_name, parent_name, Pair};
+use super::correlate::{base_name, cold_parent, Pair};
 use super::load::{EntId, EntKind, Kind, Object, Rela, Target};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -336,20 +336,25 @@ pub(crate) fn run(pair: &Pair<'_>) -> (Statuses, HashSet<EntId>) {
             cmp.status(a, b)
         };
     }
-    // A `.cold`/`.part` child that changed changes its parent.
-    let mut by_base: HashMap<String, EntId> = HashMap::new();
-    for (i, e) in post.entities.iter().enumerate() {
-        if e.kind == EntKind::Func {
-            by_base.insert(base_name(e.name), EntId(i as u32));
-        }
-    }
+    // A `.cold` part that changed changes its parent: it has no ftrace entry, and the parent
+    // jumps into it (and it back into the parent), so only a new parent can reach a new one.
+    // `.part.N` / `.isra.N` / `.constprop.N` clones are functions of their own and leave
+    // their parent alone (a parent inlined everywhere may not even exist).
+    let by_name: HashMap<&str, EntId> = post
+        .entities
+        .iter()
+        .enumerate()
+        .filter(|(_, e)| e.kind == EntKind::Func)
+        .map(|(i, e)| (e.name, EntId(i as u32)))
+        .collect();
     for (i, e) in post.entities.iter().enumerate() {
         if e.kind != EntKind::Func || !matches!(status[i], Status::Changed | Status::New) {
             continue;
         }
-        let mut name = parent_name(e.name);
+        let mut name = cold_parent(e.name);
         while let Some(p) = name {
-            let Some(&parent) = by_base.get(&p) else {
+            let Some(&parent) = by_name.get(p) else {
+                // No parent to carry it: `verify` refuses the part by name.
                 break;
             };
             if matches!(
@@ -358,7 +363,7 @@ pub(crate) fn run(pair: &Pair<'_>) -> (Statuses, HashSet<EntId>) {
             ) {
                 status[parent.0 as usize] = Status::Changed;
             }
-            name = parent_name(post.ent(parent).name);
+            name = cold_parent(post.ent(parent).name);
         }
     }
     let mut removed: Vec<EntId> = (0..pre.entities.len() as u32)

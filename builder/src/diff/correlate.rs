@@ -31,18 +31,21 @@ pub(crate) fn base_name(name: &str) -> String {
     out
 }
 
-/// For `.cold` and `.part` children, the name of the parent function.
-pub(crate) fn parent_name(name: &str) -> Option<String> {
-    let base = base_name(name);
-    if let Some(p) = base.strip_suffix(".cold") {
-        return Some(p.to_string());
-    }
-    if let Some(idx) = base.find(".part") {
-        if base[idx..] == *".part" {
-            return Some(base[..idx].to_string());
-        }
-    }
-    None
+/// For a `.cold` part, the name of the function it was split from (`foo.cold` -> `foo`,
+/// `foo.part.0.cold` -> `foo.part.0`; gcc 8 numbered them, `foo.cold.1` -> `foo`).
+///
+/// Only `.cold` parts are children: gcc moves unlikely blocks there and the parent reaches
+/// them by jumps (and they jump back into the parent), so they have no ftrace entry and no
+/// callers of their own; they can only be replaced together with their parent. `.part.N`,
+/// `.isra.N` and `.constprop.N` clones are not children: they are called like any function,
+/// from the parent and from every caller the parent's fast path was inlined into, and have
+/// their own ftrace entry, so a changed one is replaced as a function of its own.
+pub(crate) fn cold_parent(name: &str) -> Option<&str> {
+    let name = match name.rsplit_once('.') {
+        Some((head, n)) if !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()) => head,
+        _ => name,
+    };
+    name.strip_suffix(".cold").filter(|p| !p.is_empty())
 }
 
 /// Pre and post objects with their entity correspondence.
@@ -188,10 +191,25 @@ mod tests {
     }
 
     #[test]
-    fn parents_of_children() {
-        assert_eq!(parent_name("foo.cold").as_deref(), Some("foo"));
-        assert_eq!(parent_name("foo.part.0").as_deref(), Some("foo"));
-        assert_eq!(parent_name("foo.isra.0.cold").as_deref(), Some("foo.isra"));
-        assert_eq!(parent_name("foo.isra.0"), None);
+    fn only_cold_parts_have_parents() {
+        assert_eq!(cold_parent("foo.cold"), Some("foo"));
+        assert_eq!(cold_parent("foo.cold.1"), Some("foo"));
+        assert_eq!(cold_parent("foo.isra.0.cold"), Some("foo.isra.0"));
+        assert_eq!(cold_parent("foo.part.0.cold"), Some("foo.part.0"));
+        assert_eq!(cold_parent(".cold"), None);
+        assert_eq!(cold_parent("foo.part.0"), None);
+        assert_eq!(cold_parent("foo.isra.0"), None);
+        assert_eq!(cold_parent("foo.constprop.0"), None);
+    }
+
+    /// A split-off part renumbered between the builds (`FN.part.0` -> `FN.part.1`) must still
+    /// pair with its old self (issue 9 §3b).
+    #[test]
+    fn renumbered_parts_share_a_base_name() {
+        assert_eq!(
+            base_name("fixture_log.part.0"),
+            base_name("fixture_log.part.1")
+        );
+        assert_eq!(base_name("f.constprop.0.part.3"), "f.constprop.part");
     }
 }

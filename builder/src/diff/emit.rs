@@ -460,7 +460,7 @@ pub(crate) fn describe(
     let mut run_pre = Vec::new();
     for (i, e) in post.entities.iter().enumerate() {
         let id = EntId(i as u32);
-        if e.kind != EntKind::Func || super::correlate::parent_name(e.name).is_some() {
+        if e.kind != EntKind::Func || super::correlate::cold_parent(e.name).is_some() {
             continue;
         }
         match status.of(id) {
@@ -511,7 +511,7 @@ pub(crate) fn describe(
     }
     for &r in &status.removed {
         let e = pre.ent(r);
-        if e.kind == EntKind::Func && super::correlate::parent_name(e.name).is_none() {
+        if e.kind == EntKind::Func && super::correlate::cold_parent(e.name).is_none() {
             functions.push(FunctionChange {
                 name: e.name.to_string(),
                 status: FunctionStatus::Removed,

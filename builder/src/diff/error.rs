@@ -46,12 +46,6 @@ pub enum Error {
     /// The change cannot be patched safely; the report lists every refusal.
     #[error("refused: {}", summarize(report))]
     Refused { report: Box<Report> },
-    /// Re-reading or rewriting a patch object while linking the parts of an update failed.
-    #[error("cannot relink the patch objects of an update")]
-    Relink {
-        #[source]
-        source: object::build::Error,
-    },
     /// Writing the patch object failed.
     #[error("cannot write the patch object")]
     Write {

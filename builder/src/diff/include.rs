@@ -8,7 +8,7 @@
 use std::collections::{BTreeMap, HashMap};
 
 use super::compare::{is_special_static, Status, Statuses};
-use super::correlate::{base_name, parent_name, Pair};
+use super::correlate::{cold_parent, Pair};
 use super::load::{EntId, EntKind, Kind, Object, SecId, Target};
 use super::report::Refusal;
 use super::special::Anchor;
@@ -89,7 +89,7 @@ impl Walk<'_, '_> {
         self.queue.push(id);
         let e = self.pair.post.ent(id);
         if e.kind == EntKind::Func {
-            if let Some(kids) = self.children.get(&base_name(e.name)).cloned() {
+            if let Some(kids) = self.children.get(e.name).cloned() {
                 let parent = e.name.to_string();
                 for kid in kids {
                     self.add(kid, Reason::ChildOf(parent.clone()));
@@ -359,8 +359,11 @@ pub(crate) fn run(
     let mut children: HashMap<String, Vec<EntId>> = HashMap::new();
     for (i, e) in post.entities.iter().enumerate() {
         if e.kind == EntKind::Func {
-            if let Some(p) = parent_name(e.name) {
-                children.entry(p).or_default().push(EntId(i as u32));
+            if let Some(p) = cold_parent(e.name) {
+                children
+                    .entry(p.to_string())
+                    .or_default()
+                    .push(EntId(i as u32));
             }
         }
     }
@@ -383,7 +386,7 @@ pub(crate) fn run(
         }
         if e.kind != EntKind::Func
             || post.sec(e.sec).kind != Kind::Text
-            || parent_name(e.name).is_some()
+            || cold_parent(e.name).is_some()
         {
             continue;
         }

@@ -5,7 +5,7 @@ use std::collections::{HashMap, HashSet};
 use object::elf;
 
 use super::compare::{is_special_static, Status, Statuses};
-use super::correlate::{parent_name, Pair};
+use super::correlate::{cold_parent, Pair};
 use super::include::{anchor_entity, Selection};
 use super::load::{EntId, EntKind, Kind, Object};
 use super::report::Refusal;
@@ -38,6 +38,12 @@ pub(crate) fn run(
     let (pre, post) = (&pair.pre, &pair.post);
     let mut out = sel.problems.clone();
     let traced = ftrace_entries(pre);
+    let post_funcs: HashSet<&str> = post
+        .entities
+        .iter()
+        .filter(|e| e.kind == EntKind::Func)
+        .map(|e| e.name)
+        .collect();
     for (i, e) in post.entities.iter().enumerate() {
         let id = EntId(i as u32);
         let st = status.of(id);
@@ -60,8 +66,18 @@ pub(crate) fn run(
             (Kind::Unknown, _, _) => out.push(refuse(
                 "change inside a section the differ does not understand",
             )),
+            // A `.cold` part has no ftrace entry and is reached only by jumps from its parent:
+            // without a parent in the object nothing could carry a new one (compare marks an
+            // existing parent changed, and include copies the part with it).
+            (Kind::Text, EntKind::Func, _)
+                if cold_parent(e.name).is_some_and(|p| !post_funcs.contains(p)) =>
+            {
+                out.push(refuse(
+                    "changed .cold part has no parent function in the object to be replaced with: cannot be patched",
+                ))
+            }
             (Kind::Text, EntKind::Func, Status::Changed)
-                if parent_name(e.name).is_none() && !status.via_callers.contains(&id) =>
+                if cold_parent(e.name).is_none() && !status.via_callers.contains(&id) =>
             {
                 let pre_id = pair.to_pre[&id];
                 if !traced.contains(&pre_id) {
