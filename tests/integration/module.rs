@@ -119,6 +119,7 @@ fn run_pre_of(pre: &Path, func: &str) -> RunPre {
     RunPre {
         code,
         skip: skip.into_iter().collect(),
+        relocs: Vec::new(),
     }
 }
 
@@ -368,6 +369,7 @@ fn missing_replacement_function_is_refused() {
                 run_pre: RunPre {
                     code: vec![0x90],
                     skip: vec![],
+                    relocs: vec![],
                 },
             }],
         }],
@@ -1052,6 +1054,7 @@ fn module_symbol_in_a_load_time_section_is_refused() {
                 run_pre: RunPre {
                     code: vec![0x90],
                     skip: vec![],
+                    relocs: vec![],
                 },
             }],
         }],
