@@ -64,12 +64,14 @@ fn live_target(image: &TargetImage, addr: u64, r: &RunPreReloc) -> Option<u64> {
     Some(value.wrapping_sub(r.addend as u64))
 }
 
-/// The map symbol at or before image address `addr`, as `name+0xoff`.
+/// The map symbol at or before image address `addr`, as `name+0xoff`; of
+/// several at one address, the first global one.
 fn describe(map: &SystemMap, addr: u64, shift: u64) -> String {
     map.symbols
         .iter()
         .filter(|s| unshift(s.addr, shift) <= addr)
-        .max_by_key(|s| unshift(s.addr, shift))
+        .rev()
+        .max_by_key(|s| (unshift(s.addr, shift), s.kind.is_ascii_uppercase()))
         .map_or_else(
             || format!("{addr:#x}"),
             |s| format!("{}+{:#x}", s.name, addr - unshift(s.addr, shift)),
@@ -341,6 +343,125 @@ mod tests {
                 .reason
                 .starts_with("not in the target's System.map"),
             "{refusals:?}"
+        );
+    }
+
+    fn call_reloc(target: diff::External) -> RunPreReloc {
+        RunPreReloc {
+            offset: 1,
+            kind: RelocKind::Pc32,
+            target,
+            addend: -4,
+        }
+    }
+
+    fn exported(name: &str) -> diff::External {
+        diff::External {
+            symbol: name.into(),
+            object: "vmlinux".into(),
+            name: name.into(),
+            sympos: 0,
+        }
+    }
+
+    fn local(name: &str, sympos: u32) -> diff::External {
+        diff::External {
+            symbol: format!(".klp.sym.vmlinux.{name},{sympos}"),
+            object: "vmlinux".into(),
+            name: name.into(),
+            sympos,
+        }
+    }
+
+    /// `show` at +0x10 calls the function at +0x30 (`seq_putc`); `seq_pad` at
+    /// +0x38 has the same size; `helper` twice, at +0x30 and +0x38.
+    fn call_image() -> (TargetImage, SystemMap) {
+        const BASE: u64 = 0xffffffff81000000;
+        let mut text = vec![0xccu8; 0x40];
+        let rel = 0x30i32 - (0x10 + 5);
+        text[0x10] = 0xe8;
+        text[0x11..0x15].copy_from_slice(&rel.to_le_bytes());
+        text[0x15] = 0xc3;
+        let map = SystemMap::parse(
+            "ffffffff83000000 T _text\nffffffff83000010 t show\n\
+             ffffffff83000030 T seq_putc\nffffffff83000038 T seq_pad\n\
+             ffffffff83000030 t helper\nffffffff83000038 t helper\n",
+            Path::new("map"),
+        )
+        .expect("map");
+        (elf_image(BASE, &text), map)
+    }
+
+    fn call_report(target: diff::External) -> diff::Report {
+        let mut r = report("show", &[0xe8, 0, 0, 0, 0, 0xc3], vec![(1, 4)]);
+        r.run_pre[0].relocs = vec![call_reloc(target)];
+        r
+    }
+
+    /// Issue 9 §3: a pre build that calls another same-size function than the
+    /// image matched before (the call's field was only a skipped range); the
+    /// offline run-pre must refuse it and name both symbols.
+    #[test]
+    fn a_call_to_another_function_is_refused_naming_both() {
+        let (image, map) = call_image();
+        let (_, refusals) = check(&call_report(exported("seq_putc")), &map, &image);
+        assert!(refusals.is_empty(), "{refusals:?}");
+        let (_, refusals) = check(&call_report(exported("seq_pad")), &map, &image);
+        assert_eq!(refusals.len(), 1, "{refusals:?}");
+        assert!(
+            refusals[0].reason.contains(
+                "relocation at +0x1: the pre build refers to seq_pad, the image to seq_putc+0x0"
+            ),
+            "{refusals:?}"
+        );
+    }
+
+    /// A duplicated local target's sympos is decided by the live value, like a
+    /// replaced function's own; a name the table lacks is left unchecked and
+    /// pruned from what the update module checks.
+    #[test]
+    fn reloc_targets_pin_sympos_and_unknown_ones_are_pruned() {
+        let (image, map) = call_image();
+        let (fixed, refusals) = check(&call_report(local("helper", 2)), &map, &image);
+        assert!(refusals.is_empty(), "{refusals:?}");
+        assert_eq!(fixed.get("helper"), Some(&1));
+        let mut r = call_report(local("missing", 0));
+        let (_, refusals) = check(&r, &map, &image);
+        assert!(refusals.is_empty(), "{refusals:?}");
+        prune(&mut r, &map);
+        assert!(r.run_pre[0].relocs.is_empty());
+        // sympos 0 of a duplicated name is ambiguous for the livepatch core.
+        let mut r = call_report(local("helper", 0));
+        prune(&mut r, &map);
+        assert!(r.run_pre[0].relocs.is_empty());
+        let mut r = call_report(exported("seq_pad"));
+        prune(&mut r, &map);
+        assert_eq!(r.run_pre[0].relocs.len(), 1);
+    }
+
+    #[test]
+    fn live_targets_invert_each_relocation_kind() {
+        let (image, _) = call_image();
+        const BASE: u64 = 0xffffffff81000000;
+        let r = |kind, addend| RunPreReloc {
+            offset: 0,
+            kind,
+            target: exported("x"),
+            addend,
+        };
+        // PC32 at +0x11: P + v - A with A = -4 is the call's destination.
+        assert_eq!(
+            live_target(&image, BASE + 0x11, &r(RelocKind::Pc32, -4)),
+            Some(BASE + 0x30)
+        );
+        // 0xcccccccc: 32S sign-extends, 32 zero-extends.
+        assert_eq!(
+            live_target(&image, BASE, &r(RelocKind::Abs32s, 0)),
+            Some(0xffff_ffff_cccc_cccc)
+        );
+        assert_eq!(
+            live_target(&image, BASE, &r(RelocKind::Abs32, 4)),
+            Some(0xcccc_cccc - 4)
         );
     }
 

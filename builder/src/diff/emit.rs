@@ -561,12 +561,7 @@ const REWRITTEN_TARGETS: &[&str] = &[
 /// or absolute reference to a named symbol the running kernel has under a name the update
 /// module can resolve, outside the sites the kernel rewrites.  References to unnamed data
 /// (string literals) and, in a module, to symbols of unknown origin stay skipped only.
-fn checked_relocs(
-    pre: &Object<'_>,
-    pid: EntId,
-    sites: &[(u32, u32)],
-    cx: &Cx,
-) -> Vec<RunPreReloc> {
+fn checked_relocs(pre: &Object<'_>, pid: EntId, sites: &[(u32, u32)], cx: &Cx) -> Vec<RunPreReloc> {
     let pe = pre.ent(pid);
     let mut out = Vec::new();
     for r in pre.ent_relas(pid) {

@@ -290,10 +290,7 @@ fn write_slots(w: &mut String, t: usize, funcs: &[&ReplacedFunction]) -> Vec<Str
         let _ = writeln!(w, "\t(unsigned long)ksplice_sym_{t}_{n},");
     }
     let _ = writeln!(w, "}};");
-    let _ = writeln!(
-        w,
-        "static const char *const ksplice_slot_names_{t}[] = {{"
-    );
+    let _ = writeln!(w, "static const char *const ksplice_slot_names_{t}[] = {{");
     for (_, shown) in &slots {
         let _ = writeln!(w, "\t\"{shown}\",");
     }

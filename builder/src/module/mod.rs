@@ -309,7 +309,8 @@ fn check_run_pre(f: &ReplacedFunction) -> Result<()> {
         if !skipped {
             return Err(bad("the field is not inside a skip range"));
         }
-        slot_symbol(&r.target).ok_or_else(|| bad("the symbol is neither exported nor a .klp.sym name"))?;
+        slot_symbol(&r.target)
+            .ok_or_else(|| bad("the symbol is neither exported nor a .klp.sym name"))?;
         check_target(&r.target.object)?;
         check_symbol(&f.name, &r.target.name)?;
     }
@@ -321,7 +322,13 @@ fn check_run_pre(f: &ReplacedFunction) -> Result<()> {
 /// `.klp.sym.<object>.<name>,<sympos>` (the livepatch core resolves it), the
 /// same spelling the patch object uses for references to it.
 pub(crate) fn slot_symbol(t: &crate::diff::External) -> Option<String> {
-    let klp = format!("{}{}.{},{}", klp::KLP_SYM_PREFIX, t.object, t.name, t.sympos);
+    let klp = format!(
+        "{}{}.{},{}",
+        klp::KLP_SYM_PREFIX,
+        t.object,
+        t.name,
+        t.sympos
+    );
     if t.symbol == klp {
         Some(klp)
     } else if t.symbol == t.name && t.object == "vmlinux" && t.sympos == 0 {
