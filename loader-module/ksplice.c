@@ -12,7 +12,13 @@
  * legitimately differ.  The livepatch core resolves func->old_func and
  * func->old_size (klp_init_object_loaded()) before it runs pre_patch
  * callbacks (__klp_enable_patch() and klp_module_coming()), so the callback
- * sees the addresses the patch would redirect.  A mismatch means the update
+ * sees the addresses the patch would redirect.  The bytes are compared
+ * outside the skip ranges; relocation fields are then checked by value: the
+ * symbol a field refers to must be the one the pre build referred to, whose
+ * address the livepatch core (klp_apply_section_relocs(), for vmlinux when
+ * the update loads, for a module before that module's pre_patch callback)
+ * or the module loader (exported symbols) wrote into the object's slots
+ * beforehand.  A mismatch means the update
  * was not built for this kernel: the callback logs one line and returns
  * -EINVAL, so loading the update (or, for a module patched later, loading
  * that module) fails and nothing changes.
@@ -23,6 +29,7 @@
 #include <linux/kernel.h>
 #include <linux/livepatch.h>
 #include <linux/module.h>
+#include <linux/string.h>
 
 #include "ksplice.h"
 
@@ -56,8 +63,67 @@ static bool ksplice_skipped(const struct ksplice_run_pre *rp, u32 off)
 	return false;
 }
 
+/*
+ * The symbol address the live field at @p implies, given the relocation's
+ * kind and addend: the S for which the pre build's relocation would have
+ * written exactly these bytes.  Comparing it with the slot checks the field
+ * equals S + A - P (or S + A) including the range of its truncation.
+ */
+static unsigned long ksplice_live_target(const u8 *p,
+					 const struct ksplice_reloc *r)
+{
+	s32 s32v;
+	u32 u32v;
+	u64 u64v;
+
+	switch (r->kind) {
+	case KSPLICE_RELOC_PC32:
+		memcpy(&s32v, p, sizeof(s32v));
+		return (unsigned long)p + (long)s32v - (unsigned long)r->addend;
+	case KSPLICE_RELOC_32S:
+		memcpy(&s32v, p, sizeof(s32v));
+		return (unsigned long)(long)s32v - (unsigned long)r->addend;
+	case KSPLICE_RELOC_32:
+		memcpy(&u32v, p, sizeof(u32v));
+		return (unsigned long)u32v - (unsigned long)r->addend;
+	default:
+		memcpy(&u64v, p, sizeof(u64v));
+		return (unsigned long)u64v - (unsigned long)r->addend;
+	}
+}
+
+static int ksplice_match_relocs(struct klp_func *func,
+				const struct ksplice_run_pre *rp,
+				const struct ksplice_object *kobj)
+{
+	const u8 *live = func->old_func;
+	const struct ksplice_reloc *r;
+	unsigned long found;
+	u32 i;
+
+	for (i = 0; i < rp->nr_relocs; i++) {
+		r = &rp->relocs[i];
+		if (r->slot >= kobj->nr_slots || r->kind > KSPLICE_RELOC_64 ||
+		    r->offset > rp->size ||
+		    rp->size - r->offset < (r->kind == KSPLICE_RELOC_64 ? 8 : 4)) {
+			pr_err("run-pre: bad relocation %u of %s\n", i,
+			       func->old_name);
+			return -EINVAL;
+		}
+		found = ksplice_live_target(live + r->offset, r);
+		if (found == READ_ONCE(kobj->slots[r->slot]))
+			continue;
+		pr_err("run-pre: relocation mismatch in %s+0x%x: expected %s found %pS\n",
+		       func->old_name, r->offset, kobj->slot_names[r->slot],
+		       (void *)found);
+		return -EINVAL;
+	}
+	return 0;
+}
+
 static int ksplice_match_func(struct klp_func *func,
-			      const struct ksplice_run_pre *rp)
+			      const struct ksplice_run_pre *rp,
+			      const struct ksplice_object *kobj)
 {
 	const u8 *live = func->old_func;
 	u32 off;
@@ -76,7 +142,7 @@ static int ksplice_match_func(struct klp_func *func,
 		       func->old_name, off, rp->code[off], live[off]);
 		return -EINVAL;
 	}
-	return 0;
+	return ksplice_match_relocs(func, rp, kobj);
 }
 
 static int ksplice_run_pre(struct klp_object *obj,
@@ -86,7 +152,8 @@ static int ksplice_run_pre(struct klp_object *obj,
 	int ret;
 
 	for (i = 0; i < kobj->nr_funcs; i++) {
-		ret = ksplice_match_func(&obj->funcs[i], &kobj->run_pre[i]);
+		ret = ksplice_match_func(&obj->funcs[i], &kobj->run_pre[i],
+					 kobj);
 		if (ret)
 			return ret;
 	}

@@ -16,16 +16,40 @@ struct ksplice_skip {
 	u32 len;
 };
 
+/* How a relocated field derives from symbol S, addend A and its address P. */
+enum ksplice_reloc_kind {
+	KSPLICE_RELOC_PC32,	/* R_X86_64_PC32, _PLT32: s32 S + A - P */
+	KSPLICE_RELOC_32S,	/* R_X86_64_32S: s32 S + A, sign-extended */
+	KSPLICE_RELOC_32,	/* R_X86_64_32: u32 S + A, zero-extended */
+	KSPLICE_RELOC_64,	/* R_X86_64_64: S + A */
+};
+
 /*
- * Run-pre data of one replaced function: the pre build's code and the ranges
+ * A relocation field of the pre code whose live value run-pre checks: S is
+ * the object's slot @slot, which the module loader or the livepatch core
+ * filled with the symbol's address in the running kernel.  The field's bytes
+ * are also in a skip range: only its value is compared.
+ */
+struct ksplice_reloc {
+	u32 offset;
+	u32 kind;		/* enum ksplice_reloc_kind */
+	u32 slot;
+	s64 addend;
+};
+
+/*
+ * Run-pre data of one replaced function: the pre build's code, the ranges
  * (relocation fields, the ftrace entry, sites the kernel rewrites at boot or
- * run time) to leave out of the comparison.
+ * run time) to leave out of the byte comparison, and the relocations whose
+ * values are checked instead.
  */
 struct ksplice_run_pre {
 	const u8 *code;
 	u32 size;
 	const struct ksplice_skip *skip;
 	u32 nr_skip;
+	const struct ksplice_reloc *relocs;
+	u32 nr_relocs;
 };
 
 /* Patch-author callbacks of one object, each list NULL-terminated or NULL. */
@@ -36,10 +60,19 @@ struct ksplice_hooks {
 	void (*const *post_unpatch)(struct klp_object *obj);
 };
 
-/* What the template needs besides the klp_object at the same index. */
+/*
+ * What the template needs besides the klp_object at the same index.  @slots
+ * holds one address per symbol the run-pre relocations refer to; each entry
+ * is relocated against the symbol (R_X86_64_64, through .klp.rela sections
+ * for unexported ones), so it is written before this object's pre_patch
+ * callback runs.
+ */
 struct ksplice_object {
 	const struct ksplice_run_pre *run_pre;	/* one per klp_func, same order */
 	unsigned int nr_funcs;
+	const unsigned long *slots;
+	const char *const *slot_names;		/* for messages, same order */
+	unsigned int nr_slots;
 	struct ksplice_hooks hooks;
 };
 

@@ -527,6 +527,10 @@ fn diff_one(
             }
         }
     }
+    // Value-check only the relocations whose symbols the kernel can resolve.
+    if let Ok(diff::Outcome::Patch { report, .. }) = &mut outcome {
+        crate::runpre::prune(report, map);
+    }
     Ok(Diffed {
         job: job.clone(),
         index,

@@ -1,15 +1,139 @@
 //! Offline run-pre: each replaced function's pre code must be the code in the target image.
+//!
+//! Bytes are compared outside the skip ranges; the value-checked relocation
+//! fields (`RunPre::relocs`) must then refer to the symbol the pre build
+//! refers to, at its address in the target's symbol table — what the update
+//! module checks again in the running kernel (docs/loader-module.md).
 
 use std::collections::HashMap;
 
-use crate::diff;
+use crate::diff::{self, RelocKind, RunPreReloc};
 use crate::identity::TargetImage;
-use crate::symbols::SystemMap;
+use crate::symbols::{MapSymbol, SystemMap};
+
+/// Per-cpu symbols sit at small offsets, which KASLR does not move (kallsyms
+/// lists them absolute): anything below the kernel's half of the address
+/// space is taken as such.
+const KERNEL_HALF: u64 = 1 << 63;
+
+/// Where a symbol's addresses in the map sit in the image.
+fn unshift(addr: u64, shift: u64) -> u64 {
+    if addr < KERNEL_HALF {
+        addr
+    } else {
+        addr.wrapping_sub(shift)
+    }
+}
+
+/// The map entries a relocation's symbol may be, as the kernel resolves it: an
+/// exported name by the module loader (the global one), a `.klp.sym` name by
+/// the livepatch core (sympos 0: the only one; n: the n-th).  Several entries
+/// only for a local name whose sympos the builder guessed; empty when the
+/// kernel could not resolve it either.
+fn candidates<'m>(map: &'m SystemMap, target: &'m diff::External) -> Vec<&'m MapSymbol> {
+    let all: Vec<&MapSymbol> = map.lookup(&target.object, &target.name).collect();
+    if target.symbol == target.name {
+        let globals: Vec<_> = all
+            .iter()
+            .copied()
+            .filter(|s| s.kind.is_ascii_uppercase())
+            .collect();
+        return if globals.len() == 1 { globals } else { all };
+    }
+    match target.sympos {
+        0 if all.len() == 1 => all,
+        0 => Vec::new(),
+        n if (n as usize) <= all.len() => all,
+        _ => Vec::new(),
+    }
+}
+
+/// The symbol address the live field at `addr` implies (see
+/// `ksplice_live_target()` in loader-module/ksplice.c).
+fn live_target(image: &TargetImage, addr: u64, r: &RunPreReloc) -> Option<u64> {
+    let field = image.bytes_at(addr, u64::from(r.kind.width()))?;
+    let value = match r.kind {
+        RelocKind::Pc32 => {
+            let v = i32::from_le_bytes(field.try_into().ok()?);
+            addr.wrapping_add_signed(i64::from(v))
+        }
+        RelocKind::Abs32s => i64::from(i32::from_le_bytes(field.try_into().ok()?)) as u64,
+        RelocKind::Abs32 => u64::from(u32::from_le_bytes(field.try_into().ok()?)),
+        RelocKind::Abs64 => u64::from_le_bytes(field.try_into().ok()?),
+    };
+    Some(value.wrapping_sub(r.addend as u64))
+}
+
+/// The map symbol at or before image address `addr`, as `name+0xoff`; of
+/// several at one address, the first global one.
+fn describe(map: &SystemMap, addr: u64, shift: u64) -> String {
+    map.symbols
+        .iter()
+        .filter(|s| unshift(s.addr, shift) <= addr)
+        .rev()
+        .max_by_key(|s| (unshift(s.addr, shift), s.kind.is_ascii_uppercase()))
+        .map_or_else(
+            || format!("{addr:#x}"),
+            |s| format!("{}+{:#x}", s.name, addr - unshift(s.addr, shift)),
+        )
+}
+
+/// A relocation of a function at image address `func` that refers elsewhere
+/// than the pre build: (offset, what the pre build refers to, what the image does).
+type RelocMismatch = (u32, String, String);
+
+/// Check the value-checked relocations of a function whose bytes matched at
+/// `func`.  Fills `pins` with the sympos of duplicated local names the live
+/// values decide.
+fn check_relocs(
+    rp: &diff::RunPre,
+    func: u64,
+    map: &SystemMap,
+    image: &TargetImage,
+    shift: u64,
+    pins: &mut HashMap<String, u32>,
+) -> Result<(), RelocMismatch> {
+    for r in &rp.relocs {
+        let cands = candidates(map, &r.target);
+        if cands.is_empty() {
+            // The update leaves it out too (see `prune`).
+            continue;
+        }
+        let at = func + u64::from(r.offset);
+        let found = live_target(image, at, r);
+        let hit = cands
+            .iter()
+            .position(|s| Some(unshift(s.addr, shift)) == found);
+        match hit {
+            Some(i) if cands.len() > 1 && r.target.symbol != r.target.name => {
+                pins.insert(r.target.name.clone(), i as u32 + 1);
+            }
+            Some(_) => {}
+            None => {
+                let found = found.map_or_else(|| "nothing".into(), |a| describe(map, a, shift));
+                return Err((r.offset, r.target.name.clone(), found));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Drop the value-checked relocations whose symbol the target's symbol table
+/// does not resolve (absent, or a sympos 0 name that is not unique): the
+/// kernel could not resolve their slots either, and would refuse to load the
+/// update instead of checking them.  Their fields stay skipped.
+pub fn prune(report: &mut diff::Report, map: &SystemMap) {
+    for rp in &mut report.run_pre {
+        rp.relocs.retain(|r| !candidates(map, &r.target).is_empty());
+    }
+}
 
 /// Compare every changed function's pre code with the image at its System.map
 /// address (shifted by the KASLR offset of a kallsyms copy), outside the skip
-/// ranges. Returns the sympos the match decided for duplicated local names,
-/// and a refusal per function that matches nowhere or more than once.
+/// ranges, then the value of each checked relocation field. Returns the
+/// sympos the match decided for duplicated local names (of replaced functions
+/// and of relocation targets), and a refusal per function that matches
+/// nowhere or more than once.
 pub fn check(
     report: &diff::Report,
     map: &SystemMap,
@@ -45,11 +169,24 @@ pub fn check(
         }
         let mut matching = Vec::new();
         let mut first_diff = None;
+        let mut reloc_diff = None;
+        let mut pins = Vec::new();
         for (i, s) in cands.iter().enumerate() {
             let addr = s.addr.wrapping_sub(shift);
             match image.bytes_at(addr, rp.code.len() as u64) {
                 Some(live) => match first_mismatch(&rp.code, live, &rp.skip) {
-                    None => matching.push(i),
+                    None => {
+                        let mut p = HashMap::new();
+                        match check_relocs(rp, addr, map, image, shift, &mut p) {
+                            Ok(()) => {
+                                matching.push(i);
+                                pins.push(p);
+                            }
+                            Err(m) => {
+                                reloc_diff.get_or_insert(m);
+                            }
+                        }
+                    }
                     Some(off) => {
                         first_diff.get_or_insert((off, rp.code[off], live[off]));
                     }
@@ -63,6 +200,16 @@ pub fn check(
             [i] => {
                 let pos = if cands.len() > 1 { *i as u32 + 1 } else { 0 };
                 fixed.insert(rp.name.clone(), pos);
+                fixed.extend(pins.pop().unwrap_or_default());
+            }
+            [] if reloc_diff.is_some() => {
+                let (off, want, got) = reloc_diff.unwrap_or_default();
+                refusals.push(refuse(
+                    &rp.name,
+                    format!(
+                        "pre build does not match the target image (relocation at +{off:#x}: the pre build refers to {want}, the image to {got}); the source or config is not the running kernel's"
+                    ),
+                ));
             }
             [] => {
                 let (off, want, got) = first_diff.unwrap_or_default();
@@ -145,6 +292,7 @@ mod tests {
                 sympos: 0,
                 code: code.to_vec(),
                 skip,
+                relocs: Vec::new(),
             }],
             ..Default::default()
         }
@@ -195,6 +343,125 @@ mod tests {
                 .reason
                 .starts_with("not in the target's System.map"),
             "{refusals:?}"
+        );
+    }
+
+    fn call_reloc(target: diff::External) -> RunPreReloc {
+        RunPreReloc {
+            offset: 1,
+            kind: RelocKind::Pc32,
+            target,
+            addend: -4,
+        }
+    }
+
+    fn exported(name: &str) -> diff::External {
+        diff::External {
+            symbol: name.into(),
+            object: "vmlinux".into(),
+            name: name.into(),
+            sympos: 0,
+        }
+    }
+
+    fn local(name: &str, sympos: u32) -> diff::External {
+        diff::External {
+            symbol: format!(".klp.sym.vmlinux.{name},{sympos}"),
+            object: "vmlinux".into(),
+            name: name.into(),
+            sympos,
+        }
+    }
+
+    /// `show` at +0x10 calls the function at +0x30 (`seq_putc`); `seq_pad` at
+    /// +0x38 has the same size; `helper` twice, at +0x30 and +0x38.
+    fn call_image() -> (TargetImage, SystemMap) {
+        const BASE: u64 = 0xffffffff81000000;
+        let mut text = vec![0xccu8; 0x40];
+        let rel = 0x30i32 - (0x10 + 5);
+        text[0x10] = 0xe8;
+        text[0x11..0x15].copy_from_slice(&rel.to_le_bytes());
+        text[0x15] = 0xc3;
+        let map = SystemMap::parse(
+            "ffffffff83000000 T _text\nffffffff83000010 t show\n\
+             ffffffff83000030 T seq_putc\nffffffff83000038 T seq_pad\n\
+             ffffffff83000030 t helper\nffffffff83000038 t helper\n",
+            Path::new("map"),
+        )
+        .expect("map");
+        (elf_image(BASE, &text), map)
+    }
+
+    fn call_report(target: diff::External) -> diff::Report {
+        let mut r = report("show", &[0xe8, 0, 0, 0, 0, 0xc3], vec![(1, 4)]);
+        r.run_pre[0].relocs = vec![call_reloc(target)];
+        r
+    }
+
+    /// Issue 9 §3: a pre build that calls another same-size function than the
+    /// image matched before (the call's field was only a skipped range); the
+    /// offline run-pre must refuse it and name both symbols.
+    #[test]
+    fn a_call_to_another_function_is_refused_naming_both() {
+        let (image, map) = call_image();
+        let (_, refusals) = check(&call_report(exported("seq_putc")), &map, &image);
+        assert!(refusals.is_empty(), "{refusals:?}");
+        let (_, refusals) = check(&call_report(exported("seq_pad")), &map, &image);
+        assert_eq!(refusals.len(), 1, "{refusals:?}");
+        assert!(
+            refusals[0].reason.contains(
+                "relocation at +0x1: the pre build refers to seq_pad, the image to seq_putc+0x0"
+            ),
+            "{refusals:?}"
+        );
+    }
+
+    /// A duplicated local target's sympos is decided by the live value, like a
+    /// replaced function's own; a name the table lacks is left unchecked and
+    /// pruned from what the update module checks.
+    #[test]
+    fn reloc_targets_pin_sympos_and_unknown_ones_are_pruned() {
+        let (image, map) = call_image();
+        let (fixed, refusals) = check(&call_report(local("helper", 2)), &map, &image);
+        assert!(refusals.is_empty(), "{refusals:?}");
+        assert_eq!(fixed.get("helper"), Some(&1));
+        let mut r = call_report(local("missing", 0));
+        let (_, refusals) = check(&r, &map, &image);
+        assert!(refusals.is_empty(), "{refusals:?}");
+        prune(&mut r, &map);
+        assert!(r.run_pre[0].relocs.is_empty());
+        // sympos 0 of a duplicated name is ambiguous for the livepatch core.
+        let mut r = call_report(local("helper", 0));
+        prune(&mut r, &map);
+        assert!(r.run_pre[0].relocs.is_empty());
+        let mut r = call_report(exported("seq_pad"));
+        prune(&mut r, &map);
+        assert_eq!(r.run_pre[0].relocs.len(), 1);
+    }
+
+    #[test]
+    fn live_targets_invert_each_relocation_kind() {
+        let (image, _) = call_image();
+        const BASE: u64 = 0xffffffff81000000;
+        let r = |kind, addend| RunPreReloc {
+            offset: 0,
+            kind,
+            target: exported("x"),
+            addend,
+        };
+        // PC32 at +0x11: P + v - A with A = -4 is the call's destination.
+        assert_eq!(
+            live_target(&image, BASE + 0x11, &r(RelocKind::Pc32, -4)),
+            Some(BASE + 0x30)
+        );
+        // 0xcccccccc: 32S sign-extends, 32 zero-extends.
+        assert_eq!(
+            live_target(&image, BASE, &r(RelocKind::Abs32s, 0)),
+            Some(0xffff_ffff_cccc_cccc)
+        );
+        assert_eq!(
+            live_target(&image, BASE, &r(RelocKind::Abs32, 4)),
+            Some(0xcccc_cccc - 4)
         );
     }
 

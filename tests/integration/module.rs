@@ -119,6 +119,7 @@ fn run_pre_of(pre: &Path, func: &str) -> RunPre {
     RunPre {
         code,
         skip: skip.into_iter().collect(),
+        relocs: Vec::new(),
     }
 }
 
@@ -368,6 +369,7 @@ fn missing_replacement_function_is_refused() {
                 run_pre: RunPre {
                     code: vec![0x90],
                     skip: vec![],
+                    relocs: vec![],
                 },
             }],
         }],
@@ -1052,6 +1054,7 @@ fn module_symbol_in_a_load_time_section_is_refused() {
                 run_pre: RunPre {
                     code: vec![0x90],
                     skip: vec![],
+                    relocs: vec![],
                 },
             }],
         }],
@@ -1062,4 +1065,84 @@ fn module_symbol_in_a_load_time_section_is_refused() {
         }) => assert_eq!((section.as_str(), object.as_str()), ("__jump_table", "xfs")),
         other => panic!("wrong result: {other:?}"),
     }
+}
+
+/// Issue 9 §3 (run-pre checks relocations): the differ records the pre
+/// code's references to named symbols — not the ftrace call or the return
+/// thunk the kernel rewrites — and the module gets one address slot per
+/// symbol, relocated against it: through a `.klp.rela.vmlinux` livepatch
+/// relocation for an unexported symbol, by the module loader for an exported
+/// one.  Before the fix every relocation field was only a skipped range.
+#[test]
+fn run_pre_relocations_get_one_relocated_slot_per_symbol() {
+    let ko = differ_cmdline_update();
+    let work = work_root().join("differ-cmdline-string/module");
+    let c = std::fs::read_to_string(work.join("ksplice-update.c")).expect("generated C");
+    for sym in [
+        ".klp.sym.vmlinux.saved_command_line,0",
+        "seq_puts",
+        "seq_putc",
+    ] {
+        assert!(
+            c.contains(&format!("__asm__(\"\\\"{sym}\\\"\");")),
+            "no slot for {sym}:\n{c}"
+        );
+    }
+    assert!(!c.contains("__fentry__") && !c.contains("thunk"), "{c}");
+    assert_eq!(c.matches(".kind = KSPLICE_RELOC_PC32").count(), 3, "{c}");
+    assert!(c.contains(".slots = ksplice_slots_0,"), "{c}");
+    assert!(
+        c.contains("static const char *const ksplice_slot_names_0[] = {\n\t\"saved_command_line\",\n\t\"seq_puts\",\n\t\"seq_putc\",\n};"),
+        "{c}"
+    );
+
+    let r = inspect::read(ko).expect("inspect");
+    let data: Vec<_> = r
+        .klp_rela_sections
+        .iter()
+        .filter(|s| s.target.starts_with(".data"))
+        .collect();
+    assert_eq!(data.len(), 1, "{:?}", r.klp_rela_sections);
+    assert_eq!(
+        data[0].symbols,
+        vec![".klp.sym.vmlinux.saved_command_line,0".to_owned()]
+    );
+    assert!(
+        r.undefined.iter().any(|s| s == "seq_putc"),
+        "{:?}",
+        r.undefined
+    );
+}
+
+/// A value-checked relocation must lie in a skipped range and name a symbol
+/// the kernel resolves; anything else is refused before kbuild runs.
+#[test]
+fn run_pre_relocation_outside_the_skip_ranges_is_refused() {
+    use builder::diff::{External, RelocKind, RunPreReloc};
+    let err = build("cmdline-kpatch", "ksplice_badreloc_test", |rp| {
+        rp.relocs = vec![RunPreReloc {
+            offset: 0x10,
+            kind: RelocKind::Pc32,
+            target: External {
+                symbol: "seq_puts".into(),
+                object: "vmlinux".into(),
+                name: "seq_puts".into(),
+                sympos: 0,
+            },
+            addend: -4,
+        }];
+        rp.skip.retain(|&(o, l)| !(o..o + l).contains(&0x10));
+    });
+    assert!(
+        matches!(
+            err,
+            Err(Error::BadRunPreReloc {
+                offset: 0x10,
+                reason: "the field is not inside a skip range",
+                ..
+            })
+        ),
+        "{:?}",
+        err.err()
+    );
 }

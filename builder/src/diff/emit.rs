@@ -18,7 +18,9 @@ use super::correlate::Pair;
 use super::error::{Error, Side};
 use super::include::{anchor_entity, Reason, Selection};
 use super::load::{EntId, EntKind, Kind, Object, Target};
-use super::report::{External, FunctionChange, FunctionStatus, Inclusion, RunPre};
+use super::report::{
+    External, FunctionChange, FunctionStatus, Inclusion, RelocKind, RunPre, RunPreReloc,
+};
 use super::special::Site;
 use super::Cx;
 
@@ -486,11 +488,13 @@ pub(crate) fn describe(
                     .iter()
                     .map(|r| ((r.offset - pe.start) as u32, r.width()))
                     .collect();
-                skip.extend(sites.get(&pid).into_iter().flatten().copied());
+                let site_ranges = sites.get(&pid).map(Vec::as_slice).unwrap_or_default();
+                skip.extend(site_ranges.iter().copied());
                 run_pre.push(RunPre {
                     name: pe.name.to_string(),
                     sympos: pos,
                     skip: merge(skip, code.len() as u32),
+                    relocs: checked_relocs(pre, pid, site_ranges, cx),
                     code,
                 });
             }
@@ -535,6 +539,73 @@ pub(crate) fn describe(
         })
         .collect();
     (functions, line_only, included, run_pre)
+}
+
+/// Symbols whose references the kernel rewrites at boot or run time even outside the sites
+/// the special sections list: the ftrace entry, retpoline and return thunks (alternatives
+/// turn them into indirect calls or `ret`), static call trampolines.  Their fields stay
+/// skipped, as before run-pre checked relocations.
+const REWRITTEN_TARGETS: &[&str] = &[
+    "__fentry__",
+    "__x86_indirect_",
+    "__x86_return_thunk",
+    "__x86_return_skl",
+    "__SCT__",
+    "srso_",
+    "retbleed_",
+    "zen_untrain_ret",
+    "entry_untrain_ret",
+];
+
+/// The relocations of pre function `pid` whose live value run-pre can check: a PC-relative
+/// or absolute reference to a named symbol the running kernel has under a name the update
+/// module can resolve, outside the sites the kernel rewrites.  References to unnamed data
+/// (string literals) and, in a module, to symbols of unknown origin stay skipped only.
+fn checked_relocs(pre: &Object<'_>, pid: EntId, sites: &[(u32, u32)], cx: &Cx) -> Vec<RunPreReloc> {
+    let pe = pre.ent(pid);
+    let mut out = Vec::new();
+    for r in pre.ent_relas(pid) {
+        let Some(kind) = RelocKind::from_elf(r.r_type) else {
+            continue;
+        };
+        let offset = (r.offset - pe.start) as u32;
+        let end = offset + kind.width();
+        if sites.iter().any(|&(s, l)| offset < s + l && s < end) {
+            continue;
+        }
+        let (target, addend) = match pre.resolve_in(pe.sec, r) {
+            Target::Ent { ent, off } => {
+                let Some(sym) = pre.ent(ent).sym else {
+                    continue;
+                };
+                let s = pre.sym(sym);
+                if s.st_type == elf::STT_SECTION {
+                    continue;
+                }
+                (external(cx, pre.ent(ent).name, true, s.bind), off)
+            }
+            Target::Undef { sym, addend } => {
+                let s = pre.sym(sym);
+                let ext = external(cx, s.name, false, s.bind);
+                // A module's undefined non-vmlinux symbol may live in another module.
+                if cx.target_object != "vmlinux" && ext.object != "vmlinux" {
+                    continue;
+                }
+                (ext, addend)
+            }
+            Target::Other { .. } => continue,
+        };
+        if REWRITTEN_TARGETS.iter().any(|p| target.name.starts_with(p)) {
+            continue;
+        }
+        out.push(RunPreReloc {
+            offset,
+            kind,
+            target,
+            addend,
+        });
+    }
+    out
 }
 
 /// Sort and merge `(start, len)` ranges, clamped to `limit`.

@@ -17,7 +17,10 @@ mod verify;
 use std::collections::{HashMap, HashSet};
 
 pub use error::{Error, Side};
-pub use report::{External, FunctionChange, FunctionStatus, Inclusion, Refusal, Report, RunPre};
+pub use report::{
+    External, FunctionChange, FunctionStatus, Inclusion, Refusal, RelocKind, Report, RunPre,
+    RunPreReloc,
+};
 pub use special::entry_sizes;
 
 /// What the differ needs to know about the target (contract B).

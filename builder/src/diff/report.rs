@@ -79,6 +79,58 @@ pub struct RunPre {
     /// running kernel: relocation fields, the ftrace call, and every site the kernel rewrites
     /// (alternatives, paravirt, jump labels, static calls, retpolines, return thunks, locks).
     pub skip: Vec<(u32, u32)>,
+    /// Relocation fields (all inside `skip`) whose live value run-pre checks: the field must
+    /// refer to the same symbol in the running kernel as in the pre build.
+    #[serde(default)]
+    pub relocs: Vec<RunPreReloc>,
+}
+
+/// How a relocated field's value derives from its symbol `S`, addend `A` and address `P`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RelocKind {
+    /// `R_X86_64_PC32`, `R_X86_64_PLT32`: int32 `S + A - P`.
+    Pc32,
+    /// `R_X86_64_32S`: int32 `S + A`, sign-extended.
+    Abs32s,
+    /// `R_X86_64_32`: uint32 `S + A`, zero-extended.
+    Abs32,
+    /// `R_X86_64_64`: `S + A`.
+    Abs64,
+}
+
+impl RelocKind {
+    /// The kind run-pre checks for an ELF relocation type, if any.
+    pub fn from_elf(r_type: u32) -> Option<RelocKind> {
+        use object::elf;
+        match r_type {
+            elf::R_X86_64_PC32 | elf::R_X86_64_PLT32 => Some(RelocKind::Pc32),
+            elf::R_X86_64_32S => Some(RelocKind::Abs32s),
+            elf::R_X86_64_32 => Some(RelocKind::Abs32),
+            elf::R_X86_64_64 => Some(RelocKind::Abs64),
+            _ => None,
+        }
+    }
+
+    /// Bytes of the field.
+    pub fn width(self) -> u32 {
+        match self {
+            RelocKind::Abs64 => 8,
+            _ => 4,
+        }
+    }
+}
+
+/// One value-checked relocation of a replaced function's pre code.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunPreReloc {
+    /// Offset of the field from the function's start.
+    pub offset: u32,
+    pub kind: RelocKind,
+    /// `S`: the symbol, spelled as the patch object would spell a reference to it.
+    pub target: External,
+    /// `A`.
+    pub addend: i64,
 }
 
 /// The whole report for one object pair.
@@ -199,6 +251,7 @@ mod tests {
             sympos: 0,
             code: vec![0xe8, 0, 1],
             skip: vec![(1, 4)],
+            relocs: Vec::new(),
         };
         let json = serde_json::to_string(&r).expect("serialize");
         assert!(json.contains("\"e80001\""), "{json}");

@@ -55,6 +55,14 @@ pub enum Error {
         size: usize,
     },
 
+    /// A value-checked relocation of the run-pre data cannot be checked as described.
+    #[error("run-pre relocation at {function}+{offset:#x}: {reason}")]
+    BadRunPreReloc {
+        function: String,
+        offset: u32,
+        reason: &'static str,
+    },
+
     /// Reading or writing a file failed.
     #[error("{path}: {source}")]
     Io {

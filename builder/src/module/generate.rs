@@ -5,7 +5,8 @@ use std::fmt::Write as _;
 use std::path::Path;
 
 use super::callbacks::{Hooks, KINDS};
-use super::{Error, Inputs, Result, Target};
+use super::{Error, Inputs, ReplacedFunction, Result, Target};
+use crate::diff::RelocKind;
 
 /// The generated C file, compiled as `ksplice-update.o`.
 pub(crate) const UPDATE_C: &str = "ksplice-update.c";
@@ -85,6 +86,7 @@ fn update_c(inputs: &Inputs, targets: &[Target<'_>], hooks: &[Hooks]) -> String 
             target.name,
             funcs.len()
         );
+        let slots = write_slots(w, t, &funcs);
         for (f, func) in funcs.iter().enumerate() {
             let _ = writeln!(
                 w,
@@ -104,6 +106,29 @@ fn update_c(inputs: &Inputs, targets: &[Target<'_>], hooks: &[Hooks]) -> String 
                 );
                 for (off, len) in &func.run_pre.skip {
                     let _ = writeln!(w, "\t{{ .offset = {off:#x}, .len = {len} }},");
+                }
+                let _ = writeln!(w, "}};");
+            }
+            if !func.run_pre.relocs.is_empty() {
+                let _ = writeln!(
+                    w,
+                    "static const struct ksplice_reloc ksplice_relocs_{t}_{f}[] = {{"
+                );
+                for r in &func.run_pre.relocs {
+                    let slot = super::slot_symbol(&r.target)
+                        .and_then(|sym| slots.iter().position(|s| *s == sym))
+                        .expect("invariant: validate() checked every slot symbol");
+                    let kind = match r.kind {
+                        RelocKind::Pc32 => "PC32",
+                        RelocKind::Abs32s => "32S",
+                        RelocKind::Abs32 => "32",
+                        RelocKind::Abs64 => "64",
+                    };
+                    let _ = writeln!(
+                        w,
+                        "\t{{ .offset = {:#x}, .kind = KSPLICE_RELOC_{kind}, .slot = {slot}, .addend = {} }},",
+                        r.offset, r.addend
+                    );
                 }
                 let _ = writeln!(w, "}};");
             }
@@ -132,9 +157,16 @@ fn update_c(inputs: &Inputs, targets: &[Target<'_>], hooks: &[Hooks]) -> String 
                         ".skip = ksplice_skip_{t}_{f}, .nr_skip = ARRAY_SIZE(ksplice_skip_{t}_{f})"
                     )
                 };
+                let relocs = if func.run_pre.relocs.is_empty() {
+                    ".relocs = NULL, .nr_relocs = 0".to_owned()
+                } else {
+                    format!(
+                        ".relocs = ksplice_relocs_{t}_{f}, .nr_relocs = ARRAY_SIZE(ksplice_relocs_{t}_{f})"
+                    )
+                };
                 let _ = writeln!(
                     w,
-                    "\t{{ .code = ksplice_code_{t}_{f}, .size = sizeof(ksplice_code_{t}_{f}), {skip} }},"
+                    "\t{{ .code = ksplice_code_{t}_{f}, .size = sizeof(ksplice_code_{t}_{f}), {skip}, {relocs} }},"
                 );
             }
             let _ = writeln!(w, "}};");
@@ -188,9 +220,21 @@ fn update_c(inputs: &Inputs, targets: &[Target<'_>], hooks: &[Hooks]) -> String 
         } else {
             format!("ksplice_run_pre_{t}")
         };
+        let has_slots = target
+            .objects
+            .iter()
+            .flat_map(|&i| &inputs.objects[i].functions)
+            .any(|f| !f.run_pre.relocs.is_empty());
+        let slots = if has_slots {
+            format!(
+                "ksplice_slots_{t},\n\t\t.slot_names = ksplice_slot_names_{t},\n\t\t.nr_slots = ARRAY_SIZE(ksplice_slots_{t})"
+            )
+        } else {
+            "NULL,\n\t\t.slot_names = NULL,\n\t\t.nr_slots = 0".to_owned()
+        };
         let _ = writeln!(
             w,
-            "\t{{\n\t\t.run_pre = {run_pre},\n\t\t.nr_funcs = {nr_funcs},\n\t\t.hooks = {{"
+            "\t{{\n\t\t.run_pre = {run_pre},\n\t\t.nr_funcs = {nr_funcs},\n\t\t.slots = {slots},\n\t\t.hooks = {{"
         );
         for (k, kind) in KINDS.iter().enumerate() {
             if target
@@ -209,6 +253,49 @@ fn update_c(inputs: &Inputs, targets: &[Target<'_>], hooks: &[Hooks]) -> String 
         "const unsigned int ksplice_nr_objects = ARRAY_SIZE(ksplice_objects);"
     );
     c
+}
+
+/// Write the slot table of target `t`: one `unsigned long` per distinct
+/// symbol the run-pre relocations of `funcs` refer to, initialised with the
+/// symbol's address so that the compiler emits an R_X86_64_64 relocation
+/// against it ([`super::klp`] turns those against `.klp.sym` names into
+/// livepatch relocations).  The table is not `const` and not `static`, so no
+/// compiler can assume its load-time value.  Returns the slot symbols in order.
+fn write_slots(w: &mut String, t: usize, funcs: &[&ReplacedFunction]) -> Vec<String> {
+    let mut slots: Vec<(String, String)> = Vec::new();
+    for r in funcs.iter().flat_map(|f| &f.run_pre.relocs) {
+        let Some(sym) = super::slot_symbol(&r.target) else {
+            continue;
+        };
+        if !slots.iter().any(|(s, _)| *s == sym) {
+            let shown = match r.target.sympos {
+                0 => r.target.name.clone(),
+                n => format!("{} (sympos {n})", r.target.name),
+            };
+            slots.push((sym, shown));
+        }
+    }
+    if slots.is_empty() {
+        return Vec::new();
+    }
+    for (n, (sym, _)) in slots.iter().enumerate() {
+        // Quoted, so that gas reads `,` and `.` in `.klp.sym` names as part of the name.
+        let _ = writeln!(
+            w,
+            "extern const char ksplice_sym_{t}_{n}[] __asm__(\"\\\"{sym}\\\"\");"
+        );
+    }
+    let _ = writeln!(w, "unsigned long ksplice_slots_{t}[] = {{");
+    for n in 0..slots.len() {
+        let _ = writeln!(w, "\t(unsigned long)ksplice_sym_{t}_{n},");
+    }
+    let _ = writeln!(w, "}};");
+    let _ = writeln!(w, "static const char *const ksplice_slot_names_{t}[] = {{");
+    for (_, shown) in &slots {
+        let _ = writeln!(w, "\t\"{shown}\",");
+    }
+    let _ = writeln!(w, "}};");
+    slots.into_iter().map(|(s, _)| s).collect()
 }
 
 #[cfg(test)]
@@ -239,6 +326,7 @@ mod tests {
                         run_pre: RunPre {
                             code: vec![0xe8, 0, 0, 0, 0, 0xc3],
                             skip: vec![(0, 5)],
+                            relocs: vec![],
                         },
                     }],
                 },

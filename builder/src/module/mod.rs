@@ -83,6 +83,9 @@ pub struct RunPre {
     pub code: Vec<u8>,
     /// `(start, len)` byte ranges left out of the comparison.
     pub skip: Vec<(u32, u32)>,
+    /// Relocation fields (inside `skip`) whose live value must refer to the
+    /// same symbol as the pre build's (docs/loader-module.md).
+    pub relocs: Vec<crate::diff::RunPreReloc>,
 }
 
 /// One function of the running kernel that the update replaces.
@@ -139,6 +142,7 @@ impl PatchObject {
                     run_pre: RunPre {
                         code: rp.code.clone(),
                         skip: rp.skip.clone(),
+                        relocs: rp.relocs.clone(),
                     },
                 })
             })
@@ -284,7 +288,52 @@ fn check_run_pre(f: &ReplacedFunction) -> Result<()> {
             });
         }
     }
+    for r in &f.run_pre.relocs {
+        let bad = |reason| Error::BadRunPreReloc {
+            function: f.name.clone(),
+            offset: r.offset,
+            reason,
+        };
+        let (start, end) = (r.offset, u64::from(r.offset) + u64::from(r.kind.width()));
+        if end > size as u64 {
+            return Err(bad("the field is outside the function's code"));
+        }
+        // The kernel compares the field by value only; its bytes must be skipped.
+        let skipped = f
+            .run_pre
+            .skip
+            .iter()
+            .any(|&(o, l)| o <= start && end <= u64::from(o) + u64::from(l));
+        if !skipped {
+            return Err(bad("the field is not inside a skip range"));
+        }
+        slot_symbol(&r.target)
+            .ok_or_else(|| bad("the symbol is neither exported nor a .klp.sym name"))?;
+        check_target(&r.target.object)?;
+        check_symbol(&f.name, &r.target.name)?;
+    }
     Ok(())
+}
+
+/// The symbol a run-pre slot is relocated against: the plain name of a
+/// symbol vmlinux exports (the module loader resolves it), otherwise
+/// `.klp.sym.<object>.<name>,<sympos>` (the livepatch core resolves it), the
+/// same spelling the patch object uses for references to it.
+pub(crate) fn slot_symbol(t: &crate::diff::External) -> Option<String> {
+    let klp = format!(
+        "{}{}.{},{}",
+        klp::KLP_SYM_PREFIX,
+        t.object,
+        t.name,
+        t.sympos
+    );
+    if t.symbol == klp {
+        Some(klp)
+    } else if t.symbol == t.name && t.object == "vmlinux" && t.sympos == 0 {
+        Some(t.name.clone())
+    } else {
+        None
+    }
 }
 
 /// Where [`build`] leaves the module for `name` inside `work_dir`.
@@ -301,7 +350,11 @@ mod tests {
             name: name.into(),
             sympos: 0,
             symbol: format!("ksp0_{name}"),
-            run_pre: RunPre { code, skip },
+            run_pre: RunPre {
+                code,
+                skip,
+                relocs: Vec::new(),
+            },
         }
     }
 

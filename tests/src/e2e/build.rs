@@ -3,7 +3,7 @@
 use super::kgit::{patched_files, KernelRepo, PRE};
 use super::profile::Profile;
 use super::runner::Harness;
-use super::scenario::{Build, PackageVariant};
+use super::scenario::{Alteration, Build, PackageVariant};
 use anyhow::{bail, Context as _, Result};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -86,7 +86,9 @@ impl<'a> Context<'a> {
                     }
                 }
             }
-            Build::RunPreMismatch { patch } => self.run_pre_mismatch(patch, out),
+            Build::RunPreMismatch { patch, alteration } => {
+                self.run_pre_mismatch(patch, *alteration, out)
+            }
         }
     }
 
@@ -100,16 +102,34 @@ impl<'a> Context<'a> {
     /// (function, offset, both bytes) comes from comparing the run-pre code of this update
     /// with that of the good update built from the real pre tree, which ksplice-create
     /// matched against the image.
-    fn run_pre_mismatch(&mut self, patch: &Path, out: &Path) -> Result<Built> {
+    ///
+    /// With [`Alteration::CallTarget`] ([`RUN_PRE_CALL_ALTERATION`]: seq_putc becomes
+    /// seq_pad, same signature and code size) the bytes match and the relocation value
+    /// check must refuse, naming the offset of the call's field from report.json, the
+    /// symbol the pre build calls and the one the running kernel calls.
+    fn run_pre_mismatch(
+        &mut self,
+        patch: &Path,
+        alteration: Alteration,
+        out: &Path,
+    ) -> Result<Built> {
         let id = stem(patch).to_lowercase();
         let repo = self.repo()?;
         let branch = repo.patch_branch(&stem(patch), patch)?;
         let good = self.create_git(&id, PRE, &branch, &out.join("good"))?;
         let (_, good_rp) = unpack_run_pre(&good, &out.join("good-unpacked"))?;
 
-        let alteration = out.join("alter-pre.patch");
-        std::fs::write(&alteration, RUN_PRE_ALTERATION)?;
-        let altered_pre = repo.branch_on("runpre-altered-pre", PRE, &alteration)?;
+        let (text, pre_branch, suffix) = match alteration {
+            Alteration::Immediate => (RUN_PRE_ALTERATION, "runpre-altered-pre", "runpre"),
+            Alteration::CallTarget => (
+                RUN_PRE_CALL_ALTERATION,
+                "runpre-call-altered-pre",
+                "runpre-call",
+            ),
+        };
+        let alteration_file = out.join("alter-pre.patch");
+        std::fs::write(&alteration_file, text)?;
+        let altered_pre = repo.branch_on(pre_branch, PRE, &alteration_file)?;
         let p = self.profile()?;
         let target = out.join("target");
         std::fs::create_dir_all(target.join("ksplice"))?;
@@ -124,7 +144,7 @@ impl<'a> Context<'a> {
             std::fs::copy(p.dir.join(f), target.join("ksplice").join(f))?;
         }
         let [trusted, _] = self.keys()?;
-        let new_id = format!("{id}-runpre");
+        let new_id = format!("{id}-{suffix}");
         let work = self.h.work.join("create").join(&new_id);
         std::fs::create_dir_all(&work)?;
         let pkg_dir = out.join("altered");
@@ -151,6 +171,28 @@ impl<'a> Context<'a> {
                 good_rp.func,
                 good_rp.code.len()
             );
+        }
+        if alteration == Alteration::CallTarget {
+            if rp.code != good_rp.code {
+                bail!("the call-target alteration changed more than a relocation's symbol");
+            }
+            let off = rp
+                .relocs
+                .iter()
+                .find(|(_, name)| name == "seq_pad")
+                .map(|(off, _)| *off)
+                .context("report.json: no value-checked relocation against seq_pad")?;
+            return Ok(Built {
+                file: pkg,
+                env: vec![(
+                    "DMESG_ALLOW".into(),
+                    format!("{module}:.run-pre|livepatch:.(pre-patch.callback|failed.to)"),
+                )],
+                expect: Some(format!(
+                    "refused: {module}: run-pre check failed: \n{module}: run-pre: relocation mismatch in {}+0x{off:x}: expected seq_pad found seq_putc+0x0/",
+                    rp.func
+                )),
+            });
         }
         let off = (0..rp.code.len())
             .find(|&i| rp.code[i] != good_rp.code[i] && !rp.skipped(i))
@@ -553,11 +595,25 @@ const RUN_PRE_ALTERATION: &str = "--- a/fs/proc/cmdline.c
  }
 ";
 
+/// The same-size call to another function in cmdline_proc_show: only the relocation differs.
+const RUN_PRE_CALL_ALTERATION: &str = "--- a/fs/proc/cmdline.c
++++ b/fs/proc/cmdline.c
+@@ -8,5 +8,5 @@
+ {
+ \tseq_puts(m, saved_command_line);
+-\tseq_putc(m, '\\n');
++\tseq_pad(m, '\\n');
+ \treturn 0;
+ }
+";
+
 /// The first replaced function's run-pre data in a package's report.json.
 struct PackageRunPre {
     func: String,
     code: Vec<u8>,
     skip: Vec<(usize, usize)>,
+    /// Value-checked relocations: (offset, symbol name).
+    relocs: Vec<(usize, String)>,
 }
 
 impl PackageRunPre {
@@ -587,5 +643,24 @@ fn unpack_run_pre(pkg: &Path, dir: &Path) -> Result<(String, PackageRunPre)> {
         .iter()
         .filter_map(|r| Some((r[0].as_u64()? as usize, r[1].as_u64()? as usize)))
         .collect();
-    Ok((module, PackageRunPre { func, code, skip }))
+    let relocs = rp["relocs"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|r| {
+            Some((
+                r["offset"].as_u64()? as usize,
+                r["target"]["name"].as_str()?.to_string(),
+            ))
+        })
+        .collect();
+    Ok((
+        module,
+        PackageRunPre {
+            func,
+            code,
+            skip,
+            relocs,
+        },
+    ))
 }

@@ -47,7 +47,20 @@ pub enum Build {
     /// `ksplice-create` must refuse the patch, and say this.
     Refused { patch: PathBuf, reason: String },
     /// An update built from a pre tree with one function altered: run-pre must refuse it.
-    RunPreMismatch { patch: PathBuf },
+    RunPreMismatch {
+        patch: PathBuf,
+        alteration: Alteration,
+    },
+}
+
+/// How the pre tree of a [`Build::RunPreMismatch`] differs from the running kernel's source.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Alteration {
+    /// One immediate operand: the byte comparison refuses.
+    Immediate,
+    /// A call to another function of the same signature (same code size, only the
+    /// relocation's symbol differs): the relocation value check refuses.
+    CallTarget,
 }
 
 /// Variants of a sample package for the positive and negative client scenarios.
@@ -203,8 +216,20 @@ pub fn all(patches: &Path) -> Vec<Scenario> {
             v.push(Scenario {
                 name: "refuse-run-pre-mismatch".into(),
                 needs: vec![Client, Profile, Create],
-                build: Build::RunPreMismatch { patch },
+                build: Build::RunPreMismatch {
+                    patch: patch.clone(),
+                    alteration: Alteration::Immediate,
+                },
                 guest: guest("refuse.sh", &[("WHY", "run-pre")]),
+            });
+            v.push(Scenario {
+                name: "refuse-run-pre-call-target".into(),
+                needs: vec![Client, Profile, Create],
+                build: Build::RunPreMismatch {
+                    patch,
+                    alteration: Alteration::CallTarget,
+                },
+                guest: guest("refuse.sh", &[("WHY", "run-pre-reloc")]),
             });
         }
     }
