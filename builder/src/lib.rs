@@ -1,4 +1,6 @@
 //! The ksplice builder: from two kernel versions to a signed live update.
+#![forbid(unsafe_code)]
+
 pub mod affected;
 pub mod checkout;
 pub mod create;

@@ -1,4 +1,6 @@
 //! Integration tests for ksplice (one test binary).
+#![forbid(unsafe_code)]
+
 mod client;
 mod create;
 mod differ;

@@ -1,4 +1,5 @@
 //! Helpers for the ksplice integration tests and end-to-end harness.
+#![forbid(unsafe_code)]
 
 pub mod e2e;
 

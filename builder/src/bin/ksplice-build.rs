@@ -3,6 +3,7 @@
 //! Exit codes: 0 success; 1 usage error or I/O failure; 2 refused: invalid input
 //! (bad manifest, bad key file, a key file that already exists, ...).
 //! Subcommands may define further codes in their own docs.
+#![forbid(unsafe_code)]
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;

@@ -1,6 +1,7 @@
 //! `ksplice-create`: build a signed live update from a kernel source change.
 //!
 //! Exit codes (docs/builder.md): 0 built, 1 error, 2 refused, 3 no functional change.
+#![forbid(unsafe_code)]
 
 use std::path::PathBuf;
 

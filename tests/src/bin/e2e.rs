@@ -8,6 +8,7 @@
 //! the names of the others as excluded, so nothing is dropped silently.
 //! Exit status: 0 when every selected scenario passed, 1 when any failed or did
 //! not run, 2 on a usage or set-up error.
+#![forbid(unsafe_code)]
 
 use anyhow::{bail, Result};
 use ksplice_tests::e2e::kgit::KernelRepo;
