@@ -55,12 +55,15 @@ fn signed(files: &[(&str, &[u8])], keys: &[&SigningKey]) -> (Vec<u8>, Vec<u8>) {
 
 // ---- crafting archives byte by byte ----------------------------------------------------------
 
-/// One raw ustar entry: header with `name` written verbatim (no sanitizing), then data.
+/// One raw ustar entry: header with `name` written verbatim (no sanitizing), then data;
+/// every other field as `write_package` writes it.
 fn entry_sized(name: &[u8], typeflag: u8, data: &[u8], size: u64) -> Vec<u8> {
     let mut header = tar::Header::new_ustar();
     header.set_size(size);
     header.set_mode(0o644);
     header.set_mtime(0);
+    header.set_uid(0);
+    header.set_gid(0);
     header.set_entry_type(tar::EntryType::new(typeflag));
     if typeflag == b'1' || typeflag == b'2' {
         header.set_link_name("target").expect("link name");
