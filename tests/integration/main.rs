@@ -1,4 +1,5 @@
 //! Integration tests for ksplice (one test binary).
+mod apply_path;
 mod client;
 mod create;
 mod differ;
