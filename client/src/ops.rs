@@ -140,21 +140,23 @@ pub fn apply(host: &Host<'_>, pkgs: &[PathBuf], on: &mut dyn FnMut(Event)) -> Re
     }
     let mut state = State::open(host)?;
     for (bytes, m) in checked {
-        apply_one(&mut state, &bytes, &m, &policy, on)?;
+        apply_one(&mut state, bytes, &m, &policy, on)?;
     }
     Ok(())
 }
 
+/// Installs `bytes` (taken by value: they are dropped once installed, so that
+/// loading, which reads the installed copy again, does not hold two copies).
 fn apply_one(
     state: &mut State<'_, '_>,
-    bytes: &[u8],
+    bytes: Vec<u8>,
     m: &Verified<Manifest>,
     policy: &TrustPolicy,
     on: &mut dyn FnMut(Event),
 ) -> Result<()> {
     let host = state.host;
     let id = m.id.clone();
-    let sha = manifests::sha256_hex(bytes);
+    let sha = manifests::sha256_hex(&bytes);
     if let Some(i) = state.index(&id) {
         let e = state.entry(i);
         if e.phase == Phase::Applied {
@@ -193,12 +195,13 @@ fn apply_one(
                 applied_seq: None,
                 manifest: (**m).clone(),
             })?;
-            pkgfile::install(&host.package_path(&id), bytes)?;
+            pkgfile::install(&host.package_path(&id), &bytes)?;
             state.checkpoint(Step::StateFile("package installed"))?;
             state.set_phase(i, Phase::Installed)?;
             (i, true)
         }
     };
+    drop(bytes);
     match load(state, i, policy) {
         Ok(()) => {
             on(Event::Applied { id });
