@@ -275,7 +275,7 @@ pub fn create(opts: &Options, summary: &mut Summary) -> Result<PathBuf> {
     })?;
 
     // 8. Package: manifest, module, source diff, differ reports; signed.
-    let pkg = summary.time("package", |_| -> Result<PathBuf> {
+    let pkg = summary.time("package", |summary| -> Result<PathBuf> {
         let diff_path = work.join("patch.diff");
         std::fs::write(&diff_path, &diff_text).map_err(Error::io(&diff_path))?;
         let report_path = work.join("report.json");
@@ -309,7 +309,8 @@ pub fn create(opts: &Options, summary: &mut Summary) -> Result<PathBuf> {
                 .collect(),
             files: Vec::new(),
         };
-        let keys = signing_keys(&opts.sign_keys, &opts.etc_dir)?;
+        let (keys, warning) = signing_keys(&opts.sign_keys, &opts.etc_dir)?;
+        summary.notes.extend(warning);
         let key_refs: Vec<&manifests::SigningKey> = keys.iter().collect();
         std::fs::create_dir_all(&opts.output).map_err(Error::io(&opts.output))?;
         let payload = vec![
@@ -595,31 +596,93 @@ fn now_rfc3339() -> String {
 }
 
 /// Load `--sign-key`s, or the host-local key (contracts.md D): created 0600
-/// on first use, and trusted by a new trust.toml when none exists yet.
-fn signing_keys(paths: &[PathBuf], etc: &Path) -> Result<Vec<manifests::SigningKey>> {
+/// on first use, and trusted by a new trust.toml when none exists yet. Returns a
+/// warning when an existing trust.toml would make `ksplice apply` refuse what the
+/// host-local key signs.
+fn signing_keys(
+    paths: &[PathBuf],
+    etc: &Path,
+) -> Result<(Vec<manifests::SigningKey>, Option<String>)> {
     if !paths.is_empty() {
-        return paths
+        let keys = paths
             .iter()
             .map(|p| manifests::SigningKey::load(p).map_err(Error::from))
-            .collect();
+            .collect::<Result<_>>()?;
+        return Ok((keys, None));
     }
     let key_path = etc.join("local-signing.key");
     let key = if key_path.exists() {
         manifests::SigningKey::load(&key_path)?
     } else {
-        std::fs::create_dir_all(etc).map_err(Error::io(etc))?;
+        create_etc_dir(etc)?;
         let k = manifests::SigningKey::generate()?;
         k.save_new(&key_path)?;
         k
     };
     let trust = etc.join("trust.toml");
-    if !trust.exists() {
+    if std::fs::symlink_metadata(&trust).is_err() {
         let policy = manifests::TrustPolicy::new(vec![key.public()], 1)?;
-        let tmp = etc.join(".trust.toml.tmp");
-        std::fs::write(&tmp, policy.to_toml()).map_err(Error::io(&tmp))?;
-        std::fs::rename(&tmp, &trust).map_err(Error::io(&trust))?;
+        write_trust(etc, &trust, &policy)?;
+        return Ok((vec![key], None));
     }
-    Ok(vec![key])
+    let warning = match manifests::TrustPolicy::load(&trust) {
+        Ok(policy) if !policy.keys().contains(&key.public()) => Some(format!(
+            "warning: {} does not trust the host-local key {} that signed this package; \
+             ksplice apply on this host will refuse it",
+            trust.display(),
+            key.public().key_id()
+        )),
+        Ok(policy) if policy.threshold() > 1 => Some(format!(
+            "warning: {} requires {} signatures, this package has one; \
+             ksplice apply on this host will refuse it",
+            trust.display(),
+            policy.threshold()
+        )),
+        Ok(_) => None,
+        Err(e) => Some(format!(
+            "warning: {e}; ksplice apply on this host will refuse every package"
+        )),
+    };
+    Ok((vec![key], warning))
+}
+
+/// Mode of `/etc/ksplice`: readable by all (trust.toml is public), writable by root.
+const ETC_DIR_MODE: u32 = 0o755;
+/// Mode of `trust.toml`: public keys, readable by all, writable only by its owner
+/// (the client refuses a policy writable by group or others).
+const TRUST_MODE: u32 = 0o644;
+
+/// Creates `/etc/ksplice` (and missing parents) with mode 0755 set explicitly, so the
+/// umask of whoever ran the first build does not decide it.
+fn create_etc_dir(etc: &Path) -> Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    if etc.is_dir() {
+        return Ok(());
+    }
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(ETC_DIR_MODE)
+        .create(etc)
+        .map_err(Error::io(etc))?;
+    std::fs::set_permissions(etc, std::fs::Permissions::from_mode(ETC_DIR_MODE))
+        .map_err(Error::io(etc))
+}
+
+/// Writes a new trust.toml: a fresh randomly named temporary file in `etc` (created
+/// `O_EXCL`, so no planted name or symlink is followed), mode 0644 set on its
+/// descriptor, synced, then linked into place only if no trust.toml appeared meanwhile.
+fn write_trust(etc: &Path, trust: &Path, policy: &manifests::TrustPolicy) -> Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::PermissionsExt;
+    let mut tmp = tempfile::NamedTempFile::new_in(etc).map_err(Error::io(etc))?;
+    tmp.as_file()
+        .set_permissions(std::fs::Permissions::from_mode(TRUST_MODE))
+        .and_then(|()| tmp.write_all(policy.to_toml().as_bytes()))
+        .and_then(|()| tmp.as_file().sync_all())
+        .map_err(Error::io(tmp.path()))?;
+    tmp.persist_noclobber(trust)
+        .map_err(|e| Error::io(trust)(e.error))?;
+    Ok(())
 }
 
 #[cfg(test)]
@@ -639,8 +702,9 @@ mod tests {
     fn host_local_key_is_created_once_and_trusted() {
         let d = tempfile::tempdir().expect("tempdir");
         let etc = d.path().join("etc");
-        let k1 = signing_keys(&[], &etc).expect("creates");
-        let k2 = signing_keys(&[], &etc).expect("reuses");
+        let (k1, w1) = signing_keys(&[], &etc).expect("creates");
+        let (k2, w2) = signing_keys(&[], &etc).expect("reuses");
+        assert_eq!((w1, w2), (None, None));
         assert_eq!(k1[0].public().key_id(), k2[0].public().key_id());
         let policy = manifests::TrustPolicy::load(&etc.join("trust.toml")).expect("policy");
         assert_eq!(policy.keys().len(), 1);
@@ -651,5 +715,65 @@ mod tests {
             .permissions()
             .mode();
         assert_eq!(mode & 0o777, 0o600);
+    }
+
+    /// Issue 9 finding 4: trust.toml went through a fixed `.trust.toml.tmp` that a
+    /// planted symlink redirected, and /etc/ksplice took its mode from the umask.
+    #[test]
+    fn trust_file_is_written_through_a_fresh_temp_file_with_explicit_modes() {
+        use std::os::unix::fs::PermissionsExt;
+        let d = tempfile::tempdir().expect("tempdir");
+        let etc = d.path().join("etc");
+        std::fs::create_dir(&etc).expect("mkdir");
+        // The fixed name the old code wrote through, pointing outside.
+        let victim = d.path().join("victim");
+        std::fs::write(&victim, "untouched").expect("victim");
+        std::os::unix::fs::symlink(&victim, etc.join(".trust.toml.tmp")).expect("plant");
+        signing_keys(&[], &etc).expect("creates");
+        assert_eq!(std::fs::read_to_string(&victim).expect("read"), "untouched");
+        let meta = std::fs::symlink_metadata(etc.join("trust.toml")).expect("trust");
+        assert!(meta.file_type().is_file());
+        assert_eq!(meta.permissions().mode() & 0o777, TRUST_MODE);
+        // Only the key, the policy and the planted link: no temporary file left.
+        let mut names: Vec<String> = std::fs::read_dir(&etc)
+            .expect("ls")
+            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        assert_eq!(
+            names,
+            [".trust.toml.tmp", "local-signing.key", "trust.toml"]
+        );
+
+        let fresh = d.path().join("new/etc/ksplice");
+        signing_keys(&[], &fresh).expect("creates the directory");
+        let mode = std::fs::metadata(&fresh)
+            .expect("stat")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, ETC_DIR_MODE);
+    }
+
+    /// Issue 9 finding 4: an existing trust.toml that does not trust the host-local key
+    /// made the build succeed and apply refuse; now the build says so.
+    #[test]
+    fn existing_trust_file_without_the_local_key_gives_a_warning() {
+        let d = tempfile::tempdir().expect("tempdir");
+        let etc = d.path().join("etc");
+        std::fs::create_dir(&etc).expect("mkdir");
+        let other = manifests::SigningKey::from_seed(&[9; 32]).public();
+        let policy = manifests::TrustPolicy::new(vec![other], 1).expect("policy");
+        std::fs::write(etc.join("trust.toml"), policy.to_toml()).expect("trust");
+        let (keys, warning) = signing_keys(&[], &etc).expect("signs anyway");
+        let warning = warning.expect("a warning");
+        assert!(
+            warning.contains("does not trust")
+                && warning.contains(keys[0].public().key_id().as_str()),
+            "{warning}"
+        );
+        // Trusted: no warning.
+        let trusting = manifests::TrustPolicy::new(vec![keys[0].public()], 1).expect("policy");
+        std::fs::write(etc.join("trust.toml"), trusting.to_toml()).expect("trust");
+        assert_eq!(signing_keys(&[], &etc).expect("signs").1, None);
     }
 }

@@ -1,19 +1,18 @@
 //! The commands that change a host: verify, apply (also `--installed` at
 //! boot) and undo, as sequences of journaled steps.
 
-use std::fs::File;
 use std::path::{Path, PathBuf};
 
 use manifests::keys::TrustPolicy;
 use manifests::manifest::Manifest;
-use manifests::Verified;
+use manifests::{Verified, VerifiedPackage};
 
 use crate::error::{Error, Result};
-use crate::fsutil;
 use crate::host::Host;
 use crate::identity::Running;
 use crate::kmsg;
 use crate::livepatch::PatchState;
+use crate::pkgfile;
 use crate::state::{now_utc, Entry, Phase, State};
 use crate::sys::Step;
 
@@ -68,14 +67,22 @@ pub fn load_policy(host: &Host<'_>) -> Result<TrustPolicy> {
 }
 
 /// Verify signatures and payload digests, then check the names the client
-/// turns into paths. Touches nothing.
+/// turns into paths. Touches nothing, and needs no temporary directory.
 pub fn verify(pkg: &Path, policy: &TrustPolicy) -> Result<Verified<Manifest>> {
-    let m = manifests::package::verify_package(pkg, policy).map_err(|source| Error::Package {
-        path: pkg.to_owned(),
-        source: Box::new(source),
+    let bytes = pkgfile::read(pkg)?;
+    Ok(verify_bytes(pkg, &bytes, policy)?.manifest)
+}
+
+/// [`verify`] of package bytes already read (`pkg` names them in errors).
+fn verify_bytes(pkg: &Path, bytes: &[u8], policy: &TrustPolicy) -> Result<VerifiedPackage> {
+    let verified = manifests::package::verify_package_bytes(bytes, policy).map_err(|source| {
+        Error::Package {
+            path: pkg.to_owned(),
+            source: Box::new(source),
+        }
     })?;
-    check_names(&m)?;
-    Ok(m)
+    check_names(&verified.manifest)?;
+    Ok(verified)
 }
 
 /// The id becomes a file name and the module name a sysfs path: both must be
@@ -120,30 +127,36 @@ pub fn apply(host: &Host<'_>, pkgs: &[PathBuf], on: &mut dyn FnMut(Event)) -> Re
     let running = Running::read(host)?;
     let mut checked = Vec::with_capacity(pkgs.len());
     for pkg in pkgs {
-        // 1. Signatures over the exact manifest bytes, then payload digests;
-        // 2. the names that become paths.
-        let m = verify(pkg, &policy)?;
+        // 1. Read once, from one descriptor: a regular file, not through a symlink,
+        //    within the package cap. Verify, hash and install these bytes, never the
+        //    path again (it may point elsewhere by now).
+        let bytes = pkgfile::read(pkg)?;
+        // 2. Signatures over the exact manifest bytes, then payload digests;
+        //    the names that become paths.
+        let m = verify_bytes(pkg, &bytes, &policy)?.manifest;
         // 3. The exact kernel it was built for, field by field.
         running.check(&m.id, &m.target)?;
-        checked.push((pkg.as_path(), m));
+        checked.push((bytes, m));
     }
     let mut state = State::open(host)?;
-    for (pkg, m) in checked {
-        apply_one(&mut state, pkg, &m, &policy, on)?;
+    for (bytes, m) in checked {
+        apply_one(&mut state, bytes, &m, &policy, on)?;
     }
     Ok(())
 }
 
+/// Installs `bytes` (taken by value: they are dropped once installed, so that
+/// loading, which reads the installed copy again, does not hold two copies).
 fn apply_one(
     state: &mut State<'_, '_>,
-    pkg: &Path,
+    bytes: Vec<u8>,
     m: &Verified<Manifest>,
     policy: &TrustPolicy,
     on: &mut dyn FnMut(Event),
 ) -> Result<()> {
     let host = state.host;
     let id = m.id.clone();
-    let sha = fsutil::sha256_file(pkg)?;
+    let sha = manifests::sha256_hex(&bytes);
     if let Some(i) = state.index(&id) {
         let e = state.entry(i);
         if e.phase == Phase::Applied {
@@ -182,12 +195,13 @@ fn apply_one(
                 applied_seq: None,
                 manifest: (**m).clone(),
             })?;
-            fsutil::copy_atomic(pkg, &host.package_path(&id))?;
+            pkgfile::install(&host.package_path(&id), &bytes)?;
             state.checkpoint(Step::StateFile("package installed"))?;
             state.set_phase(i, Phase::Installed)?;
             (i, true)
         }
     };
+    drop(bytes);
     match load(state, i, policy) {
         Ok(()) => {
             on(Event::Applied { id });
@@ -228,25 +242,38 @@ fn load(state: &mut State<'_, '_>, i: usize, policy: &TrustPolicy) -> Result<()>
     let host = state.host;
     let e = state.entry(i).clone();
     let pkg = host.package_path(&e.id);
-    let opened =
-        manifests::package::open_package(&pkg, policy, &host.state("work")).map_err(|source| {
-            Error::Package {
-                path: pkg.clone(),
-                source: Box::new(source),
-            }
-        })?;
+    let package_err = |source| Error::Package {
+        path: pkg.clone(),
+        source: Box::new(source),
+    };
+    let bytes = pkgfile::read(&pkg)?;
+    // The copy must be the very package the journal recorded (and whose target
+    // was checked): one swapped in the state directory may be validly signed,
+    // but is another one.
+    if manifests::sha256_hex(&bytes) != e.package_sha256 {
+        return Err(Error::InstalledMismatch {
+            id: e.id.clone(),
+            path: pkg.clone(),
+        });
+    }
+    // Extracted with modes 0700/0600 set on the descriptors, whatever the umask.
+    let opened = manifests::package::open_package_bytes(&bytes, policy, &host.state("work"))
+        .map_err(package_err)?;
+    drop(bytes);
     let result = (|| {
-        // The copy must be the very update the journal recorded (and whose
-        // target was checked): a package swapped on disk between the first
-        // verification and the copy may be validly signed, but is another one.
         if *opened.manifest != e.manifest {
             return Err(Error::InstalledMismatch {
                 id: e.id.clone(),
                 path: pkg.clone(),
             });
         }
+        // Opened relative to the extraction directory's descriptor, never through
+        // a link, and re-hashed from that descriptor against the verified manifest:
+        // the kernel gets the verified bytes whatever happened to the paths.
         let ko = opened.dir.join(&opened.manifest.module.file);
-        let file = File::open(&ko).map_err(|err| Error::io(&ko, err))?;
+        let file = opened
+            .open_payload(&opened.manifest.module.file)
+            .map_err(package_err)?;
         state.set_phase(i, Phase::Loading)?;
         let mark = kmsg::Mark::now(host);
         if let Err(err) = host.sys.finit_module(&file) {
@@ -517,53 +544,30 @@ pub struct Summary {
     pub signers: Vec<String>,
 }
 
-/// Verify a package fully (signatures, digests, extraction into a private
-/// temporary directory that is removed again) and summarize it.
+/// Verify a package fully (signatures, payload digests) in memory and summarize
+/// it. Writes nothing: no temporary directory is needed.
 pub fn summarize(pkg: &Path, policy: &TrustPolicy) -> Result<Summary> {
-    // A fresh private directory: `create` (not `create_dir_all`) fails on
-    // anything already there, so a planted symlink in /tmp cannot redirect it.
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or_default();
-    let tmp = std::env::temp_dir().join(format!("ksplice-verify-{}-{nanos}", std::process::id()));
-    {
-        use std::os::unix::fs::DirBuilderExt;
-        std::fs::DirBuilder::new()
-            .mode(0o700)
-            .create(&tmp)
-            .map_err(|e| Error::io(&tmp, e))?;
+    let bytes = pkgfile::read(pkg)?;
+    let verified = verify_bytes(pkg, &bytes, policy)?;
+    // Every trusted key listed in manifest.sig verified (the verifier refuses a
+    // bad signature by a trusted key), so those are the signers.
+    let trusted: Vec<String> = policy
+        .keys()
+        .iter()
+        .map(|k| k.key_id().as_str().to_owned())
+        .collect();
+    let sig = String::from_utf8_lossy(&verified.signature_bytes).into_owned();
+    let mut signers: Vec<String> = Vec::new();
+    for k in sig.lines().filter_map(|l| l.split_whitespace().next()) {
+        if trusted.iter().any(|t| t == k) && !signers.iter().any(|s| s == k) {
+            signers.push(k.to_owned());
+        }
     }
-    let opened = manifests::package::open_package(pkg, policy, &tmp);
-    let result = opened
-        .map_err(|source| Error::Package {
-            path: pkg.to_owned(),
-            source: Box::new(source),
-        })
-        .and_then(|o| {
-            check_names(&o.manifest)?;
-            // Every trusted key listed in manifest.sig verified (the verifier
-            // refuses a bad signature by a trusted key), so those are the signers.
-            let trusted: Vec<String> = policy
-                .keys()
-                .iter()
-                .map(|k| k.key_id().as_str().to_owned())
-                .collect();
-            let sig = String::from_utf8_lossy(&o.signature_bytes).into_owned();
-            let mut signers: Vec<String> = Vec::new();
-            for k in sig.lines().filter_map(|l| l.split_whitespace().next()) {
-                if trusted.iter().any(|t| t == k) && !signers.iter().any(|s| s == k) {
-                    signers.push(k.to_owned());
-                }
-            }
-            Ok(Summary {
-                path: pkg.to_owned(),
-                manifest: (*o.manifest).clone(),
-                signers,
-            })
-        });
-    let _ = std::fs::remove_dir_all(&tmp);
-    result
+    Ok(Summary {
+        path: pkg.to_owned(),
+        manifest: (*verified.manifest).clone(),
+        signers,
+    })
 }
 
 impl std::fmt::Display for Summary {

@@ -21,6 +21,11 @@ pub enum Error {
         source: std::io::Error,
     },
 
+    /// An input file (package, key, trust policy) is not a regular file; symbolic links
+    /// are not followed.
+    #[error("{}: is {kind}, expected a regular file", path.display())]
+    NotRegularFile { path: PathBuf, kind: &'static str },
+
     // ---- keys and trust policies -----------------------------------------------------------
     /// `save_new` refuses to replace an existing key file.
     #[error("{}: key file already exists, refusing to overwrite it", path.display())]
@@ -31,6 +36,23 @@ pub enum Error {
     /// A private key file is readable or writable by group or others.
     #[error("{}: private key file has mode {mode:04o}, must not be accessible by group or others (chmod 600)", path.display())]
     KeyPermissions { path: PathBuf, mode: u32 },
+    /// A private key file is owned by another user than the one reading it.
+    #[error("{}: private key file is owned by uid {uid}, must be owned by uid {expected} (the user running this)", path.display())]
+    KeyOwner {
+        path: PathBuf,
+        uid: u32,
+        expected: u32,
+    },
+    /// A trust policy file is writable by group or others.
+    #[error("{}: trust policy has mode {mode:04o}, must not be writable by group or others (chmod 644)", path.display())]
+    PolicyPermissions { path: PathBuf, mode: u32 },
+    /// A trust policy file is owned by a user other than root and the one reading it.
+    #[error("{}: trust policy is owned by uid {uid}, must be owned by root or by uid {current} (the user running this)", path.display())]
+    PolicyOwner {
+        path: PathBuf,
+        uid: u32,
+        current: u32,
+    },
     /// A public key is not a valid ed25519 point (or is a weak, small-order key).
     #[error("invalid ed25519 public key {key}")]
     InvalidPublicKey { key: String },
@@ -83,12 +105,18 @@ pub enum Error {
         value: String,
         reason: &'static str,
     },
+    /// A text field shown to a terminal holds a control character.
+    #[error("manifest.toml: {field} {value:?} contains a control character")]
+    ControlCharacter { field: &'static str, value: String },
     /// Two `files` entries name the same path.
     #[error("manifest.toml: file {path:?} is listed twice")]
     DuplicateListedFile { path: String },
     /// One listed file's path is a directory of another (`a` and `a/b`).
     #[error("manifest.toml: file {path:?} conflicts with file {other:?} (one is a directory of the other)")]
     ConflictingListedFiles { path: String, other: String },
+    /// Two listed paths differ only in letter case (one file on a case-insensitive file system).
+    #[error("manifest.toml: files {path:?} and {other:?} differ only in letter case")]
+    ListedFilesDifferInCase { path: String, other: String },
     /// `module.file` is not among `files`.
     #[error("manifest.toml: module file {path:?} is not listed in files")]
     ModuleFileNotListed { path: String },
@@ -167,6 +195,36 @@ pub enum Error {
     /// Any other non-regular entry (directory, pax or GNU extension header, sparse file, ...).
     #[error("package entry {entry:?} has unsupported type {typeflag:?}")]
     UnsupportedEntryType { entry: String, typeflag: char },
+    /// A header is not POSIX ustar (magic `ustar\0`, version `00`): a v7 or GNU header.
+    #[error("package entry {entry:?} does not have a ustar header")]
+    NotUstar { entry: String },
+    /// The name field has bytes after the NUL that ends the name.
+    #[error("package entry {entry:?} has bytes after the end of its name")]
+    NameNotNulPadded { entry: String },
+    /// The mode field is not the 0644 ksplice writes.
+    #[error("package entry {entry:?} has mode field {mode:?}, expected 0000644")]
+    EntryMode { entry: String, mode: String },
+    /// uid, gid, user or group name is not the 0/0/empty ksplice writes.
+    #[error(
+        "package entry {entry:?} has an owner other than uid 0, gid 0 and no user or group name"
+    )]
+    EntryOwner { entry: String },
+    /// Another header field differs from what ksplice writes (mtime, size encoding, link
+    /// name, device numbers, prefix, reserved bytes).
+    #[error("package entry {entry:?} has a non-canonical {field} field")]
+    NonCanonicalHeader { entry: String, field: &'static str },
+    /// The header checksum is wrong (or not written as ksplice writes it).
+    #[error("package entry {entry:?} has a wrong header checksum")]
+    HeaderChecksum { entry: String },
+    /// The padding after an entry's data is not all zero.
+    #[error("package entry {entry:?} has non-zero padding after its data")]
+    NonZeroPadding { entry: String },
+    /// The archive does not end with two zero blocks.
+    #[error("malformed package archive: no end-of-archive marker (two zero blocks)")]
+    MissingEndOfArchive,
+    /// Two entry names differ only in letter case.
+    #[error("package entry {entry:?} differs only in letter case from entry {other:?}")]
+    DuplicateEntryIgnoringCase { entry: String, other: String },
     /// Two entries with one name.
     #[error("package entry {entry:?} appears twice")]
     DuplicateEntry { entry: String },

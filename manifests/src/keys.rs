@@ -8,8 +8,8 @@
 use std::collections::BTreeSet;
 use std::fmt;
 use std::fs;
-use std::io::{Read, Write};
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::io::Write;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::Path;
 
 use ed25519_dalek::Signer;
@@ -17,6 +17,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::error::{Error, Result};
+use crate::file;
 
 const SECRET_TAG: &str = "ksplice-ed25519-secret";
 const PUBLIC_TAG: &str = "ksplice-ed25519-public";
@@ -77,17 +78,27 @@ impl SigningKey {
         }
     }
 
-    /// Reads a private key file; refuses one that group or others may access.
+    /// Reads a private key file (a regular file, not through a symlink); refuses one that
+    /// group or others may access, or that another user owns (as ssh does).
     pub fn load(path: &Path) -> Result<SigningKey> {
-        let meta = fs::metadata(path).map_err(|e| Error::io(path, e))?;
-        let mode = meta.permissions().mode() & 0o7777;
+        let (mut opened, meta) = file::open_regular(path)?;
+        // Checked on the descriptor that is read, so a swap after the check changes nothing.
+        let mode = meta.mode() & 0o7777;
         if mode & 0o077 != 0 {
             return Err(Error::KeyPermissions {
                 path: path.to_owned(),
                 mode,
             });
         }
-        let text = read_small(path, MAX_KEY_FILE_BYTES, malformed_key(path))?;
+        let me = file::effective_uid();
+        if meta.uid() != me {
+            return Err(Error::KeyOwner {
+                path: path.to_owned(),
+                uid: meta.uid(),
+                expected: me,
+            });
+        }
+        let text = read_small(&mut opened, path, MAX_KEY_FILE_BYTES, malformed_key(path))?;
         let seed = parse_key_line(path, &text, SECRET_TAG)?;
         Ok(SigningKey::from_seed(&seed))
     }
@@ -134,7 +145,8 @@ impl PublicKey {
         hex::encode(self.key.as_bytes())
     }
 
-    /// Parses 64 hex digits; rejects points that are not valid or are of small order.
+    /// Parses 64 hex digits; rejects points that are not valid, not canonically encoded,
+    /// or of small order.
     pub fn from_hex(text: &str) -> Result<PublicKey> {
         let invalid = || Error::InvalidPublicKey {
             key: text.to_owned(),
@@ -149,14 +161,22 @@ impl PublicKey {
 
     fn from_bytes(bytes: &[u8; 32]) -> Option<PublicKey> {
         let key = ed25519_dalek::VerifyingKey::from_bytes(bytes).ok()?;
-        // A small-order key makes signatures meaningless; verify_strict would refuse
-        // every signature anyway, but a policy listing one is a mistake worth naming.
+        // 1. Canonical encoding only: `from_bytes` also accepts a y coordinate >= p and a
+        //    set sign bit on x = 0. Such a key has a second spelling, so two "distinct"
+        //    policy entries (and two key ids) could be one key; re-encoding the decoded
+        //    point must give back the same bytes (RFC 8032 section 5.1.3 decoding, strict).
+        if key.to_edwards().compress().to_bytes() != *bytes {
+            return None;
+        }
+        // 2. A small-order key makes signatures meaningless; verify_strict would refuse
+        //    every signature anyway, but a policy listing one is a mistake worth naming.
         (!key.is_weak()).then_some(PublicKey { key })
     }
 
-    /// Reads a public key file.
+    /// Reads a public key file (a regular file, not through a symlink).
     pub fn load(path: &Path) -> Result<PublicKey> {
-        let text = read_small(path, MAX_KEY_FILE_BYTES, malformed_key(path))?;
+        let (mut opened, _) = file::open_regular(path)?;
+        let text = read_small(&mut opened, path, MAX_KEY_FILE_BYTES, malformed_key(path))?;
         let bytes = parse_key_line(path, &text, PUBLIC_TAG)?;
         Self::from_bytes(&bytes).ok_or(Error::MalformedKey {
             path: path.to_owned(),
@@ -237,10 +257,30 @@ impl TrustPolicy {
         TrustPolicy::new(keys, file.threshold)
     }
 
-    /// Reads a policy file.
+    /// Reads a policy file: a regular file (not through a symlink), not writable by group
+    /// or others, owned by root or by the user running this (like sshd's `StrictModes`:
+    /// whoever can change the policy decides what the kernel runs).
     pub fn load(path: &Path) -> Result<TrustPolicy> {
-        let text = read_small(path, MAX_POLICY_FILE_BYTES, |reason| Error::PolicySyntax {
-            reason: format!("{}: {reason}", path.display()),
+        let (mut opened, meta) = file::open_regular(path)?;
+        let mode = meta.mode() & 0o7777;
+        if mode & 0o022 != 0 {
+            return Err(Error::PolicyPermissions {
+                path: path.to_owned(),
+                mode,
+            });
+        }
+        let me = file::effective_uid();
+        if meta.uid() != 0 && meta.uid() != me {
+            return Err(Error::PolicyOwner {
+                path: path.to_owned(),
+                uid: meta.uid(),
+                current: me,
+            });
+        }
+        let text = read_small(&mut opened, path, MAX_POLICY_FILE_BYTES, |reason| {
+            Error::PolicySyntax {
+                reason: format!("{}: {reason}", path.display()),
+            }
         })?;
         TrustPolicy::from_toml(&text)
     }
@@ -279,17 +319,15 @@ pub(crate) fn is_lower_hex(text: &str, len: usize) -> bool {
             .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
-/// Reads a small text file, refusing anything over `max` bytes before reading it all;
-/// `bad` builds the error for an oversized or non-UTF-8 file.
-fn read_small(path: &Path, max: u64, bad: impl Fn(&'static str) -> Error) -> Result<String> {
-    let file = fs::File::open(path).map_err(|e| Error::io(path, e))?;
-    let mut bytes = Vec::new();
-    file.take(max + 1)
-        .read_to_end(&mut bytes)
-        .map_err(|e| Error::io(path, e))?;
-    if bytes.len() as u64 > max {
-        return Err(bad("file too large"));
-    }
+/// Reads a small opened text file, never more than `max` bytes; `bad` builds the error
+/// for an oversized or non-UTF-8 file.
+fn read_small(
+    opened: &mut fs::File,
+    path: &Path,
+    max: u64,
+    bad: impl Fn(&'static str) -> Error,
+) -> Result<String> {
+    let bytes = file::read_bounded(opened, path, max)?.ok_or_else(|| bad("file too large"))?;
     String::from_utf8(bytes).map_err(|_| bad("not UTF-8 text"))
 }
 
@@ -348,6 +386,8 @@ fn write_new(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    use std::os::unix::fs::PermissionsExt;
 
     #[test]
     fn key_id_is_sha256_of_public_key_bytes() {
@@ -453,5 +493,161 @@ mod tests {
             PublicKey::from_hex(&hex::encode(identity)),
             Err(Error::InvalidPublicKey { .. })
         ));
+    }
+
+    /// Issue 9 finding 4: `from_bytes` accepts y >= p (a second spelling of a key); only
+    /// the canonical encoding is accepted now.
+    #[test]
+    fn non_canonical_public_key_encodings_are_refused() {
+        // p = 2^255 - 19, little endian; p + k spells y = k.
+        let mut found = 0;
+        for k in 0u8..19 {
+            let mut bytes = [0xffu8; 32];
+            bytes[31] = 0x7f;
+            bytes[0] = 0xed + k;
+            let Ok(lax) = ed25519_dalek::VerifyingKey::from_bytes(&bytes) else {
+                continue;
+            };
+            found += 1;
+            assert_ne!(lax.to_edwards().compress().to_bytes(), bytes);
+            assert!(
+                PublicKey::from_bytes(&bytes).is_none(),
+                "y = p + {k} accepted"
+            );
+            assert!(matches!(
+                PublicKey::from_hex(&hex::encode(bytes)),
+                Err(Error::InvalidPublicKey { .. })
+            ));
+        }
+        assert!(found > 0, "no y >= p decodes: the test proves nothing");
+        // x = 0 with the sign bit set: y = 1 (the identity) spelled with the sign bit.
+        let mut neg_zero = [0u8; 32];
+        neg_zero[0] = 1;
+        neg_zero[31] = 0x80;
+        assert!(PublicKey::from_bytes(&neg_zero).is_none());
+        // A real key still loads.
+        let key = SigningKey::from_seed(&[5; 32]).public();
+        assert_eq!(PublicKey::from_hex(&key.to_hex()).expect("canonical"), key);
+    }
+
+    /// Issue 9 finding 4: key and policy files were opened through symlinks and fifos
+    /// (a fifo hung the command forever).
+    #[test]
+    fn key_and_policy_files_must_be_regular_files_not_links() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let key = SigningKey::from_seed(&[4; 32]);
+        let real = dir.path().join("k");
+        key.save_new(&real).expect("save");
+        let link = dir.path().join("link");
+        std::os::unix::fs::symlink(&real, &link).expect("symlink");
+        assert!(matches!(
+            SigningKey::load(&link),
+            Err(Error::NotRegularFile {
+                kind: "a symbolic link",
+                ..
+            })
+        ));
+        let fifo = dir.path().join("fifo");
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            &fifo,
+            rustix::fs::FileType::Fifo,
+            rustix::fs::Mode::from_raw_mode(0o600),
+            0,
+        )
+        .expect("mkfifo");
+        assert!(matches!(
+            TrustPolicy::load(&fifo),
+            Err(Error::NotRegularFile { kind: "a fifo", .. })
+        ));
+        assert!(matches!(
+            PublicKey::load(dir.path()),
+            Err(Error::NotRegularFile {
+                kind: "a directory",
+                ..
+            })
+        ));
+        let policy = dir.path().join("trust.toml");
+        fs::write(
+            &policy,
+            TrustPolicy::new(vec![key.public()], 1)
+                .expect("p")
+                .to_toml(),
+        )
+        .expect("write");
+        let policy_link = dir.path().join("trust-link.toml");
+        std::os::unix::fs::symlink(&policy, &policy_link).expect("symlink");
+        assert!(matches!(
+            TrustPolicy::load(&policy_link),
+            Err(Error::NotRegularFile { .. })
+        ));
+    }
+
+    /// Issue 9 finding 4: a trust policy anyone in the group (or anyone) may rewrite
+    /// decides what the kernel runs; refused like sshd's StrictModes.
+    #[test]
+    fn policy_writable_by_group_or_others_is_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("trust.toml");
+        let key = SigningKey::from_seed(&[4; 32]);
+        fs::write(
+            &path,
+            TrustPolicy::new(vec![key.public()], 1)
+                .expect("p")
+                .to_toml(),
+        )
+        .expect("write");
+        for (mode, ok) in [(0o644, true), (0o600, true), (0o664, false), (0o646, false)] {
+            fs::set_permissions(&path, fs::Permissions::from_mode(mode)).expect("chmod");
+            let r = TrustPolicy::load(&path);
+            if ok {
+                r.expect("owner-writable only");
+            } else {
+                assert!(
+                    matches!(r, Err(Error::PolicyPermissions { mode: m, .. }) if m == mode),
+                    "{mode:o}"
+                );
+            }
+        }
+    }
+
+    /// Issue 9 finding 4: ownership rules, where the test can change owners (as root).
+    #[test]
+    fn key_and_policy_owned_by_another_user_are_refused() {
+        if file::effective_uid() != 0 {
+            // Only root can give a file away; the rule itself is the same code path.
+            return;
+        }
+        let dir = tempfile::tempdir().expect("tempdir");
+        let key_path = dir.path().join("k");
+        let key = SigningKey::from_seed(&[4; 32]);
+        key.save_new(&key_path).expect("save");
+        let policy = dir.path().join("trust.toml");
+        fs::write(
+            &policy,
+            TrustPolicy::new(vec![key.public()], 1)
+                .expect("p")
+                .to_toml(),
+        )
+        .expect("write");
+        let other = rustix::process::Uid::from_raw(4242);
+        for path in [&key_path, &policy] {
+            rustix::fs::chown(path, Some(other), None).expect("chown");
+        }
+        assert!(matches!(
+            SigningKey::load(&key_path),
+            Err(Error::KeyOwner {
+                uid: 4242,
+                expected: 0,
+                ..
+            })
+        ));
+        assert!(matches!(
+            TrustPolicy::load(&policy),
+            Err(Error::PolicyOwner { uid: 4242, .. })
+        ));
+        // Owned by root (the current user here): accepted.
+        rustix::fs::chown(&policy, Some(rustix::process::Uid::ROOT), None).expect("chown");
+        TrustPolicy::load(&policy).expect("root-owned policy");
     }
 }

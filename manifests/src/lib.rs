@@ -12,11 +12,13 @@
 
 mod entry_name;
 pub mod error;
+pub mod file;
 pub mod keys;
 pub mod manifest;
 pub mod package;
 pub mod profile;
 pub mod signature;
+mod ustar;
 mod verified;
 
 pub use entry_name::MAX_PATH_BYTES;
@@ -26,7 +28,10 @@ pub use manifest::{
     ChangeKind, FunctionChange, Manifest, ModuleInfo, PatchedObject, PayloadFile, TargetKernel,
     FORMAT,
 };
-pub use package::{open_package, verify_package, write_package, OpenedPackage};
+pub use package::{
+    open_package, open_package_bytes, read_package_file, verify_package, verify_package_bytes,
+    write_package, OpenedPackage, VerifiedPackage,
+};
 pub use signature::{sign_manifest, verify_manifest, MANIFEST_DOMAIN};
 pub use verified::Verified;
 

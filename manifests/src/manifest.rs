@@ -4,7 +4,7 @@
 //! rejected so that a newer builder cannot smuggle in meaning an older client
 //! would silently ignore.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
@@ -195,6 +195,7 @@ impl Manifest {
                 expected: FORMAT,
             });
         }
+        self.check_terminal_safe()?;
         check_id(&self.id)?;
         for id in &self.builds_on {
             check_id(id)?;
@@ -217,12 +218,8 @@ impl Manifest {
             ("target.arch", &self.target.arch),
             ("builder_version", &self.builder_version),
         ] {
-            if value.is_empty() || value.chars().any(char::is_control) {
-                return Err(invalid(
-                    field,
-                    value,
-                    "must be non-empty text without control characters",
-                ));
+            if value.is_empty() {
+                return Err(invalid(field, value, "must be non-empty"));
             }
         }
         let build_id = &self.target.build_id;
@@ -273,6 +270,50 @@ impl Manifest {
         self.validate_files()
     }
 
+    /// Every string of the manifest is printed by `ksplice verify` and `view`: none may
+    /// hold a control character (C0, DEL, C1: a terminal escape sequence or a line break
+    /// could forge output) or a bidirectional override (which reorders what is shown).
+    /// Checked before the field rules, so the error names exactly this problem.
+    fn check_terminal_safe(&self) -> Result<()> {
+        let mut fields: Vec<(&'static str, &str)> = vec![
+            ("id", &self.id),
+            ("description", &self.description),
+            ("created", &self.created),
+            ("builder_version", &self.builder_version),
+            ("target.release", &self.target.release),
+            ("target.version", &self.target.version),
+            ("target.arch", &self.target.arch),
+            ("target.build_id", &self.target.build_id),
+            ("module.name", &self.module.name),
+            ("module.file", &self.module.file),
+        ];
+        fields.extend(self.cves.iter().map(|c| ("cves", c.as_str())));
+        fields.extend(self.builds_on.iter().map(|b| ("builds_on", b.as_str())));
+        for object in &self.objects {
+            fields.push(("objects.name", &object.name));
+            for function in &object.functions {
+                fields.push(("functions.name", &function.name));
+                if let Some(digest) = &function.pre_sha256 {
+                    fields.push(("functions.pre_sha256", digest));
+                }
+            }
+        }
+        for file in &self.files {
+            fields.push(("files.path", &file.path));
+            fields.push(("files.sha256", &file.sha256));
+        }
+        match fields
+            .into_iter()
+            .find(|(_, v)| v.chars().any(is_terminal_control))
+        {
+            Some((field, value)) => Err(Error::ControlCharacter {
+                field,
+                value: value.to_owned(),
+            }),
+            None => Ok(()),
+        }
+    }
+
     fn validate_files(&self) -> Result<()> {
         use crate::package::{MAX_ENTRIES, MAX_UNPACKED_BYTES};
         let mut seen = BTreeSet::new();
@@ -290,7 +331,10 @@ impl Manifest {
                     return Err(invalid("files.path", &file.path, reason))
                 }
             }
-            if RESERVED_NAMES.contains(&file.path.as_str()) {
+            if RESERVED_NAMES
+                .iter()
+                .any(|r| r.eq_ignore_ascii_case(&file.path))
+            {
                 return Err(invalid(
                     "files.path",
                     &file.path,
@@ -310,6 +354,17 @@ impl Manifest {
                 });
             }
             total = total.saturating_add(file.len);
+        }
+        // Names equal but for case would be one file on a case-insensitive file system,
+        // and the archive reader refuses them (docs/package-format.md).
+        let mut folded: BTreeMap<String, &str> = BTreeMap::new();
+        for path in self.files.iter().map(|f| f.path.as_str()) {
+            if let Some(other) = folded.insert(path.to_ascii_lowercase(), path) {
+                return Err(Error::ListedFilesDifferInCase {
+                    path: path.to_owned(),
+                    other: other.to_owned(),
+                });
+            }
         }
         // `a` and `a/b` cannot both be files. In sorted order a directory prefix
         // `a/` sorts right before its children, but other names (`a.ko`) may sit
@@ -350,6 +405,14 @@ fn invalid(field: &'static str, value: &str, reason: &'static str) -> Error {
         value: value.to_owned(),
         reason,
     }
+}
+
+/// Control characters and the Unicode bidirectional embedding, override and isolate
+/// controls (U+202A..U+202E, U+2066..U+2069).
+fn is_terminal_control(c: char) -> bool {
+    c.is_control()
+        || ('\u{202a}'..='\u{202e}').contains(&c)
+        || ('\u{2066}'..='\u{2069}').contains(&c)
 }
 
 fn is_lower_hex_digit(b: u8) -> bool {
@@ -636,6 +699,74 @@ mod tests {
             m.validate(),
             Err(Error::InvalidField {
                 field: "functions.pre_sha256",
+                ..
+            })
+        ));
+    }
+
+    /// Issue 9 finding 5: a description (or any other shown string) with a control
+    /// character passed validation and reached the terminal through `ksplice verify`/`view`.
+    #[test]
+    fn control_characters_are_refused_in_every_shown_field() {
+        let base = with_files(example("a"));
+        type Edit = fn(&mut Manifest, String);
+        let edits: [(&str, Edit); 8] = [
+            ("description", |m, v| m.description = v),
+            ("cves", |m, v| m.cves = vec![v]),
+            ("id", |m, v| m.id = v),
+            ("target.version", |m, v| m.target.version = v),
+            ("builder_version", |m, v| m.builder_version = v),
+            ("module.name", |m, v| m.module.name = v),
+            ("objects.name", |m, v| m.objects[0].name = v),
+            ("functions.name", |m, v| m.objects[0].functions[0].name = v),
+        ];
+        for (field, edit) in edits {
+            for bad in [
+                "fix\x1b[2J",
+                "two\nlines",
+                "a\u{9b}b",
+                "a\x7f",
+                "rtl\u{202e}x",
+            ] {
+                let mut m = base.clone();
+                edit(&mut m, bad.to_owned());
+                let err = m.validate().expect_err(bad);
+                assert!(
+                    matches!(err, Error::ControlCharacter { field: f, ref value } if f == field && value == bad),
+                    "{field} {bad:?}: {err}"
+                );
+                assert!(!err.to_string().contains('\x1b') && !err.to_string().contains('\n'));
+            }
+        }
+        let mut m = base;
+        m.description = "Unicode is fine: é, ü, ✓".into();
+        m.validate().expect("printable text");
+    }
+
+    /// Issue 9 finding 6: `a.ko` and `A.KO` are one file on a case-insensitive file system.
+    #[test]
+    fn listed_files_differing_only_in_case_are_refused() {
+        let mut m = with_files(example("a"));
+        let upper = m.files[0].path.to_ascii_uppercase();
+        m.files.push(PayloadFile {
+            path: upper.clone(),
+            len: 0,
+            sha256: "00".repeat(32),
+        });
+        assert!(matches!(
+            m.validate(),
+            Err(Error::ListedFilesDifferInCase { ref path, .. }) if *path == upper
+        ));
+        let mut m = with_files(example("a"));
+        m.files.push(PayloadFile {
+            path: "Manifest.TOML".into(),
+            len: 0,
+            sha256: "00".repeat(32),
+        });
+        assert!(matches!(
+            m.validate(),
+            Err(Error::InvalidField {
+                field: "files.path",
                 ..
             })
         ));

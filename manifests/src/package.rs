@@ -2,24 +2,30 @@
 //!
 //! Layout: a gzip stream (fixed 10-byte header, no name or time) of a ustar archive whose
 //! entries are `manifest.toml`, `manifest.sig`, then exactly the payload files the manifest
-//! lists, all regular files. The reader enforces the caps below while streaming, so memory
-//! stays bounded by the manifest and signature caps whatever the input.
+//! lists, all regular files with the exact headers of [`crate::ustar`]. A package is read
+//! into memory once (at most [`MAX_PACKAGE_BYTES`]) from one descriptor; verifying,
+//! hashing and copying then all use those same bytes. Decompressed data is streamed, so
+//! memory stays bounded by the package and the manifest and signature caps.
 
 use std::cell::Cell;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::fs;
-use std::io::{self, BufRead, BufReader, BufWriter, Read, Seek, Write};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::io::{self, BufWriter, Read, Seek, Write};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 
+use rustix::fs::{Mode, OFlags};
 use sha2::{Digest, Sha256};
 
-use crate::entry_name::{self, EntryName, NameProblem};
+use crate::entry_name::{EntryName, NameProblem};
 use crate::error::{Error, Result};
+use crate::file;
 use crate::keys::{SigningKey, TrustPolicy};
 use crate::manifest::{Manifest, PayloadFile};
 use crate::signature::{sign_manifest, verify_manifest};
+use crate::ustar;
 use crate::verified::Verified;
 
 /// Largest package file accepted (compressed bytes).
@@ -43,16 +49,85 @@ pub const SIGNATURE_ENTRY: &str = "manifest.sig";
 /// (the gzip CRC covers the content, signatures and digests cover the meaning).
 const GZIP_HEADER: [u8; 10] = [0x1f, 0x8b, 0x08, 0, 0, 0, 0, 0, 0, 0xff];
 
-/// A verified package extracted into a fresh directory.
+/// A package verified without writing anything.
 #[derive(Debug)]
-pub struct OpenedPackage {
+pub struct VerifiedPackage {
     pub manifest: Verified<Manifest>,
-    /// The fresh directory holding exactly the payload files (`dir/<files[].path>`).
-    pub dir: PathBuf,
     /// The exact signed `manifest.toml` bytes (to store and re-verify later).
     pub manifest_bytes: Vec<u8>,
     /// The exact `manifest.sig` bytes.
     pub signature_bytes: Vec<u8>,
+}
+
+/// A verified package extracted into a fresh directory.
+#[derive(Debug)]
+pub struct OpenedPackage {
+    pub manifest: Verified<Manifest>,
+    /// The fresh directory holding exactly the payload files (`dir/<files[].path>`):
+    /// directories mode 0700, files mode 0600.
+    pub dir: PathBuf,
+    /// The directory as opened right after it was created; payload files are opened
+    /// relative to it, never through `dir`.
+    dir_fd: OwnedFd,
+    /// The exact signed `manifest.toml` bytes (to store and re-verify later).
+    pub manifest_bytes: Vec<u8>,
+    /// The exact `manifest.sig` bytes.
+    pub signature_bytes: Vec<u8>,
+}
+
+impl OpenedPackage {
+    /// Opens the extracted payload file `rel` (one of the manifest's `files`) relative to
+    /// the extraction directory's descriptor, never following a link, re-hashes the bytes
+    /// of that descriptor against the manifest and returns it rewound: the caller gets
+    /// the verified bytes whatever happened to the paths since extraction.
+    pub fn open_payload(&self, rel: &str) -> Result<fs::File> {
+        let listed = self
+            .manifest
+            .files
+            .iter()
+            .find(|f| f.path == rel)
+            .ok_or_else(|| Error::MissingFile {
+                file: rel.to_owned(),
+            })?;
+        let name = EntryName::new(rel.as_bytes()).map_err(|problem| match problem {
+            NameProblem::Absolute => Error::AbsolutePath {
+                entry: rel.to_owned(),
+            },
+            NameProblem::ParentDirectory => Error::ParentDirectory {
+                entry: rel.to_owned(),
+            },
+            NameProblem::Invalid(reason) => Error::InvalidEntryName {
+                entry: rel.to_owned(),
+                reason,
+            },
+        })?;
+        let path = self.dir.join(rel);
+        let io_err = |e: rustix::io::Errno| Error::io(&path, file::errno(e));
+        let (parent, leaf) = walk(&self.dir, self.dir_fd.as_fd(), &name, false)?;
+        let at = parent.as_ref().map_or(self.dir_fd.as_fd(), |fd| fd.as_fd());
+        let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC;
+        let fd = rustix::fs::openat(at, leaf, flags, Mode::empty()).map_err(io_err)?;
+        let mut opened = fs::File::from(fd);
+        let meta = opened.metadata().map_err(|e| Error::io(&path, e))?;
+        file::check_regular(&path, &meta)?;
+        let mut hasher = Sha256::new();
+        let read = io::copy(&mut (&mut opened).take(listed.len + 1), &mut hasher)
+            .map_err(|e| Error::io(&path, e))?;
+        if read != listed.len {
+            return Err(Error::LengthMismatch {
+                file: rel.to_owned(),
+                expected: listed.len,
+                actual: read,
+            });
+        }
+        if hex::encode(hasher.finalize()) != listed.sha256 {
+            return Err(Error::DigestMismatch {
+                file: rel.to_owned(),
+            });
+        }
+        opened.rewind().map_err(|e| Error::io(&path, e))?;
+        Ok(opened)
+    }
 }
 
 /// Writes a signed package and returns its path.
@@ -133,24 +208,52 @@ pub fn write_package(
     result.map(|()| target)
 }
 
-/// Verifies a package without writing anything: signatures, manifest, archive structure,
-/// and the length and sha256 of every payload file (streamed, never held in memory).
-pub fn verify_package(pkg: &Path, policy: &TrustPolicy) -> Result<Verified<Manifest>> {
-    let read = read_package(pkg, policy, &mut Sink::Discard)?;
-    Ok(read.manifest)
+/// Reads a package file into memory: opened once with `O_NOFOLLOW | O_NONBLOCK`, a regular
+/// file by `fstat`, at most [`MAX_PACKAGE_BYTES`] (checked on the size, and again while
+/// reading in case it grows). Verify, hash and copy these bytes, never the path again.
+pub fn read_package_file(path: &Path) -> Result<Vec<u8>> {
+    let (opened, _) = file::open_regular(path)?;
+    read_package_from(opened, path)
 }
 
-/// Verifies a package and extracts its payload into a fresh directory under `parent`
-/// (named `ksplice-<id>.<random>`, mode 0700). Signatures are checked before the directory
-/// is created; on any later failure (even a panic) the directory is removed again.
-pub fn open_package(pkg: &Path, policy: &TrustPolicy, parent: &Path) -> Result<OpenedPackage> {
+/// [`read_package_file`] for a file the caller opened; `path` names it in errors.
+pub fn read_package_from(mut opened: fs::File, path: &Path) -> Result<Vec<u8>> {
+    let meta = opened.metadata().map_err(|e| Error::io(path, e))?;
+    file::check_regular(path, &meta)?;
+    let too_large = |size| Error::PackageTooLarge {
+        path: path.to_owned(),
+        size,
+        max: MAX_PACKAGE_BYTES,
+    };
+    if meta.len() > MAX_PACKAGE_BYTES {
+        return Err(too_large(meta.len()));
+    }
+    file::read_bounded(&mut opened, path, MAX_PACKAGE_BYTES)?
+        .ok_or_else(|| too_large(MAX_PACKAGE_BYTES + 1))
+}
+
+/// Verifies package bytes without writing anything: signatures, manifest, archive
+/// structure, and the length and sha256 of every payload file (streamed).
+pub fn verify_package_bytes(bytes: &[u8], policy: &TrustPolicy) -> Result<VerifiedPackage> {
+    read_package(bytes, policy, &mut Sink::Discard)
+}
+
+/// Verifies package bytes and extracts the payload into a fresh directory under `parent`
+/// (named `ksplice-<id>.<random>`, mode 0700, files 0600). Signatures are checked before
+/// the directory is created; on any later failure (even a panic) the directory is
+/// removed again.
+pub fn open_package_bytes(
+    bytes: &[u8],
+    policy: &TrustPolicy,
+    parent: &Path,
+) -> Result<OpenedPackage> {
     let mut sink = Sink::Extract {
         parent: parent.to_owned(),
         dir: None,
     };
     // On any error (or unwinding) `sink` is dropped still holding the directory,
     // and its Drop removes it; only success takes the directory out.
-    let read = read_package(pkg, policy, &mut sink)?;
+    let read = read_package(bytes, policy, &mut sink)?;
     let dir = match &mut sink {
         Sink::Extract { dir, .. } => dir.take(),
         Sink::Discard => None,
@@ -158,10 +261,23 @@ pub fn open_package(pkg: &Path, policy: &TrustPolicy, parent: &Path) -> Result<O
     let dir = dir.expect("invariant: a verified package has created its directory");
     Ok(OpenedPackage {
         manifest: read.manifest,
-        dir,
+        dir: dir.path,
+        dir_fd: dir.fd,
         manifest_bytes: read.manifest_bytes,
         signature_bytes: read.signature_bytes,
     })
+}
+
+/// [`read_package_file`] then [`verify_package_bytes`].
+pub fn verify_package(pkg: &Path, policy: &TrustPolicy) -> Result<Verified<Manifest>> {
+    let bytes = read_package_file(pkg)?;
+    Ok(verify_package_bytes(&bytes, policy)?.manifest)
+}
+
+/// [`read_package_file`] then [`open_package_bytes`].
+pub fn open_package(pkg: &Path, policy: &TrustPolicy, parent: &Path) -> Result<OpenedPackage> {
+    let bytes = read_package_file(pkg)?;
+    open_package_bytes(&bytes, policy, parent)
 }
 
 // ---- writing ---------------------------------------------------------------------------------
@@ -218,24 +334,22 @@ fn write_archive(
         .mode(0o644)
         .open(path)
         .map_err(io_err)?;
-    let gz = flate2::write::GzEncoder::new(BufWriter::new(file), flate2::Compression::default());
-    let mut tar = tar::Builder::new(gz);
+    let mut gz =
+        flate2::write::GzEncoder::new(BufWriter::new(file), flate2::Compression::default());
+    let zeros = [0u8; 2 * ustar::BLOCK];
     let mut append = |name: &str, data: &[u8]| -> io::Result<()> {
-        let mut header = tar::Header::new_ustar();
-        header.set_entry_type(tar::EntryType::Regular);
-        header.set_size(data.len() as u64);
-        header.set_mode(0o644);
-        header.set_mtime(0);
-        header.set_uid(0);
-        header.set_gid(0);
-        tar.append_data(&mut header, name, data)
+        gz.write_all(&ustar::header(name, data.len() as u64))?;
+        gz.write_all(data)?;
+        let pad = (ustar::BLOCK - data.len() % ustar::BLOCK) % ustar::BLOCK;
+        gz.write_all(&zeros[..pad])
     };
     append(MANIFEST_ENTRY, manifest_bytes).map_err(io_err)?;
     append(SIGNATURE_ENTRY, signature_bytes).map_err(io_err)?;
     for (file, data) in files.iter().zip(contents) {
         append(&file.path, data).map_err(io_err)?;
     }
-    let gz = tar.into_inner().map_err(io_err)?;
+    // The end-of-archive marker: two zero blocks.
+    gz.write_all(&zeros).map_err(io_err)?;
     let writer = gz.finish().map_err(io_err)?;
     let file = writer.into_inner().map_err(|e| io_err(e.into_error()))?;
     file.sync_all().map_err(io_err)?;
@@ -243,18 +357,11 @@ fn write_archive(
 }
 
 fn read_capped(path: &Path, max: u64) -> Result<Vec<u8>> {
-    let file = fs::File::open(path).map_err(|e| Error::io(path, e))?;
-    let mut bytes = Vec::new();
-    file.take(max + 1)
-        .read_to_end(&mut bytes)
-        .map_err(|e| Error::io(path, e))?;
-    if bytes.len() as u64 > max {
-        return Err(Error::PayloadTooLarge {
-            path: path.to_owned(),
-            max,
-        });
-    }
-    Ok(bytes)
+    let (mut opened, _) = file::open_regular(path)?;
+    file::read_bounded(&mut opened, path, max)?.ok_or_else(|| Error::PayloadTooLarge {
+        path: path.to_owned(),
+        max,
+    })
 }
 
 fn random_hex() -> Result<String> {
@@ -272,22 +379,23 @@ enum Sink {
     /// Extract under `parent`; `dir` is set once the fresh directory exists.
     Extract {
         parent: PathBuf,
-        dir: Option<PathBuf>,
+        dir: Option<ExtractDir>,
     },
+}
+
+/// The fresh extraction directory: its path (for messages and removal) and a descriptor
+/// that every file in it is created and opened relative to.
+struct ExtractDir {
+    path: PathBuf,
+    fd: OwnedFd,
 }
 
 impl Drop for Sink {
     fn drop(&mut self) {
         if let Sink::Extract { dir: Some(dir), .. } = self {
-            let _ = fs::remove_dir_all(dir);
+            let _ = fs::remove_dir_all(&dir.path);
         }
     }
-}
-
-struct ReadPackage {
-    manifest: Verified<Manifest>,
-    manifest_bytes: Vec<u8>,
-    signature_bytes: Vec<u8>,
 }
 
 /// Counts decompressed bytes and fails once more than the cap has been produced.
@@ -319,99 +427,230 @@ impl<R: Read> Read for Capped<R> {
     }
 }
 
-type Decoder = Capped<flate2::bufread::GzDecoder<BufReader<io::Take<fs::File>>>>;
-
-fn read_package(pkg: &Path, policy: &TrustPolicy, sink: &mut Sink) -> Result<ReadPackage> {
-    // 1. Compressed cap, and the fixed gzip header.
-    let mut file = fs::File::open(pkg).map_err(|e| Error::io(pkg, e))?;
-    let size = file.metadata().map_err(|e| Error::io(pkg, e))?.len();
-    if size > MAX_PACKAGE_BYTES {
+/// Step 1 of reading: the compressed cap, the fixed gzip header, then one pass over the
+/// whole gzip member without parsing it: the decompressed cap, the CRC32 and length in the
+/// gzip trailer, and nothing after the member. Cheap, and done before any signature work,
+/// so a damaged package is refused as damaged.
+fn check_container(bytes: &[u8]) -> Result<()> {
+    if bytes.len() as u64 > MAX_PACKAGE_BYTES {
         return Err(Error::PackageTooLarge {
-            path: pkg.to_owned(),
-            size,
+            path: PathBuf::from(IN_MEMORY),
+            size: bytes.len() as u64,
             max: MAX_PACKAGE_BYTES,
         });
     }
-    let mut header = [0u8; GZIP_HEADER.len()];
-    match file.read_exact(&mut header) {
-        Ok(()) if header == GZIP_HEADER => {}
-        Ok(()) => return Err(Error::NotCanonicalGzip),
-        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Err(Error::NotCanonicalGzip),
-        Err(e) => return Err(Error::io(pkg, e)),
+    if bytes.get(..GZIP_HEADER.len()) != Some(&GZIP_HEADER[..]) {
+        return Err(Error::NotCanonicalGzip);
     }
-    file.rewind().map_err(|e| Error::io(pkg, e))?;
-    // The file may grow after the size check; `take` keeps the cap anyway.
     let exceeded = Rc::new(Cell::new(false));
-    let decoder: Decoder = Capped {
-        inner: flate2::bufread::GzDecoder::new(BufReader::new(file.take(MAX_PACKAGE_BYTES))),
+    let mut decoder = Capped {
+        inner: flate2::bufread::GzDecoder::new(bytes),
         left: MAX_UNPACKED_BYTES,
         exceeded: Rc::clone(&exceeded),
     };
-    let archive_err = |source: io::Error| {
-        if exceeded.get() {
+    if let Err(e) = io::copy(&mut decoder, &mut io::sink()) {
+        return Err(if exceeded.get() {
             Error::UnpackedTooLarge {
                 max: MAX_UNPACKED_BYTES,
             }
         } else {
-            Error::malformed(&source)
-        }
-    };
+            Error::malformed(&e)
+        });
+    }
+    if !decoder.inner.into_inner().is_empty() {
+        return Err(Error::TrailingData {
+            what: "bytes after the gzip stream",
+        });
+    }
+    Ok(())
+}
 
-    let mut archive = tar::Archive::new(decoder);
-    // Raw mode: GNU long names and pax headers come out as entries (and are refused)
-    // instead of being buffered whole by the tar crate.
-    let mut entries = archive.entries().map_err(archive_err)?.raw(true);
-    let mut next_entry = |count: &mut usize| -> Result<Option<tar::Entry<'_, Decoder>>> {
-        match entries.next() {
-            None => Ok(None),
-            Some(Err(e)) => Err(archive_err(e)),
-            Some(Ok(entry)) => {
-                *count += 1;
-                if *count > MAX_ENTRIES {
-                    return Err(Error::TooManyEntries { max: MAX_ENTRIES });
-                }
-                Ok(Some(entry))
+/// What [`IN_MEMORY`] package errors name instead of a path.
+const IN_MEMORY: &str = "(package bytes)";
+
+/// The tar stream of a package whose gzip layer [`check_container`] accepted.
+struct TarReader<R> {
+    inner: R,
+    entries: usize,
+}
+
+impl<R: Read> TarReader<R> {
+    /// Fills `buf` as far as the stream goes; returns how much was read.
+    fn fill(&mut self, buf: &mut [u8]) -> Result<usize> {
+        let mut done = 0;
+        while done < buf.len() {
+            match self.inner.read(&mut buf[done..]) {
+                Ok(0) => break,
+                Ok(n) => done += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(Error::malformed(&e)),
             }
         }
+        Ok(done)
+    }
+
+    /// The next entry's checked header, or `None` at the end-of-archive marker (which
+    /// must then be exactly two zero blocks and the end of the stream).
+    fn next_header(&mut self) -> Result<Option<ustar::Header>> {
+        let mut block = [0u8; ustar::BLOCK];
+        match self.fill(&mut block)? {
+            0 => return Err(Error::MissingEndOfArchive),
+            n if n < ustar::BLOCK => {
+                return Err(Error::MalformedArchive {
+                    reason: "the archive ends inside a header".into(),
+                })
+            }
+            _ => {}
+        }
+        if block.iter().all(|&b| b == 0) {
+            self.check_end()?;
+            return Ok(None);
+        }
+        // Counted before the header is looked at, so the cap holds whatever it says.
+        self.entries += 1;
+        if self.entries > MAX_ENTRIES {
+            return Err(Error::TooManyEntries { max: MAX_ENTRIES });
+        }
+        ustar::check_header(&block).map(Some)
+    }
+
+    /// After the first zero block: exactly one more, then nothing.
+    fn check_end(&mut self) -> Result<()> {
+        let mut rest: u64 = 0;
+        let mut non_zero = false;
+        let mut buf = vec![0u8; 64 << 10];
+        loop {
+            let n = self.fill(&mut buf)?;
+            if n == 0 {
+                break;
+            }
+            rest += n as u64;
+            non_zero |= buf[..n].iter().any(|&b| b != 0);
+        }
+        if non_zero {
+            return Err(Error::TrailingData {
+                what: "non-zero data",
+            });
+        }
+        match rest.cmp(&(ustar::BLOCK as u64)) {
+            std::cmp::Ordering::Less => Err(Error::MissingEndOfArchive),
+            std::cmp::Ordering::Equal => Ok(()),
+            std::cmp::Ordering::Greater => Err(Error::TrailingData {
+                what: "zero blocks after the end-of-archive marker",
+            }),
+        }
+    }
+
+    /// Streams `size` data bytes of `entry` to `out` in chunks, then checks the padding
+    /// up to the next block is zero.
+    fn data(
+        &mut self,
+        entry: &str,
+        size: u64,
+        mut out: impl FnMut(&[u8]) -> Result<()>,
+    ) -> Result<()> {
+        let mut left = size;
+        let mut buf = vec![0u8; usize::try_from(size.min(64 << 10)).unwrap_or(64 << 10)];
+        while left > 0 {
+            let want = usize::try_from(left.min(buf.len() as u64)).unwrap_or(buf.len());
+            let n = self.fill(&mut buf[..want])?;
+            if n < want {
+                return Err(truncated(entry));
+            }
+            out(&buf[..n])?;
+            left -= n as u64;
+        }
+        let pad = (ustar::BLOCK - (size % ustar::BLOCK as u64) as usize) % ustar::BLOCK;
+        let mut padding = [0u8; ustar::BLOCK];
+        if self.fill(&mut padding[..pad])? < pad {
+            return Err(truncated(entry));
+        }
+        if padding[..pad].iter().any(|&b| b != 0) {
+            return Err(Error::NonZeroPadding {
+                entry: entry.to_owned(),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// Entry names seen so far, keyed by their ASCII lowercase form: two names that differ
+/// only in case would be one file on a case-insensitive file system.
+#[derive(Default)]
+struct Seen(BTreeMap<String, String>);
+
+impl Seen {
+    fn insert(&mut self, name: &str) -> Result<()> {
+        match self.0.get(&name.to_ascii_lowercase()) {
+            Some(other) if other == name => Err(Error::DuplicateEntry {
+                entry: name.to_owned(),
+            }),
+            Some(other) => Err(Error::DuplicateEntryIgnoringCase {
+                entry: name.to_owned(),
+                other: other.clone(),
+            }),
+            None => {
+                self.0.insert(name.to_ascii_lowercase(), name.to_owned());
+                Ok(())
+            }
+        }
+    }
+
+    fn contains(&self, name: &str) -> bool {
+        self.0.get(&name.to_ascii_lowercase()).map(String::as_str) == Some(name)
+    }
+}
+
+/// Reads `manifest.toml` or `manifest.sig`: name, order and cap are checked on the header
+/// before any data is read.
+fn read_metadata<R: Read>(
+    tar: &mut TarReader<R>,
+    seen: &mut Seen,
+    name: &'static str,
+    max: u64,
+) -> Result<Vec<u8>> {
+    let header = tar
+        .next_header()?
+        .ok_or(Error::MissingMetadata { entry: name })?;
+    let found = header.name.as_str();
+    if found != name {
+        let entry = found.to_owned();
+        return Err(if name == MANIFEST_ENTRY {
+            Error::ManifestNotFirst { entry }
+        } else if entry == MANIFEST_ENTRY {
+            Error::DuplicateEntry { entry }
+        } else {
+            Error::SignatureNotSecond { entry }
+        });
+    }
+    seen.insert(found)?;
+    if header.size > max {
+        return Err(Error::MetadataTooLarge {
+            entry: name,
+            size: header.size,
+            max,
+        });
+    }
+    let mut bytes = Vec::with_capacity(usize::try_from(header.size).unwrap_or(0));
+    tar.data(name, header.size, |chunk| {
+        bytes.extend_from_slice(chunk);
+        Ok(())
+    })?;
+    Ok(bytes)
+}
+
+fn read_package(bytes: &[u8], policy: &TrustPolicy, sink: &mut Sink) -> Result<VerifiedPackage> {
+    // 1. Caps, the fixed gzip header, the gzip CRC, nothing after the gzip member.
+    check_container(bytes)?;
+    let mut tar = TarReader {
+        inner: flate2::bufread::GzDecoder::new(bytes),
+        entries: 0,
     };
-    let mut count = 0;
-    let mut seen: BTreeSet<String> = BTreeSet::new();
+    let mut seen = Seen::default();
 
     // 2. manifest.toml, then manifest.sig, bounded reads.
-    let mut metadata = |count: &mut usize, name: &'static str, max: u64| -> Result<Vec<u8>> {
-        let mut entry = next_entry(count)?.ok_or(Error::MissingMetadata { entry: name })?;
-        let found = check_entry(&entry)?;
-        if found.as_str() != name {
-            let entry = found.as_str().to_owned();
-            return Err(if name == MANIFEST_ENTRY {
-                Error::ManifestNotFirst { entry }
-            } else if entry == MANIFEST_ENTRY {
-                Error::DuplicateEntry { entry }
-            } else {
-                Error::SignatureNotSecond { entry }
-            });
-        }
-        seen.insert(found.as_str().to_owned());
-        let size = entry.header().size().map_err(archive_err)?;
-        if size > max {
-            return Err(Error::MetadataTooLarge {
-                entry: name,
-                size,
-                max,
-            });
-        }
-        let mut bytes = Vec::with_capacity(size as usize);
-        (&mut entry)
-            .take(max + 1)
-            .read_to_end(&mut bytes)
-            .map_err(archive_err)?;
-        if bytes.len() as u64 != size {
-            return Err(truncated(name));
-        }
-        Ok(bytes)
-    };
-    let manifest_bytes = metadata(&mut count, MANIFEST_ENTRY, MAX_MANIFEST_BYTES)?;
-    let signature_bytes = metadata(&mut count, SIGNATURE_ENTRY, MAX_SIGNATURE_BYTES)?;
+    let manifest_bytes = read_metadata(&mut tar, &mut seen, MANIFEST_ENTRY, MAX_MANIFEST_BYTES)?;
+    let signature_bytes = read_metadata(&mut tar, &mut seen, SIGNATURE_ENTRY, MAX_SIGNATURE_BYTES)?;
 
     // 3. Signatures over the exact bytes, then the manifest's own rules — before any
     //    payload byte is read or anything is created on disk.
@@ -425,56 +664,40 @@ fn read_package(pkg: &Path, policy: &TrustPolicy, sink: &mut Sink) -> Result<Rea
         *dir = Some(create_fresh_dir(parent, &manifest.id)?);
     }
 
-    // 4. Payload: only listed, regular, unique entries whose length and digest match.
-    while let Some(mut entry) = next_entry(&mut count)? {
-        let entry_name = check_entry(&entry)?;
-        let name = entry_name.as_str().to_owned();
-        if seen.contains(&name) {
-            return Err(Error::DuplicateEntry { entry: name });
-        }
+    // 4. Payload: only listed, unique entries whose length and digest match, each header
+    //    exactly as `write_package` writes it.
+    while let Some(header) = tar.next_header()? {
+        let name = header.name.as_str().to_owned();
+        seen.insert(&name)?;
         let Some(file) = listed.get(name.as_str()).copied() else {
             return Err(Error::UnlistedEntry { entry: name });
         };
-        seen.insert(name.clone());
-        let size = entry.header().size().map_err(archive_err)?;
-        if size != file.len {
+        if header.size != file.len {
             return Err(Error::LengthMismatch {
                 file: name,
                 expected: file.len,
-                actual: size,
+                actual: header.size,
             });
         }
         let mut out = match sink {
             Sink::Discard => None,
-            Sink::Extract { dir: Some(dir), .. } => Some(create_payload_file(dir, &entry_name)?),
+            Sink::Extract { dir: Some(dir), .. } => {
+                let path = dir.path.join(&name);
+                let file = create_payload_file(dir, &header.name)?;
+                Some((path, BufWriter::new(file)))
+            }
             Sink::Extract { dir: None, .. } => {
                 unreachable!("invariant: directory created after verification")
             }
         };
         let mut hasher = Sha256::new();
-        let mut copied: u64 = 0;
-        let mut buf = vec![0u8; 64 << 10];
-        loop {
-            let n = entry.read(&mut buf).map_err(archive_err)?;
-            if n == 0 {
-                break;
-            }
-            copied += n as u64;
-            hasher.update(&buf[..n]);
+        tar.data(&name, header.size, |chunk| {
+            hasher.update(chunk);
             if let Some((path, out)) = out.as_mut() {
-                out.write_all(&buf[..n]).map_err(|e| Error::io(&*path, e))?;
+                out.write_all(chunk).map_err(|e| Error::io(&*path, e))?;
             }
-        }
-        if copied != size {
-            return Err(truncated(&name));
-        }
-        if copied != file.len {
-            return Err(Error::LengthMismatch {
-                file: name,
-                expected: file.len,
-                actual: copied,
-            });
-        }
+            Ok(())
+        })?;
         if hex::encode(hasher.finalize()) != file.sha256 {
             return Err(Error::DigestMismatch { file: name });
         }
@@ -486,40 +709,15 @@ fn read_package(pkg: &Path, policy: &TrustPolicy, sink: &mut Sink) -> Result<Rea
         }
     }
 
-    // 5. Every listed file must have been present.
+    // 5. Every listed file must have been present. (The end marker and what follows it
+    //    were checked by `next_header`.)
     if let Some(missing) = manifest.files.iter().find(|f| !seen.contains(&f.path)) {
         return Err(Error::MissingFile {
             file: missing.path.clone(),
         });
     }
 
-    // 6. The rest of the tar stream is zero padding; reading it to the end makes the
-    //    gzip decoder check its CRC and length, and nothing may follow the gzip member.
-    let mut rest = archive.into_inner();
-    let mut buf = vec![0u8; 64 << 10];
-    loop {
-        let n = rest.read(&mut buf).map_err(archive_err)?;
-        if n == 0 {
-            break;
-        }
-        if buf[..n].iter().any(|&b| b != 0) {
-            return Err(Error::TrailingData {
-                what: "non-zero data",
-            });
-        }
-    }
-    let compressed = rest.inner.get_mut();
-    if !compressed
-        .fill_buf()
-        .map_err(|e| Error::io(pkg, e))?
-        .is_empty()
-    {
-        return Err(Error::TrailingData {
-            what: "bytes after the gzip stream",
-        });
-    }
-
-    Ok(ReadPackage {
+    Ok(VerifiedPackage {
         manifest,
         manifest_bytes,
         signature_bytes,
@@ -533,64 +731,79 @@ fn truncated(entry: &str) -> Error {
     }
 }
 
-/// Name and type rules every entry must pass before anything else is looked at.
-fn check_entry<R: Read>(entry: &tar::Entry<'_, R>) -> Result<EntryName> {
-    let raw = entry.header().path_bytes();
-    let name = || entry_name::display(&raw);
-    let valid = match EntryName::new(&raw) {
-        Ok(valid) => valid,
-        Err(NameProblem::Absolute) => return Err(Error::AbsolutePath { entry: name() }),
-        Err(NameProblem::ParentDirectory) => return Err(Error::ParentDirectory { entry: name() }),
-        Err(NameProblem::Invalid(reason)) => {
-            return Err(Error::InvalidEntryName {
-                entry: name(),
-                reason,
-            })
-        }
+const DIR_FLAGS: OFlags = OFlags::RDONLY
+    .union(OFlags::DIRECTORY)
+    .union(OFlags::NOFOLLOW)
+    .union(OFlags::CLOEXEC);
+
+/// Creates `parent/ksplice-<id>.<random>` with mode exactly 0700 (set by `fchmod`, so the
+/// umask cannot widen or narrow it) and opens it; never reuses an existing entry, and
+/// refuses a directory that is not ours by the time it is opened.
+fn create_fresh_dir(parent: &Path, id: &str) -> Result<ExtractDir> {
+    let path = parent.join(format!("ksplice-{id}.{}", random_hex()?));
+    let io_err = |e: rustix::io::Errno| Error::io(&path, file::errno(e));
+    rustix::fs::mkdir(&path, Mode::from_raw_mode(0o700)).map_err(io_err)?;
+    let fd = rustix::fs::open(&path, DIR_FLAGS, Mode::empty()).map_err(io_err)?;
+    let stat = rustix::fs::fstat(&fd).map_err(io_err)?;
+    if stat.st_uid != file::effective_uid() {
+        return Err(Error::io(
+            &path,
+            io::Error::new(
+                io::ErrorKind::PermissionDenied,
+                "the new extraction directory was replaced by another user's",
+            ),
+        ));
+    }
+    rustix::fs::fchmod(&fd, Mode::from_raw_mode(0o700)).map_err(io_err)?;
+    Ok(ExtractDir { path, fd })
+}
+
+/// Opens (or, with `create`, makes with mode 0700) the directories of `rel` below `dir`,
+/// one `openat(O_NOFOLLOW | O_DIRECTORY)` per component; returns the innermost one
+/// (`None` for `dir` itself) and the file name.
+fn walk<'n>(
+    dir_path: &Path,
+    dir_fd: BorrowedFd<'_>,
+    rel: &'n EntryName,
+    create: bool,
+) -> Result<(Option<OwnedFd>, &'n str)> {
+    let (dirs, leaf) = match rel.as_str().rsplit_once('/') {
+        Some((dirs, leaf)) => (Some(dirs), leaf),
+        None => (None, rel.as_str()),
     };
-    match entry.header().entry_type() {
-        tar::EntryType::Regular => Ok(valid),
-        tar::EntryType::Symlink => Err(Error::Symlink { entry: name() }),
-        tar::EntryType::Link => Err(Error::Hardlink { entry: name() }),
-        tar::EntryType::Char | tar::EntryType::Block => Err(Error::DeviceFile { entry: name() }),
-        tar::EntryType::Fifo => Err(Error::Fifo { entry: name() }),
-        other => Err(Error::UnsupportedEntryType {
-            entry: name(),
-            typeflag: char::from(other.as_byte()),
-        }),
+    let mut current: Option<OwnedFd> = None;
+    let mut at = dir_path.to_owned();
+    for part in dirs.into_iter().flat_map(|d| d.split('/')) {
+        at.push(part);
+        let io_err = |e: rustix::io::Errno| Error::io(&at, file::errno(e));
+        let parent = current.as_ref().map_or(dir_fd, |fd| fd.as_fd());
+        let made = create
+            && match rustix::fs::mkdirat(parent, part, Mode::from_raw_mode(0o700)) {
+                Ok(()) => true,
+                Err(rustix::io::Errno::EXIST) => false,
+                Err(e) => return Err(io_err(e)),
+            };
+        let next = rustix::fs::openat(parent, part, DIR_FLAGS, Mode::empty()).map_err(io_err)?;
+        if made {
+            rustix::fs::fchmod(&next, Mode::from_raw_mode(0o700)).map_err(io_err)?;
+        }
+        current = Some(next);
     }
+    Ok((current, leaf))
 }
 
-/// Creates `parent/ksplice-<id>.<random>` (mode 0700); never reuses an existing entry.
-fn create_fresh_dir(parent: &Path, id: &str) -> Result<PathBuf> {
-    let dir = parent.join(format!("ksplice-{id}.{}", random_hex()?));
-    fs::DirBuilder::new()
-        .mode(0o700)
-        .create(&dir)
-        .map_err(|e| Error::io(&dir, e))?;
-    Ok(dir)
+/// Creates `dir/<rel>` (and its directories) for writing, mode exactly 0600, relative to
+/// the directory's descriptor: `rel` is a checked relative name and no link is followed.
+fn create_payload_file(dir: &ExtractDir, rel: &EntryName) -> Result<fs::File> {
+    let path = dir.path.join(rel.as_str());
+    let io_err = |e: rustix::io::Errno| Error::io(&path, file::errno(e));
+    let (parent, leaf) = walk(&dir.path, dir.fd.as_fd(), rel, true)?;
+    let at = parent.as_ref().map_or(dir.fd.as_fd(), |fd| fd.as_fd());
+    let flags = OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    let fd = rustix::fs::openat(at, leaf, flags, Mode::from_raw_mode(0o600)).map_err(io_err)?;
+    rustix::fs::fchmod(&fd, Mode::from_raw_mode(0o600)).map_err(io_err)?;
+    Ok(fs::File::from(fd))
 }
-
-/// Creates `dir/<rel>` (and its parent directories) for writing. `rel` is a checked
-/// relative name and `dir` is fresh, so no link or existing file can be followed.
-fn create_payload_file(dir: &Path, rel: &EntryName) -> Result<(PathBuf, BufWriter<fs::File>)> {
-    let path = dir.join(rel.as_str());
-    if let Some(parent) = path.parent() {
-        fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(parent)
-            .map_err(|e| Error::io(parent, e))?;
-    }
-    let file = fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o644)
-        .open(&path)
-        .map_err(|e| Error::io(&path, e))?;
-    Ok((path, BufWriter::new(file)))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

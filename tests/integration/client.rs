@@ -539,6 +539,9 @@ fn repack(src: &Path, dest: &Path, edit: impl FnOnce(&mut Vec<(String, Vec<u8>)>
         h.set_size(data.len() as u64);
         h.set_mode(0o644);
         h.set_mtime(0);
+        // The reader accepts only the exact header pack writes (uid/gid "0000000").
+        h.set_uid(0);
+        h.set_gid(0);
         b.append_data(&mut h, name, data.as_slice())
             .expect("append");
     }

@@ -1,6 +1,7 @@
 //! Integration tests for ksplice (one test binary).
 #![forbid(unsafe_code)]
 
+mod apply_path;
 mod client;
 mod create;
 mod differ;

@@ -55,12 +55,15 @@ fn signed(files: &[(&str, &[u8])], keys: &[&SigningKey]) -> (Vec<u8>, Vec<u8>) {
 
 // ---- crafting archives byte by byte ----------------------------------------------------------
 
-/// One raw ustar entry: header with `name` written verbatim (no sanitizing), then data.
+/// One raw ustar entry: header with `name` written verbatim (no sanitizing), then data;
+/// every other field as `write_package` writes it.
 fn entry_sized(name: &[u8], typeflag: u8, data: &[u8], size: u64) -> Vec<u8> {
     let mut header = tar::Header::new_ustar();
     header.set_size(size);
     header.set_mode(0o644);
     header.set_mtime(0);
+    header.set_uid(0);
+    header.set_gid(0);
     header.set_entry_type(tar::EntryType::new(typeflag));
     if typeflag == b'1' || typeflag == b'2' {
         header.set_link_name("target").expect("link name");
@@ -831,9 +834,10 @@ fn flipping_any_byte_makes_verification_fail() {
         for mask in [0xff, 0x01, 0x80] {
             let mut flipped = bytes.clone();
             flipped[i] ^= mask;
-            fs::write(s.pkg(), &flipped).expect("write");
-            if let Ok(m) = verify_package(&s.pkg(), &policy) {
-                assert_eq!(*m, manifest_listing(&[("m.ko", b"tiny")]));
+            // In memory: the very reader `verify_package` runs after its one read of the
+            // file (tested on files above); no file system round trip per flip.
+            if let Ok(v) = manifests::verify_package_bytes(&flipped, &policy) {
+                assert_eq!(*v.manifest, manifest_listing(&[("m.ko", b"tiny")]));
                 if i == final_deflate_byte(&bytes) && mask != 0xff && mask != 0x01 {
                     padding_only.push(mask);
                 } else {
@@ -1206,4 +1210,317 @@ fn binaries_keygen_pack_verify_round_trip_and_refusals() {
         .filter(|p| !p.starts_with("state"))
         .collect();
     assert_eq!(found, expected);
+}
+
+// ---- canonical archives only (issue 9 finding 6) ---------------------------------------------
+
+/// `m.ko`'s canonical entry with its header edited by `edit` (checksum recomputed after,
+/// unless `keep_cksum`).
+fn edited(edit: impl FnOnce(&mut tar::Header), recompute_cksum: bool) -> Vec<u8> {
+    let mut e = file("m.ko", KO);
+    let mut header = tar::Header::new_old();
+    header.as_mut_bytes().copy_from_slice(&e[..512]);
+    edit(&mut header);
+    if recompute_cksum {
+        header.set_cksum();
+    }
+    e[..512].copy_from_slice(header.as_bytes());
+    e
+}
+
+/// The canonical entry for `m.ko` with header bytes `range` replaced by `bytes`.
+fn patched(range: std::ops::Range<usize>, bytes: &[u8]) -> Vec<u8> {
+    edited(|h| h.as_mut_bytes()[range].copy_from_slice(bytes), true)
+}
+
+/// Issue 9 finding 6: v7 and GNU headers were accepted.
+#[test]
+fn non_ustar_headers_are_refused() {
+    for (magic, version) in [(*b"\0\0\0\0\0\0", *b"\0\0"), (*b"ustar ", *b" \0")] {
+        let e = edited(
+            |h| {
+                h.as_mut_bytes()[257..263].copy_from_slice(&magic);
+                h.as_mut_bytes()[263..265].copy_from_slice(&version);
+            },
+            true,
+        );
+        let err = refuse_entries(&with_payload(vec![e]));
+        assert!(
+            matches!(err, Error::NotUstar { ref entry } if entry == "m.ko"),
+            "{magic:?}: {err}"
+        );
+    }
+}
+
+/// Issue 9 finding 6: typeflag `\0` (the pre-POSIX regular file) was accepted.
+#[test]
+fn old_style_regular_typeflag_is_refused() {
+    let err = refuse_entries(&with_payload(vec![patched(156..157, b"\0")]));
+    assert!(
+        matches!(err, Error::UnsupportedEntryType { ref entry, typeflag: '\0' } if entry == "m.ko"),
+        "{err}"
+    );
+}
+
+/// Issue 9 finding 6: any mode was accepted.
+#[test]
+fn entry_mode_other_than_0644_is_refused() {
+    for mode in [&b"0000755\0"[..], b"0100644\0", b"000644 \0"] {
+        let err = refuse_entries(&with_payload(vec![patched(100..108, mode)]));
+        assert!(
+            matches!(err, Error::EntryMode { ref entry, .. } if entry == "m.ko"),
+            "{mode:?}: {err}"
+        );
+    }
+}
+
+/// Issue 9 finding 6: any owner was accepted.
+#[test]
+fn entry_owner_other_than_root_is_refused() {
+    for (range, value) in [
+        (108..116, &b"0001750\0"[..]),
+        (116..124, b"0001750\0"),
+        (108..116, b"\0\0\0\0\0\0\0\0"),
+        (265..269, b"root"),
+        (297..301, b"root"),
+    ] {
+        let err = refuse_entries(&with_payload(vec![patched(range.clone(), value)]));
+        assert!(
+            matches!(err, Error::EntryOwner { ref entry } if entry == "m.ko"),
+            "{range:?}: {err}"
+        );
+    }
+}
+
+/// Issue 9 finding 6: bytes after the NUL ending a name were ignored.
+#[test]
+fn name_field_with_bytes_after_its_nul_is_refused() {
+    let err = refuse_entries(&with_payload(vec![patched(0..10, b"m.ko\0junk!")]));
+    assert!(
+        matches!(err, Error::NameNotNulPadded { ref entry } if entry == "m.ko"),
+        "{err}"
+    );
+}
+
+/// Issue 9 finding 6: other header fields (time, size spelling, link name, device
+/// numbers, prefix, reserved bytes) were not compared.
+#[test]
+fn other_non_canonical_header_fields_are_refused() {
+    let size = format!("{:011o} ", KO.len());
+    for (range, value, field) in [
+        (136..148, &b"00000000001\0"[..], "mtime"),
+        (124..136, size.as_bytes(), "size"),
+        (157..163, b"target", "linkname"),
+        (329..337, b"0000001\0", "devmajor"),
+        (337..345, b"0000001\0", "devminor"),
+        (345..348, b"dir", "prefix"),
+        (500..501, b"x", "reserved bytes"),
+    ] {
+        let err = refuse_entries(&with_payload(vec![patched(range, value)]));
+        assert!(
+            matches!(err, Error::NonCanonicalHeader { ref entry, field: f } if entry == "m.ko" && f == field),
+            "{field}: {err}"
+        );
+    }
+}
+
+/// Issue 9 finding 6: a checksum in another spelling (GNU tar's six digits, NUL, space)
+/// or simply wrong.
+#[test]
+fn header_checksum_not_as_written_is_refused() {
+    let gnu_spelling = edited(
+        |h| {
+            h.set_cksum();
+            let field = &mut h.as_mut_bytes()[148..156];
+            let digits: Vec<u8> = field[1..7].to_vec();
+            field[..6].copy_from_slice(&digits);
+            field[6] = 0;
+            field[7] = b' ';
+        },
+        false,
+    );
+    let wrong = edited(
+        |h| h.as_mut_bytes()[148..156].copy_from_slice(b"0000001\0"),
+        false,
+    );
+    for e in [gnu_spelling, wrong] {
+        let err = refuse_entries(&with_payload(vec![e]));
+        assert!(
+            matches!(err, Error::HeaderChecksum { ref entry } if entry == "m.ko"),
+            "{err}"
+        );
+    }
+}
+
+/// Issue 9 finding 6: non-zero bytes in the padding after an entry's data were ignored.
+#[test]
+fn non_zero_padding_is_refused() {
+    let mut e = file("m.ko", KO);
+    let last = e.len() - 1;
+    e[last] = b'!';
+    let err = refuse_entries(&with_payload(vec![e]));
+    assert!(
+        matches!(err, Error::NonZeroPadding { ref entry } if entry == "m.ko"),
+        "{err}"
+    );
+}
+
+/// Issue 9 finding 6: an archive without its two zero blocks (or with one) was accepted;
+/// extra zero blocks are refused too (pack writes exactly two).
+#[test]
+fn end_of_archive_must_be_exactly_two_zero_blocks() {
+    let entries = with_payload(vec![file("m.ko", KO)]);
+    for (zeros, expect_missing) in [(0, true), (512, true), (1536, false), (10240, false)] {
+        let mut data = entries.concat();
+        data.resize(data.len() + zeros, 0);
+        let err = refuse_entries_bytes(&gz(&data));
+        if expect_missing {
+            assert!(matches!(err, Error::MissingEndOfArchive), "{zeros}: {err}");
+        } else {
+            assert!(
+                matches!(
+                    err,
+                    Error::TrailingData {
+                        what: "zero blocks after the end-of-archive marker"
+                    }
+                ),
+                "{zeros}: {err}"
+            );
+        }
+    }
+}
+
+/// Issue 9 finding 6: `m.ko` and `M.KO` (or `MANIFEST.TOML`) are one file on a
+/// case-insensitive file system.
+#[test]
+fn names_differing_only_in_case_are_refused() {
+    let err = refuse_entries(&with_payload(vec![file("m.ko", KO), file("M.KO", KO)]));
+    assert!(
+        matches!(err, Error::DuplicateEntryIgnoringCase { ref entry, ref other } if entry == "M.KO" && other == "m.ko"),
+        "{err}"
+    );
+    let err = refuse_entries(&with_payload(vec![file("Manifest.Toml", b"x")]));
+    assert!(
+        matches!(err, Error::DuplicateEntryIgnoringCase { ref entry, ref other } if entry == "Manifest.Toml" && other == "manifest.toml"),
+        "{err}"
+    );
+}
+
+/// What `ksplice-build pack` writes passes the canonical checks (and the crafted
+/// archives of this file are canonical unless a test edits them).
+#[test]
+fn crafted_and_written_archives_are_identical() {
+    let files: &[(&str, &[u8])] = &[("m.ko", KO)];
+    let (_, written) = good_package(files);
+    let mut out = flate2::read::GzDecoder::new(&written[..]);
+    let mut tar_bytes = Vec::new();
+    std::io::Read::read_to_end(&mut out, &mut tar_bytes).expect("gunzip");
+    let mut crafted = metadata(files);
+    crafted.push(file("m.ko", KO));
+    assert_eq!(tar_bytes, tar(&crafted));
+}
+
+// ---- reading from one descriptor (issue 9 findings 1 and 2) ----------------------------------
+
+/// Issue 9 finding 1: the package path was followed through symlinks and a fifo hung the
+/// reader; now it must be a regular file reached without a final symlink.
+#[test]
+fn package_that_is_a_symlink_fifo_device_or_directory_is_refused() {
+    let (s, _) = good_package(&[("m.ko", KO)]);
+    let policy = policy(&[&key(1)], 1);
+    let link = s.root.path().join("link.tar.gz");
+    std::os::unix::fs::symlink(s.pkg(), &link).expect("symlink");
+    let zero = s.root.path().join("zero.tar.gz");
+    std::os::unix::fs::symlink("/dev/zero", &zero).expect("symlink");
+    let fifo = s.root.path().join("fifo.tar.gz");
+    let status = Command::new("mkfifo").arg(&fifo).status().expect("mkfifo");
+    assert!(status.success());
+    for (path, kind) in [
+        (link, "a symbolic link"),
+        (zero, "a symbolic link"),
+        (fifo, "a fifo"),
+        (PathBuf::from("/dev/zero"), "a device"),
+        (s.parent(), "a directory"),
+    ] {
+        let err = verify_package(&path, &policy).expect_err("refused");
+        assert!(
+            matches!(err, Error::NotRegularFile { kind: k, .. } if k == kind),
+            "{}: {err}",
+            path.display()
+        );
+        let err = open_package(&path, &policy, &s.parent()).expect_err("refused");
+        assert!(matches!(err, Error::NotRegularFile { .. }), "{err}");
+    }
+    assert_eq!(tree(&s.parent()), Vec::<String>::new());
+}
+
+/// Issue 9 finding 2: after extraction the module was re-opened by path, so a racer who
+/// swapped the extraction directory (or a file in it) had an unsigned module loaded.
+/// `open_payload` opens relative to the directory descriptor taken at creation and
+/// re-hashes what it opened.
+#[test]
+fn open_payload_gives_the_verified_bytes_whatever_happens_to_the_paths() {
+    use std::os::unix::fs::PermissionsExt;
+    let files: &[(&str, &[u8])] = &[("m.ko", KO), ("d/e/x", b"nested")];
+    let (s, bytes) = good_package(files);
+    let policy = policy(&[&key(1)], 1);
+    let opened = manifests::open_package_bytes(&bytes, &policy, &s.parent()).expect("open");
+    // Modes are exact: directories 0700, files 0600.
+    for rel in tree(&opened.dir) {
+        let path = opened.dir.join(&rel);
+        let mode = fs::metadata(&path).expect("stat").permissions().mode() & 0o7777;
+        let want = if path.is_dir() { 0o700 } else { 0o600 };
+        assert_eq!(mode, want, "{rel}");
+    }
+    // The racer moves the directory away and puts its own at the same path.
+    let moved = s.root.path().join("moved");
+    fs::rename(&opened.dir, &moved).expect("rename");
+    fs::create_dir(&opened.dir).expect("mkdir");
+    fs::write(opened.dir.join("m.ko"), b"unsigned module").expect("plant");
+    let mut got = Vec::new();
+    std::io::Read::read_to_end(&mut opened.open_payload("m.ko").expect("open"), &mut got)
+        .expect("read");
+    assert_eq!(got, KO);
+    let mut nested = Vec::new();
+    std::io::Read::read_to_end(
+        &mut opened.open_payload("d/e/x").expect("open"),
+        &mut nested,
+    )
+    .expect("read");
+    assert_eq!(nested, b"nested");
+    // A file changed inside the real directory is refused, not loaded.
+    fs::write(
+        moved.join("m.ko"),
+        b"unsigned module with the right length!!!!!!!!!!",
+    )
+    .expect("rewrite");
+    let err = opened.open_payload("m.ko").expect_err("changed");
+    assert!(
+        matches!(err, Error::DigestMismatch { ref file } | Error::LengthMismatch { ref file, .. } if file == "m.ko"),
+        "{err}"
+    );
+    // A symlink in place of the file is not followed.
+    fs::remove_file(moved.join("m.ko")).expect("rm");
+    std::os::unix::fs::symlink(opened.dir.join("m.ko"), moved.join("m.ko")).expect("symlink");
+    assert!(opened.open_payload("m.ko").is_err());
+    // Not listed: refused.
+    assert!(matches!(
+        opened.open_payload("other"),
+        Err(Error::MissingFile { .. })
+    ));
+}
+
+/// Issue 9 finding 3: verification works from bytes, without any directory.
+#[test]
+fn verify_package_bytes_needs_no_file_system() {
+    let (_, bytes) = good_package(&[("m.ko", KO)]);
+    let v = manifests::verify_package_bytes(&bytes, &policy(&[&key(1)], 1)).expect("verify");
+    assert_eq!(*v.manifest, manifest_listing(&[("m.ko", KO)]));
+    let again = manifests::verify_manifest(
+        &v.manifest_bytes,
+        &v.signature_bytes,
+        &policy(&[&key(1)], 1),
+    )
+    .expect("re-verify");
+    assert_eq!(*again, *v.manifest);
 }

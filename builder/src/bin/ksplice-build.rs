@@ -147,17 +147,22 @@ fn keygen(args: &KeygenArgs) -> Result<(), Failure> {
     Ok(())
 }
 
+/// Creates `path` with mode 0644 set on the descriptor: the umask must not make the
+/// trust policy group-writable, which `TrustPolicy::load` refuses.
 fn write_new(path: &Path, bytes: &[u8]) -> Result<(), Failure> {
     use std::io::Write;
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
     let mut file = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
+        .mode(0o644)
         .open(path)
         .map_err(|source| manifests::Error::Io {
             path: path.to_owned(),
             source,
         })?;
-    file.write_all(bytes)
+    file.set_permissions(std::fs::Permissions::from_mode(0o644))
+        .and_then(|()| file.write_all(bytes))
         .map_err(|source| manifests::Error::Io {
             path: path.to_owned(),
             source,
