@@ -16,9 +16,6 @@ use crate::pkgfile;
 use crate::state::{now_utc, Entry, Phase, State};
 use crate::sys::Step;
 
-/// Longest livepatch module name (contracts.md C; MODULE_NAME_LEN - 1 is 55).
-const MAX_MODULE_NAME: usize = 55;
-
 /// What a command did, one event per update, for the CLI to print.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
@@ -81,42 +78,22 @@ fn verify_bytes(pkg: &Path, bytes: &[u8], policy: &TrustPolicy) -> Result<Verifi
             source: Box::new(source),
         }
     })?;
-    check_names(&verified.manifest)?;
+    check_names(&verified.manifest.id, &verified.manifest.module.name)?;
     Ok(verified)
 }
 
 /// The id becomes a file name and the module name a sysfs path: both must be
-/// plain names whatever the signer wrote (defence in depth; the manifests
-/// crate validates the id too).
-fn check_names(m: &Manifest) -> Result<()> {
-    let id_ok = !m.id.is_empty()
-        && m.id.len() <= 48
-        && m.id
-            .bytes()
-            .next()
-            .is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
-        && m.id
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-');
-    if !id_ok {
-        return Err(Error::InvalidName {
-            what: "update id",
-            name: m.id.clone(),
-        });
-    }
-    let name = &m.module.name;
-    let module_ok = !name.is_empty()
-        && name.len() <= MAX_MODULE_NAME
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
-    if !module_ok {
-        return Err(Error::InvalidName {
-            what: "module name",
-            name: name.clone(),
-        });
-    }
-    Ok(())
+/// plain names whatever the signer wrote (defence in depth: manifest
+/// validation checks them too, with these same rules).
+pub(crate) fn check_names(id: &str, module: &str) -> Result<()> {
+    manifests::manifest::check_id(id).map_err(|_| Error::InvalidName {
+        what: "update id",
+        name: id.to_owned(),
+    })?;
+    manifests::manifest::check_update_module_name(module).map_err(|_| Error::InvalidName {
+        what: "module name",
+        name: module.to_owned(),
+    })
 }
 
 /// `ksplice apply PKG...`: verify every package and check it against the

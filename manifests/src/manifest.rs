@@ -425,6 +425,10 @@ fn is_sha256_hex(text: &str) -> bool {
 
 /// Update ids: `[a-z0-9][a-z0-9_-]*`, at most [`MAX_ID_BYTES`].
 pub fn check_id(id: &str) -> Result<()> {
+    // The message spells out MAX_ID_BYTES; the assertion keeps them together.
+    const _: () = assert!(MAX_ID_BYTES == 47);
+    const ID_TOO_LONG: &str =
+        "longer than 47 bytes (ksplice_ + the id must fit a 55-byte module name)";
     let bad = |reason| {
         Err(Error::InvalidId {
             id: id.to_owned(),
@@ -435,7 +439,7 @@ pub fn check_id(id: &str) -> Result<()> {
         return bad("empty");
     };
     if id.len() > MAX_ID_BYTES {
-        return bad("longer than 48 bytes");
+        return bad(ID_TOO_LONG);
     }
     if !(first.is_ascii_lowercase() || first.is_ascii_digit()) {
         return bad("must start with a lowercase letter or digit");
@@ -445,6 +449,24 @@ pub fn check_id(id: &str) -> Result<()> {
         .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
     {
         return bad("only lowercase letters, digits, '_' and '-' are allowed");
+    }
+    Ok(())
+}
+
+/// The update module's own name, as the client checks it before it becomes a
+/// sysfs path or a `delete_module` argument: `[a-z0-9_]`, 1 to 55 bytes (what
+/// `MODULE_PREFIX` + a valid id makes).
+pub fn check_update_module_name(name: &str) -> Result<()> {
+    check_module_name("module.name", name)?;
+    if !name
+        .bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+    {
+        return Err(invalid(
+            "module.name",
+            name,
+            "only lowercase letters, digits and '_' are allowed",
+        ));
     }
     Ok(())
 }
