@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Error, Result};
 use crate::fsutil;
 use crate::host::Host;
-use crate::livepatch::{self, interrupted, PatchState, Wait};
+use crate::livepatch::{self, interrupted, PatchState, Wait, Written};
 use crate::sys::Step;
 
 /// Journal format version.
@@ -396,6 +396,8 @@ impl<'h, 's> State<'h, 's> {
         if self.entry(i).phase == Phase::Disabling {
             if let PatchState::Present { enabled: true, .. } = PatchState::read(self.host, &module)?
             {
+                // `Gone` means the patch was disabled and freed meanwhile:
+                // the undo goes on.
                 if let Err(e) = livepatch::write_enabled(self.host, &module, false) {
                     // Refused (EBUSY while another patch transitions): nothing
                     // changed, so the update stays applied.
@@ -408,22 +410,28 @@ impl<'h, 's> State<'h, 's> {
             if livepatch::wait_transition(self.host, &module)? == Wait::Stalled {
                 let blocking = livepatch::blocking_tasks(self.host, 0);
                 // Reverse the reverse transition: the update stays applied.
-                livepatch::write_enabled(self.host, &module, true)?;
-                let outcome = match livepatch::wait_transition(self.host, &module)? {
-                    Wait::Done => {
-                        self.set_phase(i, Phase::Applied)?;
-                        "the update stays applied"
+                // Unless it finished just now and the patch is gone: then the
+                // undo succeeded after all and goes on below.
+                if livepatch::write_enabled(self.host, &module, true)? == Written::Done {
+                    let outcome = match livepatch::wait_transition(self.host, &module)? {
+                        Wait::Done if PatchState::read(self.host, &module)? != PatchState::Absent => {
+                            self.set_phase(i, Phase::Applied)?;
+                            Some("the update stays applied")
+                        }
+                        Wait::Done => None,
+                        Wait::Stalled => Some(
+                            "re-enabling is still in progress; the next ksplice command resolves it",
+                        ),
+                    };
+                    if let Some(outcome) = outcome {
+                        return Err(Error::TransitionTimeout {
+                            module,
+                            secs: self.host.timeouts.transition.as_secs(),
+                            outcome,
+                            blocking,
+                        });
                     }
-                    Wait::Stalled => {
-                        "re-enabling is still in progress; the next ksplice command resolves it"
-                    }
-                };
-                return Err(Error::TransitionTimeout {
-                    module,
-                    secs: self.host.timeouts.transition.as_secs(),
-                    outcome,
-                    blocking,
-                });
+                }
             }
             self.set_phase(i, Phase::Unloading)?;
         }

@@ -2,8 +2,9 @@
 //! tests can replace the kernel and inject a crash at every step.
 
 use std::ffi::CString;
-use std::fs::File;
-use std::io;
+use std::fs::{File, OpenOptions};
+use std::io::{self, Write};
+use std::path::Path;
 use std::time::Duration;
 
 /// `uname(2)` fields the identity check uses.
@@ -52,6 +53,20 @@ pub trait Sys {
     fn finit_module(&self, module: &File) -> io::Result<()>;
     /// Unload a module without waiting (`delete_module(2)` with `O_NONBLOCK`).
     fn delete_module(&self, name: &str) -> io::Result<()>;
+    /// Read a livepatch sysfs attribute (`/sys/kernel/livepatch/<name>/<attr>`),
+    /// trimmed. A patch being freed answers ENODEV or ENOENT (see
+    /// [`crate::livepatch::is_gone`]); tests return those at chosen moments.
+    fn read_attr(&self, path: &Path) -> io::Result<String> {
+        crate::fsutil::read_trimmed(path)
+    }
+    /// Write a livepatch sysfs attribute. Never creates the file: a vanished
+    /// patch must answer ENOENT, not gain a regular file.
+    fn write_attr(&self, path: &Path, value: &str) -> io::Result<()> {
+        OpenOptions::new()
+            .write(true)
+            .open(path)?
+            .write_all(value.as_bytes())
+    }
     /// Wait between two polls of a livepatch transition.
     fn sleep(&self, d: Duration) {
         std::thread::sleep(d);

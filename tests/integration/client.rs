@@ -3,6 +3,7 @@
 //! injected at every step of apply and undo.
 
 use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
 use std::fs;
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
@@ -44,6 +45,11 @@ enum Mode {
 /// A kernel made of files under the fixture root: /sys/module/<name>,
 /// /sys/kernel/livepatch/<name>/{enabled,transition}. Its state lives in the
 /// files, so a new instance after a "crash" sees what the old one left.
+///
+/// Like the real kernel, when a disable transition completes the patch is
+/// freed: its livepatch directory first answers ENODEV (the kobject is going
+/// away under open files) for `enodev_window` accesses, then disappears
+/// (ENOENT). The module stays loaded until delete_module.
 struct FakeKernel {
     root: PathBuf,
     uname: Uname,
@@ -52,6 +58,17 @@ struct FakeKernel {
     crash_at: Option<usize>,
     checkpoints: Cell<usize>,
     steps: RefCell<Vec<Step>>,
+    /// Accesses answered ENODEV after a patch is freed, before it vanishes.
+    enodev_window: usize,
+    /// Freed patches still answering ENODEV: name -> accesses left.
+    dying: RefCell<HashMap<String, usize>>,
+    /// After the next successful read of this attribute of a disabling patch,
+    /// its transition completes (a completion between two reads).
+    finish_after_read: Cell<Option<&'static str>>,
+    /// `Some(k)`: after k more writes to `enabled`, the patch's disable has
+    /// just completed (by another actor, or a stalled transition finishing
+    /// at last) and the patch is freed before the write reaches it.
+    vanish_before_write: Cell<Option<usize>>,
 }
 
 impl FakeKernel {
@@ -67,7 +84,53 @@ impl FakeKernel {
             crash_at: None,
             checkpoints: Cell::new(0),
             steps: RefCell::new(Vec::new()),
+            enodev_window: 1,
+            dying: RefCell::new(HashMap::new()),
+            finish_after_read: Cell::new(None),
+            vanish_before_write: Cell::new(None),
         }
+    }
+
+    fn name_of(dir: &Path) -> String {
+        dir.file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default()
+    }
+
+    /// A disable transition completed: the kernel frees the patch.
+    fn free(&self, dir: &Path) {
+        fs::write(dir.join("enabled"), "0\n").expect("enabled");
+        fs::write(dir.join("transition"), "0\n").expect("transition");
+        if self.enodev_window == 0 {
+            fs::remove_dir_all(dir).expect("free patch");
+        } else {
+            self.dying
+                .borrow_mut()
+                .insert(Self::name_of(dir), self.enodev_window);
+        }
+    }
+
+    /// An access to an attribute of the patch in `dir`: ENODEV while it is
+    /// being freed, then the directory is gone.
+    fn access(&self, dir: &Path) -> io::Result<()> {
+        let name = Self::name_of(dir);
+        let mut dying = self.dying.borrow_mut();
+        match dying.get_mut(&name) {
+            Some(0) => {
+                dying.remove(&name);
+                let _ = fs::remove_dir_all(dir);
+                Ok(())
+            }
+            Some(n) => {
+                *n -= 1;
+                Err(io::Error::from_raw_os_error(libc::ENODEV))
+            }
+            None => Ok(()),
+        }
+    }
+
+    fn is_dying(&self, dir: &Path) -> bool {
+        self.dying.borrow().contains_key(&Self::name_of(dir))
     }
 
     fn crashing_at(mut self, n: usize) -> Self {
@@ -147,6 +210,10 @@ impl Sys for FakeKernel {
             return Err(io::Error::from_raw_os_error(libc::ENOENT));
         }
         let dir = self.lp().join(name);
+        if self.dying.borrow_mut().remove(name).is_some() {
+            // Freed: the patch dropped its module reference.
+            fs::remove_dir_all(&dir)?;
+        }
         if dir.exists() {
             if read(&dir.join("enabled")) == "1" || read(&dir.join("transition")) == "1" {
                 return Err(io::Error::from_raw_os_error(libc::EBUSY));
@@ -159,9 +226,54 @@ impl Sys for FakeKernel {
         Ok(())
     }
 
+    fn read_attr(&self, path: &Path) -> io::Result<String> {
+        let dir = path.parent().expect("attribute in a patch directory");
+        self.access(dir)?;
+        let value = fs::read_to_string(path)?.trim().to_owned();
+        let attr = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        if self.finish_after_read.get() == Some(attr)
+            && read(&dir.join("enabled")) == "0"
+            && read(&dir.join("transition")) == "1"
+        {
+            self.finish_after_read.set(None);
+            self.free(dir);
+        }
+        Ok(value)
+    }
+
+    fn write_attr(&self, path: &Path, value: &str) -> io::Result<()> {
+        let dir = path.parent().expect("attribute in a patch directory");
+        let attr = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        if attr == "enabled" {
+            match self.vanish_before_write.get() {
+                Some(0) => {
+                    self.vanish_before_write.set(None);
+                    if dir.exists() {
+                        self.free(dir);
+                    }
+                }
+                Some(k) => self.vanish_before_write.set(Some(k - 1)),
+                None => {}
+            }
+        }
+        self.access(dir)?;
+        if !path.exists() {
+            return Err(io::Error::from_raw_os_error(libc::ENOENT));
+        }
+        if attr == "enabled" {
+            // klp's enabled_store: EINVAL for the value it already has; any
+            // other value starts a transition or reverses the running one.
+            if read(path) == value {
+                return Err(io::Error::from_raw_os_error(libc::EINVAL));
+            }
+            fs::write(dir.join("transition"), "1\n")?;
+        }
+        fs::write(path, format!("{value}\n"))
+    }
+
     fn sleep(&self, _d: Duration) {
         for dir in self.patches() {
-            if read(&dir.join("transition")) != "1" {
+            if self.is_dying(&dir) || read(&dir.join("transition")) != "1" {
                 continue;
             }
             let enabling = read(&dir.join("enabled")) == "1";
@@ -171,19 +283,15 @@ impl Sys for FakeKernel {
                 (Mode::StallDisable, false) => false,
                 _ => true,
             };
-            if finishes {
-                fs::write(dir.join("transition"), "0\n").expect("transition");
+            match (finishes, enabling) {
+                (true, true) => fs::write(dir.join("transition"), "0\n").expect("transition"),
+                (true, false) => self.free(&dir),
+                (false, _) => {}
             }
         }
     }
 
     fn checkpoint(&self, step: Step) -> io::Result<()> {
-        // A write to `enabled` starts (or reverses) a transition.
-        if step == Step::EnabledWritten {
-            for dir in self.patches() {
-                fs::write(dir.join("transition"), "1\n")?;
-            }
-        }
         self.steps.borrow_mut().push(step);
         let n = self.checkpoints.get();
         self.checkpoints.set(n + 1);
@@ -1171,4 +1279,109 @@ fn client_swapped_installed_package_is_refused_at_boot() {
         vec!["load ksplice_fix_a"],
         "the swapped copy reached the kernel"
     );
+}
+
+// ---- the kernel frees a disabled patch (issue 9, item 1) -------------------------------------
+
+/// Apply fix-a with a kernel that frees patches instantly, for the undo tests.
+fn applied_fixture() -> Fixture {
+    let fx = Fixture::new();
+    let pkg = fx.package("fix-a", |_| {});
+    apply(&fx, &FakeKernel::new(&fx.root, Mode::Normal), &[pkg])
+        .0
+        .expect("apply");
+    fx
+}
+
+fn assert_undone(fx: &Fixture, r: Result<(), Error>, events: Vec<Event>, what: &str) {
+    r.unwrap_or_else(|e| panic!("{what}: {e} (exit {})", e.exit_code()));
+    assert_eq!(events, vec![undone("fix-a")], "{what}");
+    assert_eq!(
+        fx.loads(),
+        vec!["load ksplice_fix_a", "unload ksplice_fix_a"],
+        "{what}"
+    );
+    assert!(!fx.root.join("sys/kernel/livepatch/ksplice_fix_a").exists());
+    assert_consistent(fx);
+}
+
+/// Pins issue 9 item 1: CI's `ksplice undo` failed with `.../enabled: No such
+/// device (os error 19)`, exit 7, after the kernel logged 'unpatching
+/// complete': the freed patch's directory answers ENODEV, then ENOENT.
+#[test]
+fn client_undo_succeeds_when_the_kernel_frees_the_patch() {
+    for window in [0, 1, 3] {
+        let fx = applied_fixture();
+        let mut sys = FakeKernel::new(&fx.root, Mode::Normal);
+        sys.enodev_window = window;
+        let (r, events) = undo(&fx, &sys, Targets::Ids(vec!["fix-a".into()]));
+        assert_undone(&fx, r, events, &format!("ENODEV window {window}"));
+    }
+}
+
+/// Pins issue 9 item 1: the reverse transition completes between the read of
+/// `enabled` and the read of `transition`.
+#[test]
+fn client_patch_freed_between_two_reads_is_absent() {
+    for window in [0, 1] {
+        let fx = applied_fixture();
+        let mut sys = FakeKernel::new(&fx.root, Mode::Normal);
+        sys.enodev_window = window;
+        sys.finish_after_read.set(Some("enabled"));
+        let (r, events) = undo(&fx, &sys, Targets::Ids(vec!["fix-a".into()]));
+        assert_undone(&fx, r, events, &format!("ENODEV window {window}"));
+        assert_eq!(sys.finish_after_read.get(), None, "the race was not hit");
+    }
+}
+
+/// Pins issue 9 item 1: the patch is disabled and freed (by another actor)
+/// after undo read it enabled and before its write to `enabled`.
+#[test]
+fn client_patch_freed_before_the_disable_write_is_undone() {
+    for window in [0, 1] {
+        let fx = applied_fixture();
+        let mut sys = FakeKernel::new(&fx.root, Mode::Normal);
+        sys.enodev_window = window;
+        sys.vanish_before_write.set(Some(0));
+        let (r, events) = undo(&fx, &sys, Targets::Ids(vec!["fix-a".into()]));
+        assert_undone(&fx, r, events, &format!("ENODEV window {window}"));
+        assert!(
+            !sys.steps.borrow().contains(&Step::EnabledWritten),
+            "nothing was written"
+        );
+    }
+}
+
+/// Pins issue 9 item 1: a stalled undo gives up and writes `enabled` = 1 just
+/// as the reverse transition completes and the patch is freed: the undo
+/// succeeded, it must not be reported as a state error nor left applied.
+#[test]
+fn client_stalled_undo_completing_at_the_last_moment_is_undone() {
+    let fx = applied_fixture();
+    let sys = FakeKernel::new(&fx.root, Mode::StallDisable);
+    sys.vanish_before_write.set(Some(1));
+    let (r, events) = undo(&fx, &sys, Targets::Ids(vec!["fix-a".into()]));
+    assert_undone(&fx, r, events, "stall then completion");
+}
+
+/// Pins issue 9 item 1: recovery (run by status) of an undo interrupted right
+/// after `enabled` was written, while the kernel frees the patch.
+#[test]
+fn client_recovery_of_an_undo_sees_the_freed_patch_as_done() {
+    let fx = applied_fixture();
+    let crashing = FakeKernel::new(&fx.root, Mode::Normal).crashing_at(1);
+    let (r, _) = undo(&fx, &crashing, Targets::Ids(vec!["fix-a".into()]));
+    assert!(is_interrupted(&r), "{r:?}");
+    assert_eq!(crashing.steps.borrow().last(), Some(&Step::EnabledWritten));
+    let sys = FakeKernel::new(&fx.root, Mode::Normal);
+    sys.sleep(Duration::ZERO); // the transition completes; the patch is freed
+    let host = fx.host(&sys);
+    let status = ops::status(&host).expect("status recovers");
+    assert_eq!(status.exit_code(), exit::OK);
+    assert!(State::peek(&host).expect("peek").entries().is_empty());
+    assert_eq!(
+        fx.loads(),
+        vec!["load ksplice_fix_a", "unload ksplice_fix_a"]
+    );
+    assert_consistent(&fx);
 }
