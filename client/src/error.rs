@@ -117,6 +117,14 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
+    #[error("refused: {path} is {reason} (owner uid {uid}, mode {mode:o}); it must belong to uid {euid} or root and not be group or world writable")]
+    UnsafePermissions {
+        path: PathBuf,
+        reason: &'static str,
+        uid: u32,
+        mode: u32,
+        euid: u32,
+    },
     #[error("journal {path} is unreadable: {reason}")]
     Journal { path: PathBuf, reason: String },
     #[error("interrupted at {step}")]
@@ -158,6 +166,7 @@ impl Error {
             | Error::BadNotes { .. }
             | Error::Io { .. }
             | Error::Journal { .. }
+            | Error::UnsafePermissions { .. }
             | Error::Interrupted { .. } => exit::STATE,
         }
     }

@@ -61,6 +61,17 @@ impl std::fmt::Display for Event {
 
 /// Load the trust policy the host is configured with.
 pub fn load_policy(host: &Host<'_>) -> Result<TrustPolicy> {
+    // Whoever can write the policy or its directory (/etc/ksplice) decides
+    // which keys the host trusts.
+    let dir = match host.trust.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    for p in [dir, host.trust.as_path()] {
+        if p.exists() {
+            fsutil::check_trusted(p, fsutil::Owner::RunningUserOrRoot)?;
+        }
+    }
     TrustPolicy::load(&host.trust).map_err(|source| Error::TrustPolicy {
         path: host.trust.clone(),
         source: Box::new(source),

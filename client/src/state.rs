@@ -15,6 +15,7 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io;
+use std::os::unix::fs::OpenOptionsExt;
 
 use manifests::manifest::Manifest;
 use serde::{Deserialize, Serialize};
@@ -162,14 +163,19 @@ impl<'h, 's> State<'h, 's> {
     /// Lock the state directory (creating it), read the journal, and resolve
     /// whatever an interrupted command left behind.
     pub fn open(host: &'h Host<'s>) -> Result<Self> {
+        // 0700 directories, 0600 files, whatever the umask; an existing state
+        // directory another user could write to is refused.
+        fsutil::create_private_dir(&host.state_dir)?;
         for d in ["packages", "work"] {
-            fsutil::create_dir_durable(&host.state(d))?;
+            fsutil::create_private_dir(&host.state(d))?;
         }
         let lock_path = host.state("lock");
         let lock = OpenOptions::new()
             .create(true)
             .truncate(false)
             .write(true)
+            .mode(fsutil::PRIVATE_FILE)
+            .custom_flags(libc::O_NOFOLLOW)
             .open(&lock_path)
             .map_err(|e| Error::io(&lock_path, e))?;
         lock.lock().map_err(|e| Error::io(&lock_path, e))?;
@@ -187,6 +193,9 @@ impl<'h, 's> State<'h, 's> {
     /// Read the journal without locking or changing anything (for a user who
     /// may not write the state directory). In-flight phases are shown as such.
     pub fn peek(host: &'h Host<'s>) -> Result<Self> {
+        if host.state_dir.exists() {
+            fsutil::check_trusted(&host.state_dir, fsutil::Owner::RunningUserOrRoot)?;
+        }
         Ok(State {
             host,
             journal: read_journal(host)?,
@@ -216,7 +225,11 @@ impl<'h, 's> State<'h, 's> {
             path: self.host.state("journal.json"),
             reason: e.to_string(),
         })?;
-        fsutil::write_atomic(&self.host.state("journal.json"), &bytes)?;
+        fsutil::write_atomic(
+            &self.host.state("journal.json"),
+            &bytes,
+            fsutil::PRIVATE_FILE,
+        )?;
         self.checkpoint(Step::Journaled(what))
     }
 
@@ -276,10 +289,11 @@ impl<'h, 's> State<'h, 's> {
             };
             r.map_err(|err| Error::io(&p, err))?;
         }
-        // A temp copy of a package from an interrupted install.
-        if let Ok(rd) = fs::read_dir(self.host.state("packages")) {
+        // Temp files of an interrupted journal write or package copy.
+        for dir in [self.host.state_dir.clone(), self.host.state("packages")] {
+            let Ok(rd) = fs::read_dir(&dir) else { continue };
             for e in rd.flatten() {
-                if e.file_name().to_string_lossy().ends_with(".tmp") {
+                if fsutil::is_temp_name(&e.file_name().to_string_lossy()) {
                     fsutil::remove_durable(&e.path())?;
                 }
             }

@@ -317,7 +317,7 @@ fn note(name: &[u8], kind: u32, desc: &[u8]) -> Vec<u8> {
 }
 
 struct Fixture {
-    _tmp: tempfile::TempDir,
+    _tmp: Option<tempfile::TempDir>,
     root: PathBuf,
     out: PathBuf,
     key: SigningKey,
@@ -326,8 +326,30 @@ struct Fixture {
 impl Fixture {
     fn new() -> Self {
         let tmp = tempfile::tempdir().expect("tempdir");
-        let root = tmp.path().join("root");
-        let out = tmp.path().join("out");
+        let fx = Self::build(tmp.path().to_owned());
+        Fixture {
+            _tmp: Some(tmp),
+            ..fx
+        }
+    }
+
+    /// A fixture already laid out under `base` by another process.
+    fn at(base: PathBuf) -> Self {
+        Fixture {
+            _tmp: None,
+            root: base.join("root"),
+            out: base.join("out"),
+            key: SigningKey::from_seed(&[7; 32]),
+        }
+    }
+
+    fn base(&self) -> PathBuf {
+        self.root.parent().expect("fixture base").to_owned()
+    }
+
+    fn build(base: PathBuf) -> Self {
+        let root = base.join("root");
+        let out = base.join("out");
         for d in [
             "proc/1/task/1",
             "proc/4242/task/4243",
@@ -362,7 +384,7 @@ impl Fixture {
         let policy = TrustPolicy::new(vec![key.public()], 1).expect("policy");
         fs::write(root.join("etc/ksplice/trust.toml"), policy.to_toml()).expect("trust");
         Fixture {
-            _tmp: tmp,
+            _tmp: None,
             root,
             out,
             key,
@@ -1188,6 +1210,8 @@ fn client_profile_writes_the_builder_layout() {
     assert_eq!(read(&dir.join("version")), VERSION);
     assert_eq!(read(&dir.join("arch")), "x86_64");
     assert!(read(&dir.join("System.map")).contains("t cmdline_proc_show"));
+    // Issue 9 item 3: the System.map reveals the KASLR offset.
+    assert_eq!(mode_of(&dir.join("System.map")), 0o600);
 
     // /boot/config-<release> wins over /proc/config.gz.
     fs::create_dir_all(fx.root.join("boot")).expect("boot");
@@ -1384,4 +1408,158 @@ fn client_recovery_of_an_undo_sees_the_freed_patch_as_done() {
         vec!["load ksplice_fix_a", "unload ksplice_fix_a"]
     );
     assert_consistent(&fx);
+}
+
+// ---- file modes and ownership (issue 9, items 3 and 4) ---------------------------------------
+
+fn mode_of(p: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    fs::symlink_metadata(p)
+        .unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+        .permissions()
+        .mode()
+        & 0o7777
+}
+
+fn set_mode(p: &Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(p, fs::Permissions::from_mode(mode)).expect("chmod");
+}
+
+fn write_profile_inputs(fx: &Fixture) {
+    fs::write(fx.root.join("proc/kallsyms"), "ffffffff81000000 T _stext\n").expect("kallsyms");
+    fs::create_dir_all(fx.root.join("boot")).expect("boot");
+    fs::write(
+        fx.root.join(format!("boot/config-{RELEASE}")),
+        "CONFIG_X=y\n",
+    )
+    .expect("cfg");
+}
+
+/// Pins issue 9 item 3: `ksplice profile DIR` (as root) wrote through the
+/// fixed temp name `DIR/.System.map.tmp`: a user owning DIR planted a symlink
+/// there and had a root file overwritten.
+#[test]
+fn client_profile_does_not_write_through_planted_symlinks() {
+    let fx = Fixture::new();
+    write_profile_inputs(&fx);
+    let sys = FakeKernel::new(&fx.root, Mode::Normal);
+    let host = fx.host(&sys);
+    let dir = fx.out.join("profile");
+    fs::create_dir_all(&dir).expect("dir");
+    let victim = fx.out.join("shadow");
+    fs::write(&victim, "root:$6$secret\n").expect("victim");
+    for name in [".System.map.tmp", ".config.tmp", ".release.tmp", "arch"] {
+        std::os::unix::fs::symlink(&victim, dir.join(name)).expect("plant");
+    }
+    client::profile::profile(&host, &dir).expect("profile");
+    assert_eq!(read(&victim), "root:$6$secret");
+    assert_eq!(read(&dir.join("arch")), "x86_64");
+    assert_eq!(mode_of(&dir.join("System.map")), 0o600);
+    assert_eq!(mode_of(&dir.join("config")), 0o644);
+}
+
+/// What a run of apply under umask 0 left: every mode in the state directory.
+fn state_modes(fx: &Fixture) -> Vec<(String, u32)> {
+    let sd = fx.state_dir();
+    let mut out = vec![(".".to_owned(), mode_of(&sd))];
+    for rel in [
+        "packages",
+        "work",
+        "journal.json",
+        "lock",
+        "packages/ksplice-fix-a.tar.gz",
+    ] {
+        out.push((rel.to_owned(), mode_of(&sd.join(rel))));
+    }
+    out
+}
+
+/// Pins issue 9 item 4: the state directory and everything in it got the
+/// umask's modes (0777/0666 under umask 0). The umask is per process, so the
+/// apply runs in a child process of this test binary.
+#[test]
+fn client_state_modes_are_private_under_umask_zero() {
+    const CHILD: &str = "KSPLICE_TEST_UMASK_ROOT";
+    if let Some(dir) = std::env::var_os(CHILD) {
+        // The child: only this test runs in this process.
+        let _ = rustix::process::umask(rustix::fs::Mode::empty());
+        let fx = Fixture::at(PathBuf::from(dir));
+        let pkg = fx.package("fix-a", |_| {});
+        apply(&fx, &FakeKernel::new(&fx.root, Mode::Normal), &[pkg])
+            .0
+            .expect("apply under umask 0");
+        return;
+    }
+    let fx = Fixture::new();
+    let child = std::process::Command::new(std::env::current_exe().expect("exe"))
+        .args([
+            "--exact",
+            "client::client_state_modes_are_private_under_umask_zero",
+            "--test-threads=1",
+        ])
+        .env(CHILD, fx.base())
+        .output()
+        .expect("run child");
+    let out = String::from_utf8_lossy(&child.stdout);
+    assert!(
+        child.status.success() && out.contains("1 passed"),
+        "child test failed: {out}{}",
+        String::from_utf8_lossy(&child.stderr)
+    );
+    assert_eq!(
+        state_modes(&fx),
+        vec![
+            (".".to_owned(), 0o700),
+            ("packages".to_owned(), 0o700),
+            ("work".to_owned(), 0o700),
+            ("journal.json".to_owned(), 0o600),
+            ("lock".to_owned(), 0o600),
+            ("packages/ksplice-fix-a.tar.gz".to_owned(), 0o600),
+        ]
+    );
+}
+
+/// Pins issue 9 item 4: a pre-existing group/world-writable state directory
+/// (or trust policy directory) was used as is; now it is refused, exit 7,
+/// before anything changes.
+#[test]
+fn client_world_writable_state_or_policy_dir_is_refused() {
+    let fx = Fixture::new();
+    let pkg = fx.package("fix-a", |_| {});
+    let sys = FakeKernel::new(&fx.root, Mode::Normal);
+    fs::create_dir_all(fx.state_dir()).expect("state dir");
+    for mode in [0o777, 0o770, 0o702] {
+        set_mode(&fx.state_dir(), mode);
+        let (r, _) = apply(&fx, &sys, std::slice::from_ref(&pkg));
+        match r {
+            Err(ref e @ Error::UnsafePermissions { ref path, .. }) => {
+                assert_eq!(path, &fx.state_dir());
+                assert_eq!(e.exit_code(), exit::STATE);
+            }
+            other => panic!("mode {mode:o}: unexpected {other:?}"),
+        }
+        let host = fx.host(&sys);
+        assert!(
+            matches!(ops::status(&host), Err(Error::UnsafePermissions { .. })),
+            "status with mode {mode:o}"
+        );
+        assert!(fx.loads().is_empty());
+        assert!(!fx.state_dir().join("journal.json").exists());
+    }
+    set_mode(&fx.state_dir(), 0o700);
+    set_mode(&fx.root.join("etc/ksplice"), 0o777);
+    let (r, _) = apply(&fx, &sys, std::slice::from_ref(&pkg));
+    assert!(
+        matches!(r, Err(Error::UnsafePermissions { ref path, .. }) if path == &fx.root.join("etc/ksplice")),
+        "{r:?}"
+    );
+    set_mode(&fx.root.join("etc/ksplice"), 0o755);
+    set_mode(&fx.root.join("etc/ksplice/trust.toml"), 0o666);
+    let (r, _) = apply(&fx, &sys, std::slice::from_ref(&pkg));
+    assert!(matches!(r, Err(Error::UnsafePermissions { .. })), "{r:?}");
+    set_mode(&fx.root.join("etc/ksplice/trust.toml"), 0o644);
+    apply(&fx, &sys, &[pkg])
+        .0
+        .expect("apply once the modes are safe");
 }
