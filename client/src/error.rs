@@ -125,6 +125,13 @@ pub enum Error {
         mode: u32,
         euid: u32,
     },
+    #[error("refused: installing {id} would grow the journal {path} to {needed} bytes, over its {max}-byte limit; undo updates no longer needed first")]
+    JournalFull {
+        id: String,
+        path: PathBuf,
+        needed: u64,
+        max: u64,
+    },
     #[error("journal {path} is unreadable: {reason}")]
     Journal { path: PathBuf, reason: String },
     #[error("interrupted at {step}")]
@@ -167,6 +174,7 @@ impl Error {
             | Error::Io { .. }
             | Error::Journal { .. }
             | Error::UnsafePermissions { .. }
+            | Error::JournalFull { .. }
             | Error::Interrupted { .. } => exit::STATE,
         }
     }

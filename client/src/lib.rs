@@ -11,6 +11,7 @@ pub mod identity;
 pub mod kmsg;
 pub mod livepatch;
 pub mod ops;
+pub mod output;
 pub mod profile;
 pub mod state;
 pub mod sys;

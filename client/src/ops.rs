@@ -191,7 +191,7 @@ fn apply_one(
                 installed_at: now_utc(),
                 applied_at: None,
                 applied_seq: None,
-                manifest: (**m).clone(),
+                manifest: (&**m).into(),
             })?;
             fsutil::copy_atomic(pkg, &host.package_path(&id))?;
             state.checkpoint(Step::StateFile("package installed"))?;
@@ -221,11 +221,15 @@ fn apply_one(
 }
 
 fn check_bases(state: &State<'_, '_>, m: &Manifest) -> Result<()> {
-    for base in &m.builds_on {
+    check_bases_of(state, &m.id, &m.builds_on)
+}
+
+fn check_bases_of(state: &State<'_, '_>, id: &str, builds_on: &[String]) -> Result<()> {
+    for base in builds_on {
         let applied = state.find(base).is_some_and(|e| e.phase == Phase::Applied);
         if !applied {
             return Err(Error::MissingBase {
-                id: m.id.clone(),
+                id: id.to_owned(),
                 missing: base.clone(),
             });
         }
@@ -314,7 +318,8 @@ pub fn apply_installed(host: &Host<'_>, on: &mut dyn FnMut(Event)) -> Result<()>
             });
             continue;
         }
-        let r = check_bases(&state, &e.manifest).and_then(|()| load(&mut state, i, &policy));
+        let r = check_bases_of(&state, &e.id, &e.manifest.builds_on)
+            .and_then(|()| load(&mut state, i, &policy));
         match r {
             Ok(()) => on(Event::Applied { id }),
             Err(err @ Error::Interrupted { .. }) => return Err(err),
@@ -408,7 +413,7 @@ pub struct UpdateView {
     pub builds_on: Vec<String>,
     pub target: manifests::manifest::TargetKernel,
     pub for_running_kernel: bool,
-    pub objects: Vec<manifests::manifest::PatchedObject>,
+    pub objects: Vec<crate::state::ObjectSummary>,
 }
 
 /// Everything installed, in install order. Recovers first when the state
@@ -624,33 +629,55 @@ fn write_objects(
     Ok(())
 }
 
-/// Human-readable form of one [`UpdateView`].
+/// Human-readable form of one [`UpdateView`]. Every string from the journal
+/// (that is, from a manifest) is escaped for the terminal.
 #[derive(Debug)]
 pub struct ViewText<'a>(pub &'a UpdateView);
 
 impl std::fmt::Display for ViewText<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        use crate::output::{escape, escape_join};
         let u = self.0;
-        writeln!(f, "{}: {}", u.id, u.state)?;
-        writeln!(f, "  description: {}", u.description)?;
+        writeln!(f, "{}: {}", escape(&u.id), u.state)?;
+        writeln!(f, "  description: {}", escape(&u.description))?;
         if !u.cves.is_empty() {
-            writeln!(f, "  cves: {}", u.cves.join(", "))?;
+            writeln!(f, "  cves: {}", escape_join(&u.cves, ", "))?;
         }
-        writeln!(f, "  livepatch: {} ({})", u.module, u.livepatch)?;
-        writeln!(f, "  installed: {}", u.installed_at)?;
+        writeln!(f, "  livepatch: {} ({})", escape(&u.module), u.livepatch)?;
+        writeln!(f, "  installed: {}", escape(&u.installed_at))?;
         if let Some(at) = &u.applied_at {
-            writeln!(f, "  applied: {at}")?;
+            writeln!(f, "  applied: {}", escape(at))?;
         }
         if !u.builds_on.is_empty() {
-            writeln!(f, "  builds on: {}", u.builds_on.join(", "))?;
+            writeln!(f, "  builds on: {}", escape_join(&u.builds_on, ", "))?;
         }
         if !u.for_running_kernel {
             writeln!(
                 f,
                 "  target: {} build-id {} (not the running kernel)",
-                u.target.release, u.target.build_id
+                escape(&u.target.release),
+                escape(&u.target.build_id)
             )?;
         }
-        write_objects(f, &u.objects)
+        for o in &u.objects {
+            let funcs: Vec<String> = o
+                .functions
+                .iter()
+                .map(|fc| {
+                    let kind = match fc.kind {
+                        manifests::manifest::ChangeKind::Replaced => "replaced",
+                        manifests::manifest::ChangeKind::Added => "added",
+                    };
+                    let name = escape(&fc.name);
+                    if fc.sympos > 0 {
+                        format!("{name},{} ({kind})", fc.sympos)
+                    } else {
+                        format!("{name} ({kind})")
+                    }
+                })
+                .collect();
+            writeln!(f, "  {}: {}", escape(&o.name), funcs.join(", "))?;
+        }
+        Ok(())
     }
 }

@@ -1563,3 +1563,193 @@ fn client_world_writable_state_or_policy_dir_is_refused() {
         .0
         .expect("apply once the modes are safe");
 }
+
+// ---- the journal (issue 9, item 5) -----------------------------------------------------------
+
+fn journal_path(fx: &Fixture) -> PathBuf {
+    fx.state_dir().join("journal.json")
+}
+
+fn journal_json(fx: &Fixture) -> serde_json::Value {
+    serde_json::from_slice(&fs::read(journal_path(fx)).expect("journal")).expect("json")
+}
+
+/// A manifest of about `bytes` bytes of TOML: many small replaced functions,
+/// the shape that made format 1's pretty-printed copies explode.
+fn large_manifest(m: &mut Manifest, bytes: usize) {
+    let func = |i: usize| FunctionChange {
+        name: format!("f{i}"),
+        sympos: 0,
+        kind: ChangeKind::Replaced,
+        pre_sha256: Some(format!("{:064x}", i)),
+        old_size: 16,
+        new_size: 16,
+    };
+    let base = m.to_toml().expect("toml").len();
+    m.objects[0].functions = (0..1000).map(func).collect();
+    let per = (m.to_toml().expect("toml").len() - base) / 1000 + 1;
+    m.objects[0].functions = (0..(bytes - base) / per).map(func).collect();
+}
+
+/// Pins issue 9 item 5: four valid large manifests grew the format-1 journal
+/// (pretty-printed whole manifests) past the 16 MiB read cap and wedged
+/// every command with exit 7. Format 2 keeps a summary, a small fraction of
+/// format 1 (measured with manifests of 250 kB to keep the test quick; the
+/// ratio is what matters: 1 MiB manifests scale linearly).
+#[test]
+fn client_large_manifests_are_summarized_in_the_journal() {
+    let fx = Fixture::new();
+    let sys = FakeKernel::new(&fx.root, Mode::Normal);
+    let ids = ["big-a", "big-b", "big-c", "big-d"];
+    let pkgs: Vec<PathBuf> = ids
+        .iter()
+        .map(|id| fx.package(id, |m| large_manifest(m, 250_000)))
+        .collect();
+    let (r, events) = apply(&fx, &sys, &pkgs);
+    r.expect("apply four large updates");
+    assert_eq!(events.len(), 4);
+    let size = fs::metadata(journal_path(&fx)).expect("journal").len();
+    // What format 1 would have written for the same four manifests.
+    let policy = TrustPolicy::load(&fx.root.join("etc/ksplice/trust.toml")).expect("policy");
+    let manifests: Vec<serde_json::Value> = pkgs
+        .iter()
+        .map(|p| {
+            let m = ops::verify(p, &policy).expect("verify");
+            serde_json::json!({ "manifest": &*m })
+        })
+        .collect();
+    let v1 = serde_json::to_vec_pretty(&serde_json::json!({ "updates": manifests }))
+        .expect("json")
+        .len() as u64;
+    eprintln!("journal of four 250 kB manifests: format 2 {size} bytes, format 1 {v1} bytes");
+    assert!(v1 > 8 * size, "format 1 {v1} vs format 2 {size}");
+    let host = fx.host(&sys);
+    let status = ops::status(&host).expect("status after four large installs");
+    assert_eq!(status.applied, ids);
+    assert_eq!(journal_json(&fx)["format"], 2);
+    assert_consistent(&fx);
+}
+
+/// Pins issue 9 item 5: the cap is enforced before writing. An install that
+/// would outgrow it is refused with nothing changed, and the updates already
+/// there can still be undone.
+#[test]
+fn client_install_that_would_outgrow_the_journal_is_refused() {
+    let fx = Fixture::new();
+    let sys = FakeKernel::new(&fx.root, Mode::Normal);
+    let mut host = fx.host(&sys);
+    host.max_journal = 2000;
+    let mut events = Vec::new();
+    let a = fx.package("fix-a", |_| {});
+    ops::apply(&host, &[a], &mut |e| events.push(e)).expect("first fits");
+    let before = fs::read(journal_path(&fx)).expect("journal");
+    let b = fx.package("fix-b", |m| m.description = "x".repeat(1200));
+    let r = ops::apply(&host, &[b], &mut |e| events.push(e));
+    match r {
+        Err(ref e @ Error::JournalFull { ref id, max, .. }) => {
+            assert_eq!((id.as_str(), max), ("fix-b", 2000));
+            assert_eq!(e.exit_code(), exit::STATE);
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+    assert_eq!(fs::read(journal_path(&fx)).expect("journal"), before);
+    assert!(!fx
+        .state_dir()
+        .join("packages/ksplice-fix-b.tar.gz")
+        .exists());
+    assert_eq!(fx.loads(), vec!["load ksplice_fix_a"]);
+    assert_consistent(&fx);
+    ops::undo(&host, &Targets::All, &mut |e| events.push(e)).expect("undo");
+    assert_eq!(events, vec![applied("fix-a"), undone("fix-a")]);
+}
+
+/// Pins issue 9 item 5: ids and module names read back from the journal
+/// became paths and delete_module arguments unchecked during recovery (which
+/// status and view run). Every name is checked like a package's, and
+/// duplicates are refused.
+#[test]
+fn client_journal_names_are_validated_before_use() {
+    let fx = Fixture::new();
+    let sys = FakeKernel::new(&fx.root, Mode::Normal);
+    let a = fx.package("fix-a", |_| {});
+    let b = fx.package("fix-b", |_| {});
+    apply(&fx, &sys, &[a, b]).0.expect("apply");
+    let good = journal_json(&fx);
+    type Edit = fn(&mut serde_json::Value);
+    let cases: [(&str, Edit); 7] = [
+        ("id with ..", |j| {
+            j["updates"][0]["id"] = "../../etc/x".into()
+        }),
+        ("id too long", |j| {
+            j["updates"][0]["id"] = "a".repeat(49).into()
+        }),
+        ("module with /", |j| {
+            j["updates"][0]["module"] = "../../../module/x".into()
+        }),
+        ("module too long", |j| {
+            j["updates"][0]["module"] = "m".repeat(56).into()
+        }),
+        ("builds_on with /", |j| {
+            j["updates"][1]["manifest"]["builds_on"] = serde_json::json!(["a/b"])
+        }),
+        ("duplicate id", |j| j["updates"][1]["id"] = "fix-a".into()),
+        ("duplicate module", |j| {
+            j["updates"][1]["module"] = "ksplice_fix_a".into()
+        }),
+    ];
+    for (what, edit) in cases {
+        let mut j = good.clone();
+        edit(&mut j);
+        j["updates"][0]["phase"] = "unloading".into();
+        fs::write(journal_path(&fx), serde_json::to_vec(&j).expect("json")).expect("write");
+        let host = fx.host(&sys);
+        match ops::status(&host) {
+            Err(ref e @ Error::Journal { .. }) => assert_eq!(e.exit_code(), exit::STATE, "{what}"),
+            other => panic!("{what}: unexpected {other:?}"),
+        }
+        assert_eq!(
+            fx.loads(),
+            vec!["load ksplice_fix_a", "load ksplice_fix_b"],
+            "{what}: recovery acted on the journal"
+        );
+    }
+    fs::write(journal_path(&fx), serde_json::to_vec(&good).expect("json")).expect("restore");
+    let host = fx.host(&sys);
+    assert_eq!(
+        ops::status(&host).expect("status").applied,
+        ["fix-a", "fix-b"]
+    );
+}
+
+/// Pins issue 9 item 5: a format-1 journal (whole manifests) is still read,
+/// its installed packages still recognised at boot, and it is rewritten as
+/// format 2 by the next change.
+#[test]
+fn client_format_1_journal_is_read_and_upgraded() {
+    let fx = Fixture::new();
+    let sys = FakeKernel::new(&fx.root, Mode::Normal);
+    let pkg = fx.package("fix-a", |_| {});
+    apply(&fx, &sys, std::slice::from_ref(&pkg))
+        .0
+        .expect("apply");
+    let policy = TrustPolicy::load(&fx.root.join("etc/ksplice/trust.toml")).expect("policy");
+    let m = ops::verify(&pkg, &policy).expect("verify");
+    let mut j = journal_json(&fx);
+    j["format"] = 1.into();
+    let e = &mut j["updates"][0];
+    e["manifest"] = serde_json::to_value(&*m).expect("manifest");
+    fs::write(
+        journal_path(&fx),
+        serde_json::to_vec_pretty(&j).expect("json"),
+    )
+    .expect("v1");
+
+    let host = fx.host(&sys);
+    assert_eq!(ops::status(&host).expect("status").applied, ["fix-a"]);
+    fx.reboot();
+    let mut events = Vec::new();
+    ops::apply_installed(&host, &mut |e| events.push(e)).expect("boot");
+    assert_eq!(events, vec![applied("fix-a")]);
+    assert_eq!(journal_json(&fx)["format"], 2);
+    assert_consistent(&fx);
+}
