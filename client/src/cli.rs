@@ -179,31 +179,38 @@ fn run(host: &Host<'_>, command: Command) -> client::Result<u8> {
             Ok(exit::OK)
         }
         Command::View { id, json } => {
-            let (running, mut updates) = ops::view(host)?;
+            let mut view = ops::view(host)?;
             if let Some(id) = &id {
-                updates.retain(|u| &u.id == id);
-                if updates.is_empty() {
+                view.updates.retain(|u| &u.id == id);
+                if view.updates.is_empty() {
                     return Err(client::Error::UnknownUpdate { id: id.clone() });
                 }
+                view.not_in_journal = Default::default();
             }
             if json {
-                let text = serde_json::to_string_pretty(&updates).unwrap_or_default();
+                let value = serde_json::json!({
+                    "updates": view.updates,
+                    "not_in_journal": view.not_in_journal,
+                });
+                let text = serde_json::to_string_pretty(&value).unwrap_or_default();
                 println!("{text}");
             } else {
                 if id.is_none() {
+                    let r = &view.running;
                     println!(
                         "running kernel {} {} build-id {}",
-                        running.release, running.arch, running.build_id
+                        r.release, r.arch, r.build_id
                     );
-                    if updates.is_empty() {
+                    if view.updates.is_empty() && view.not_in_journal.is_empty() {
                         println!("no updates installed");
                     }
                 }
-                for u in &updates {
+                for u in &view.updates {
                     print!("{}", ops::ViewText(u));
                 }
+                print!("{}", view.not_in_journal);
             }
-            Ok(exit::OK)
+            Ok(view.exit_code())
         }
         Command::Status { json } => {
             let s = ops::status(host)?;

@@ -28,6 +28,9 @@ pub mod exit {
     pub const UNKNOWN_UPDATE: u8 = 8;
     /// Refused because of update dependencies (`builds_on`).
     pub const DEPENDENCY: u8 = 9;
+    /// `status` and `view`: live ksplice livepatches or installed packages
+    /// that the journal does not know (it was lost or replaced).
+    pub const NOT_IN_JOURNAL: u8 = 10;
 }
 
 /// Everything the client can refuse or fail at.

@@ -416,9 +416,114 @@ pub struct UpdateView {
     pub objects: Vec<crate::state::ObjectSummary>,
 }
 
-/// Everything installed, in install order. Recovers first when the state
+/// What `view` shows.
+#[derive(Debug, Clone)]
+pub struct View {
+    pub running: Running,
+    /// Everything installed, in install order.
+    pub updates: Vec<UpdateView>,
+    pub not_in_journal: NotInJournal,
+}
+
+impl View {
+    /// 0, or [`exit::NOT_IN_JOURNAL`](crate::error::exit::NOT_IN_JOURNAL)
+    /// when the kernel or the state directory holds updates the journal does
+    /// not know.
+    pub fn exit_code(&self) -> u8 {
+        self.not_in_journal.exit_code()
+    }
+}
+
+/// What the kernel and the state directory hold that the journal does not
+/// know (a journal lost or replaced while updates were live).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct NotInJournal {
+    /// Live `ksplice_*` livepatches (/sys/kernel/livepatch/<name>) that no
+    /// journal entry names: applied, not in the journal.
+    pub livepatches: Vec<String>,
+    /// `packages/ksplice-<id>.tar.gz` files that no journal entry names.
+    pub packages: Vec<String>,
+}
+
+impl NotInJournal {
+    pub fn is_empty(&self) -> bool {
+        self.livepatches.is_empty() && self.packages.is_empty()
+    }
+
+    fn exit_code(&self) -> u8 {
+        if self.is_empty() {
+            crate::error::exit::OK
+        } else {
+            crate::error::exit::NOT_IN_JOURNAL
+        }
+    }
+
+    /// Compare the journal with the kernel's livepatches and the packages/
+    /// directory. Only `ksplice_*` livepatches are ours (the builder names
+    /// every update module so); other vendors' livepatches are left alone.
+    fn read(host: &Host<'_>, state: &State<'_, '_>) -> Result<Self> {
+        let mut out = NotInJournal::default();
+        let names = |dir: &Path| -> Vec<String> {
+            let mut v: Vec<String> = std::fs::read_dir(dir)
+                .map(|rd| {
+                    rd.flatten()
+                        .map(|e| e.file_name().to_string_lossy().into_owned())
+                        .collect()
+                })
+                .unwrap_or_default();
+            v.sort();
+            v
+        };
+        for name in names(&host.path("/sys/kernel/livepatch")) {
+            let ours = name.starts_with("ksplice_");
+            let known = state.entries().iter().any(|e| e.module == name);
+            // A patch being freed right now is not live any more.
+            if ours && !known && PatchState::read(host, &name)? != PatchState::Absent {
+                out.livepatches.push(name);
+            }
+        }
+        for name in names(&host.state("packages")) {
+            if crate::fsutil::is_temp_name(&name) {
+                continue;
+            }
+            let known = state
+                .entries()
+                .iter()
+                .any(|e| host.package_path(&e.id).file_name() == Some(std::ffi::OsStr::new(&name)));
+            if !known {
+                out.packages.push(name);
+            }
+        }
+        Ok(out)
+    }
+}
+
+impl std::fmt::Display for NotInJournal {
+    /// One line per item, for `view`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        use crate::output::escape;
+        for m in &self.livepatches {
+            writeln!(
+                f,
+                "{}: applied, not in the journal (live ksplice livepatch)",
+                escape(m)
+            )?;
+        }
+        for p in &self.packages {
+            writeln!(
+                f,
+                "{}: in the state directory, not in the journal",
+                escape(p)
+            )?;
+        }
+        Ok(())
+    }
+}
+
+/// Everything installed, in install order, and what the kernel and the
+/// state directory hold beyond the journal. Recovers first when the state
 /// directory is writable; otherwise reads it as it is.
-pub fn view(host: &Host<'_>) -> Result<(Running, Vec<UpdateView>)> {
+pub fn view(host: &Host<'_>) -> Result<View> {
     let running = Running::read(host)?;
     let state = open_for_reading(host)?;
     let mut out = Vec::new();
@@ -438,7 +543,12 @@ pub fn view(host: &Host<'_>) -> Result<(Running, Vec<UpdateView>)> {
             objects: e.manifest.objects.clone(),
         });
     }
-    Ok((running, out))
+    let not_in_journal = NotInJournal::read(host, &state)?;
+    Ok(View {
+        running,
+        updates: out,
+        not_in_journal,
+    })
 }
 
 fn open_for_reading<'h, 's>(host: &'h Host<'s>) -> Result<State<'h, 's>> {
@@ -461,6 +571,8 @@ pub struct Status {
     pub applied: Vec<String>,
     /// Installed for this kernel, not applied (or interrupted).
     pub pending: Vec<String>,
+    /// Live livepatches and package files the journal does not know.
+    pub not_in_journal: NotInJournal,
 }
 
 impl Status {
@@ -474,9 +586,13 @@ impl Status {
         v
     }
 
-    /// The exit code for monitoring: 0 up to date, 1 updates pending.
+    /// The exit code for monitoring: 0 up to date, 1 updates pending, 10
+    /// updates live or installed that the journal does not know (never "up
+    /// to date": the journal was lost or replaced).
     pub fn exit_code(&self) -> u8 {
-        if self.pending.is_empty() {
+        if !self.not_in_journal.is_empty() {
+            self.not_in_journal.exit_code()
+        } else if self.pending.is_empty() {
             crate::error::exit::OK
         } else {
             crate::error::exit::PENDING
@@ -486,20 +602,45 @@ impl Status {
 
 impl std::fmt::Display for Status {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "effective kernel {}: ", self.effective_version())?;
-        if self.pending.is_empty() {
-            write!(f, "up to date ({} applied)", self.applied.len())
-        } else {
-            write!(
-                f,
+        use crate::output::{escape, escape_join};
+        write!(
+            f,
+            "effective kernel {}: ",
+            escape(&self.effective_version())
+        )?;
+        let mut parts = Vec::new();
+        let nij = &self.not_in_journal;
+        if !nij.livepatches.is_empty() {
+            parts.push(format!(
+                "{} livepatch(es) applied, not in the journal: {}",
+                nij.livepatches.len(),
+                escape_join(&nij.livepatches, ", ")
+            ));
+        }
+        if !nij.packages.is_empty() {
+            parts.push(format!(
+                "{} package(s) in the state directory, not in the journal: {}",
+                nij.packages.len(),
+                escape_join(&nij.packages, ", ")
+            ));
+        }
+        if !self.pending.is_empty() {
+            parts.push(format!(
                 "{} installed update(s) not applied: {}",
                 self.pending.len(),
-                self.pending.join(", ")
-            )
+                escape_join(&self.pending, ", ")
+            ));
+        }
+        if parts.is_empty() {
+            write!(f, "up to date ({} applied)", self.applied.len())
+        } else {
+            f.write_str(&parts.join("; "))
         }
     }
 }
 
+/// `ksplice status`: the journal reconciled with the kernel (recovery, then
+/// the live livepatches and package files the journal does not know).
 pub fn status(host: &Host<'_>) -> Result<Status> {
     let running = Running::read(host)?;
     let state = open_for_reading(host)?;
@@ -517,10 +658,12 @@ pub fn status(host: &Host<'_>) -> Result<Status> {
         }
     }
     applied.sort_by_key(|e| e.applied_seq);
+    let not_in_journal = NotInJournal::read(host, &state)?;
     Ok(Status {
         release: running.release,
         applied: applied.iter().map(|e| e.id.clone()).collect(),
         pending,
+        not_in_journal,
     })
 }
 

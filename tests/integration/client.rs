@@ -818,7 +818,7 @@ fn client_apply_view_status_undo() {
     assert_eq!(fx.loads(), vec!["load ksplice_fix_a"], "applied twice");
 
     let host = fx.host(&sys);
-    let (_, views) = ops::view(&host).expect("view");
+    let views = ops::view(&host).expect("view").updates;
     assert_eq!(views.len(), 1);
     assert_eq!(
         (
@@ -1752,4 +1752,89 @@ fn client_format_1_journal_is_read_and_upgraded() {
     assert_eq!(events, vec![applied("fix-a")]);
     assert_eq!(journal_json(&fx)["format"], 2);
     assert_consistent(&fx);
+}
+
+// ---- reconciliation with the kernel (issue 9, item 2) ----------------------------------------
+
+/// Pins issue 9 item 2: with the journal gone while ksplice patches were live
+/// (and their packages still in packages/), status said "up to date (0
+/// applied)", exit 0. It now names what the journal does not know, exit 10.
+#[test]
+fn client_missing_journal_with_live_patches_is_not_up_to_date() {
+    let fx = Fixture::new();
+    let sys = FakeKernel::new(&fx.root, Mode::Normal);
+    let a = fx.package("fix-a", |_| {});
+    let b = fx.package("fix-b", |_| {});
+    apply(&fx, &sys, &[a, b]).0.expect("apply");
+    // Another vendor's livepatch is not ours to report.
+    let other = fx.root.join("sys/kernel/livepatch/kpatch_other");
+    fs::create_dir_all(&other).expect("other");
+    fs::write(other.join("enabled"), "1\n").expect("enabled");
+    fs::write(other.join("transition"), "0\n").expect("transition");
+    fs::remove_file(journal_path(&fx)).expect("lose the journal");
+
+    let host = fx.host(&sys);
+    let status = ops::status(&host).expect("status");
+    assert_eq!(
+        status.not_in_journal,
+        ops::NotInJournal {
+            livepatches: vec!["ksplice_fix_a".into(), "ksplice_fix_b".into()],
+            packages: vec!["ksplice-fix-a.tar.gz".into(), "ksplice-fix-b.tar.gz".into()],
+        }
+    );
+    assert_eq!(status.exit_code(), exit::NOT_IN_JOURNAL);
+    assert_ne!(status.exit_code(), exit::OK);
+    assert_eq!(
+        status.to_string(),
+        "effective kernel 6.1.0-56-amd64: 2 livepatch(es) applied, not in the journal: \
+         ksplice_fix_a, ksplice_fix_b; 2 package(s) in the state directory, not in the \
+         journal: ksplice-fix-a.tar.gz, ksplice-fix-b.tar.gz"
+    );
+    let view = ops::view(&host).expect("view");
+    assert!(view.updates.is_empty());
+    assert_eq!(view.exit_code(), exit::NOT_IN_JOURNAL);
+    assert_eq!(
+        view.not_in_journal.to_string(),
+        "ksplice_fix_a: applied, not in the journal (live ksplice livepatch)\n\
+         ksplice_fix_b: applied, not in the journal (live ksplice livepatch)\n\
+         ksplice-fix-a.tar.gz: in the state directory, not in the journal\n\
+         ksplice-fix-b.tar.gz: in the state directory, not in the journal\n"
+    );
+    // With the journal intact nothing is reported beyond it.
+    let fx2 = Fixture::new();
+    let sys2 = FakeKernel::new(&fx2.root, Mode::Normal);
+    apply(&fx2, &sys2, &[fx2.package("fix-a", |_| {})])
+        .0
+        .expect("apply");
+    let status = ops::status(&fx2.host(&sys2)).expect("status");
+    assert!(status.not_in_journal.is_empty());
+    assert_eq!(status.exit_code(), exit::OK);
+}
+
+/// Pins issue 9 item 7: strings from manifests (through the journal) are
+/// escaped when view and status print them to a terminal.
+#[test]
+fn client_view_escapes_control_characters() {
+    let fx = Fixture::new();
+    let sys = FakeKernel::new(&fx.root, Mode::Normal);
+    apply(&fx, &sys, &[fx.package("fix-a", |_| {})])
+        .0
+        .expect("apply");
+    // A journal written by an older client that did not refuse these.
+    let mut j = journal_json(&fx);
+    j["updates"][0]["manifest"]["description"] = "ok\u{1b}]0;owned\u{7}\nfix-z: applied".into();
+    j["updates"][0]["manifest"]["cves"] = serde_json::json!(["CVE-2026-0001\r"]);
+    fs::write(journal_path(&fx), serde_json::to_vec(&j).expect("json")).expect("write");
+    let host = fx.host(&sys);
+    let views = ops::view(&host).expect("view").updates;
+    let text = ops::ViewText(&views[0]).to_string();
+    assert!(
+        text.contains("  description: ok\\u{1b}]0;owned\\u{7}\\nfix-z: applied\n"),
+        "{text}"
+    );
+    assert!(text.contains("  cves: CVE-2026-0001\\r\n"), "{text}");
+    assert!(
+        !text.chars().any(|c| c.is_control() && c != '\n'),
+        "{text:?}"
+    );
 }
