@@ -1838,3 +1838,71 @@ fn client_view_escapes_control_characters() {
         "{text:?}"
     );
 }
+
+// ---- the binary (issue 9, items 6 and 7) ------------------------------------------------------
+
+/// Pins issue 9 item 7: `ksplice verify a a a | head -1` panicked on the
+/// closed pipe (exit 101). Output to a reader that went away is dropped
+/// quietly and the command's own exit code stands.
+#[test]
+fn client_binary_closed_stdout_is_quiet() {
+    let ksplice = ksplice_tests::cargo_bin("client", "ksplice");
+    let fx = Fixture::new();
+    let pkg = fx.package("fix-a", |_| {});
+    let trust = fx.root.join("etc/ksplice/trust.toml");
+    let (reader, writer) = std::io::pipe().expect("pipe");
+    drop(reader);
+    let out = std::process::Command::new(&ksplice)
+        .arg("verify")
+        .args([&pkg, &pkg, &pkg])
+        .arg("--trust")
+        .arg(&trust)
+        .stdout(writer)
+        .output()
+        .expect("run ksplice");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(exit::OK as i32), "{stderr}");
+    assert!(stderr.is_empty(), "{stderr}");
+    // The same with an error: its code, its message, no panic.
+    let (reader, writer) = std::io::pipe().expect("pipe");
+    drop(reader);
+    let out = std::process::Command::new(&ksplice)
+        .args(["verify", "/nonexistent.tar.gz", "--trust"])
+        .arg(&trust)
+        .stdout(writer)
+        .output()
+        .expect("run ksplice");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        out.status.code(),
+        Some(exit::VERIFICATION as i32),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+/// Pins issue 9 item 6: the production binary took a fake root (`--root`,
+/// KSPLICE_ROOT) while its system calls were real: a fake `notes` file
+/// passed the identity check and finit_module loaded for real. Fake roots
+/// are for the library's tests with a simulated kernel only.
+#[test]
+fn client_binary_refuses_a_fake_root() {
+    let ksplice = ksplice_tests::cargo_bin("client", "ksplice");
+    let fx = Fixture::new();
+    let out = std::process::Command::new(&ksplice)
+        .arg("status")
+        .env("KSPLICE_ROOT", &fx.root)
+        .output()
+        .expect("run ksplice");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(exit::USAGE as i32), "{stderr}");
+    assert!(stderr.contains("KSPLICE_ROOT"), "{stderr}");
+    let out = std::process::Command::new(&ksplice)
+        .arg("status")
+        .arg("--root")
+        .arg(&fx.root)
+        .output()
+        .expect("run ksplice");
+    assert_eq!(out.status.code(), Some(exit::USAGE as i32));
+    assert!(!fx.state_dir().exists());
+}
