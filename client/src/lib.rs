@@ -4,6 +4,8 @@
 //! stands for `/` (a fixture directory in tests) and whose [`sys::Sys`] is
 //! the kernel (system calls) or a test double.
 
+#![forbid(unsafe_code)]
+
 pub mod error;
 pub mod fsutil;
 pub mod host;
