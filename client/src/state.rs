@@ -572,8 +572,13 @@ impl<'h, 's> State<'h, 's> {
             }
             Phase::Installed => Ok(()),
             Phase::Applied => match kernel {
-                // Rebooted, or unloaded behind our back.
-                PatchState::Absent => self.set_phase(i, Phase::Installed),
+                // Rebooted, or disabled (and freed) or unloaded behind our
+                // back: a disabled patch's module stays loaded until
+                // delete_module, so unload it (not loaded counts as done).
+                PatchState::Absent => {
+                    livepatch::unload(self.host, &e.module)?;
+                    self.set_phase(i, Phase::Installed)
+                }
                 PatchState::Present { .. } => Ok(()),
             },
             Phase::Loading | Phase::Transitioning => match kernel {

@@ -1906,3 +1906,29 @@ fn client_binary_refuses_a_fake_root() {
     assert_eq!(out.status.code(), Some(exit::USAGE as i32));
     assert!(!fx.state_dir().exists());
 }
+
+/// Issue 9 item 1 (audit): a patch disabled behind the client's back is freed
+/// by the kernel while its module stays loaded; recovery unloads the module
+/// and records the update as installed, not applied.
+#[test]
+fn client_patch_disabled_behind_our_back_is_unloaded_by_recovery() {
+    let fx = applied_fixture();
+    let sys = FakeKernel::new(&fx.root, Mode::Normal);
+    // An admin's `echo 0 > enabled`, and the transition completing.
+    sys.write_attr(
+        &fx.root.join("sys/kernel/livepatch/ksplice_fix_a/enabled"),
+        "0",
+    )
+    .expect("disable");
+    sys.sleep(Duration::ZERO);
+    assert!(fx.root.join("sys/module/ksplice_fix_a").exists());
+    let host = fx.host(&sys);
+    let status = ops::status(&host).expect("status");
+    assert_eq!(status.pending, ["fix-a"]);
+    assert_eq!(status.exit_code(), exit::PENDING);
+    assert_eq!(
+        fx.loads(),
+        vec!["load ksplice_fix_a", "unload ksplice_fix_a"]
+    );
+    assert_consistent(&fx);
+}
