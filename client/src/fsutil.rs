@@ -91,20 +91,13 @@ pub fn copy_atomic(src: &Path, dest: &Path) -> Result<()> {
     persist(tmp, dest)
 }
 
-/// Who may own a directory the client trusts (its state, its trust policy).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Owner {
-    /// The running (effective) user, or root.
-    RunningUserOrRoot,
-}
-
-/// Refuse a directory (or file) that another user could change under us:
-/// owned by someone other than the running user or root, or writable by
-/// group or others (ssh's StrictModes rule).
-pub fn check_trusted(path: &Path, owner: Owner) -> Result<()> {
+/// Refuse a directory (or file) the client trusts (its state, its trust
+/// policy) that another user could change under us: owned by someone other
+/// than the running (effective) user or root, or writable by group or others
+/// (ssh's StrictModes rule).
+pub fn check_trusted(path: &Path) -> Result<()> {
     let meta = fs::metadata(path).map_err(|e| Error::io(path, e))?;
     let euid = rustix::process::geteuid().as_raw();
-    let Owner::RunningUserOrRoot = owner;
     let reason = if meta.uid() != euid && meta.uid() != 0 {
         Some("owned by another user")
     } else if meta.mode() & 0o022 != 0 {
@@ -141,10 +134,19 @@ pub fn create_private_dir(dir: &Path) -> Result<()> {
                 .map_err(|e| Error::io(dir, e))?;
             sync_dir(up)?;
         }
-        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+            check_trusted(dir)?;
+            // Left readable by an older client (umask modes): ours, so
+            // narrow it; the files inside are then out of others' reach.
+            let meta = fs::metadata(dir).map_err(|e| Error::io(dir, e))?;
+            if meta.mode() & 0o077 != 0 && meta.uid() == rustix::process::geteuid().as_raw() {
+                fs::set_permissions(dir, Permissions::from_mode(PRIVATE_DIR))
+                    .map_err(|e| Error::io(dir, e))?;
+            }
+        }
         Err(e) => return Err(Error::io(dir, e)),
     }
-    check_trusted(dir, Owner::RunningUserOrRoot)
+    check_trusted(dir)
 }
 
 /// Remove a file durably; a missing file is fine (the step is idempotent).

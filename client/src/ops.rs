@@ -69,7 +69,7 @@ pub fn load_policy(host: &Host<'_>) -> Result<TrustPolicy> {
     };
     for p in [dir, host.trust.as_path()] {
         if p.exists() {
-            fsutil::check_trusted(p, fsutil::Owner::RunningUserOrRoot)?;
+            fsutil::check_trusted(p)?;
         }
     }
     TrustPolicy::load(&host.trust).map_err(|source| Error::TrustPolicy {

@@ -407,7 +407,7 @@ impl<'h, 's> State<'h, 's> {
     /// may not write the state directory). In-flight phases are shown as such.
     pub fn peek(host: &'h Host<'s>) -> Result<Self> {
         if host.state_dir.exists() {
-            fsutil::check_trusted(&host.state_dir, fsutil::Owner::RunningUserOrRoot)?;
+            fsutil::check_trusted(&host.state_dir)?;
         }
         Ok(State {
             host,

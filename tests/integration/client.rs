@@ -1547,7 +1547,11 @@ fn client_world_writable_state_or_policy_dir_is_refused() {
         assert!(fx.loads().is_empty());
         assert!(!fx.state_dir().join("journal.json").exists());
     }
-    set_mode(&fx.state_dir(), 0o700);
+    // A state directory an older client left 0755 is narrowed to 0700.
+    set_mode(&fx.state_dir(), 0o755);
+    let host = fx.host(&sys);
+    ops::status(&host).expect("status");
+    assert_eq!(mode_of(&fx.state_dir()), 0o700);
     set_mode(&fx.root.join("etc/ksplice"), 0o777);
     let (r, _) = apply(&fx, &sys, std::slice::from_ref(&pkg));
     assert!(
