@@ -85,6 +85,8 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
+    #[error("{module}: the livepatch was disabled and freed during its enabling transition; nothing is applied")]
+    PatchVanished { module: String },
     #[error("{module}: transition did not finish within {secs} s; {outcome}; blocked by: {}", fmt_tasks(.blocking))]
     TransitionTimeout {
         module: String,
@@ -164,7 +166,8 @@ impl Error {
             Error::RunPre { .. }
             | Error::Load { .. }
             | Error::Unload { .. }
-            | Error::Sysfs { .. } => exit::KERNEL_REFUSED,
+            | Error::Sysfs { .. }
+            | Error::PatchVanished { .. } => exit::KERNEL_REFUSED,
             Error::TransitionTimeout { .. } => exit::TRANSITION_TIMEOUT,
             Error::UnknownUpdate { .. } => exit::UNKNOWN_UPDATE,
             Error::UndoBlocked { .. } | Error::MissingBase { .. } | Error::ModuleClash { .. } => {

@@ -587,7 +587,11 @@ impl<'h, 's> State<'h, 's> {
                     if e.phase == Phase::Loading {
                         self.set_phase(i, Phase::Transitioning)?;
                     }
-                    self.finish_apply(i).map(|_| ())
+                    match self.finish_apply(i) {
+                        // Reverted to installed: that resolves the entry.
+                        Err(Error::PatchVanished { .. }) => Ok(()),
+                        r => r,
+                    }
                 }
                 PatchState::Present { enabled: false, .. } => {
                     self.set_phase(i, Phase::Reverting)?;
@@ -607,8 +611,10 @@ impl<'h, 's> State<'h, 's> {
         match livepatch::wait_transition(self.host, &module)? {
             Wait::Done => {
                 if PatchState::read(self.host, &module)? == PatchState::Absent {
-                    // Loaded, then gone: nothing is applied.
-                    return self.finish_revert(i);
+                    // Loaded, then disabled and freed (by someone else):
+                    // nothing is applied, and the command must not say it is.
+                    self.finish_revert(i)?;
+                    return Err(Error::PatchVanished { module });
                 }
                 self.set_phase(i, Phase::Applied)
             }

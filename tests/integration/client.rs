@@ -40,6 +40,9 @@ enum Mode {
     StallUntilSignal,
     /// Disabling transitions never finish (re-enabling does).
     StallDisable,
+    /// Someone disables every patch during its enabling transition: the
+    /// reversal completes and the kernel frees the patch.
+    DisabledWhileEnabling,
 }
 
 /// A kernel made of files under the fixture root: /sys/module/<name>,
@@ -284,6 +287,7 @@ impl Sys for FakeKernel {
                 _ => true,
             };
             match (finishes, enabling) {
+                (true, true) if self.mode == Mode::DisabledWhileEnabling => self.free(&dir),
                 (true, true) => fs::write(dir.join("transition"), "0\n").expect("transition"),
                 (true, false) => self.free(&dir),
                 (false, _) => {}
@@ -1935,4 +1939,29 @@ fn client_patch_disabled_behind_our_back_is_unloaded_by_recovery() {
         vec!["load ksplice_fix_a", "unload ksplice_fix_a"]
     );
     assert_consistent(&fx);
+}
+
+/// Issue 9 item 1 (audit): a patch disabled and freed during its enabling
+/// transition was reported "applied" (exit 0) while nothing was applied.
+#[test]
+fn client_patch_freed_while_enabling_is_not_reported_applied() {
+    let fx = Fixture::new();
+    let pkg = fx.package("fix-a", |_| {});
+    let sys = FakeKernel::new(&fx.root, Mode::DisabledWhileEnabling);
+    let (r, events) = apply(&fx, &sys, &[pkg]);
+    match r {
+        Err(ref e @ Error::PatchVanished { ref module }) => {
+            assert_eq!(module, "ksplice_fix_a");
+            assert_eq!(e.exit_code(), exit::KERNEL_REFUSED);
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+    assert!(events.is_empty(), "{events:?}");
+    assert_eq!(
+        fx.loads(),
+        vec!["load ksplice_fix_a", "unload ksplice_fix_a"]
+    );
+    assert_consistent(&fx);
+    let host = fx.host(&sys);
+    assert!(State::peek(&host).expect("peek").entries().is_empty());
 }
