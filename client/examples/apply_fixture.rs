@@ -3,6 +3,8 @@
 //! kernel, so `/usr/bin/time -v` can measure the apply path's peak memory
 //! without loading anything into the real kernel.
 
+#![forbid(unsafe_code)]
+
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};

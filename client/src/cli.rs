@@ -4,13 +4,16 @@
 //! Shared by the binaries through `#[path]`; the library does the work.
 
 use std::ffi::OsString;
-use std::io::Write;
+use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use client::ops::{self, Event, Targets};
+use client::output::escape;
 use client::{exit, Host, RealSys};
 
 /// Rebootless kernel updates: verify, apply, undo and show them on this host.
@@ -26,9 +29,6 @@ struct Cli {
     /// Seconds a livepatch transition may take before it is reversed.
     #[arg(long, global = true, value_name = "SECS", default_value_t = 60)]
     timeout: u64,
-    /// Directory standing for / (tests and fixtures) [env KSPLICE_ROOT].
-    #[arg(long, global = true, hide = true, value_name = "DIR")]
-    root: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -120,12 +120,18 @@ pub fn main(preset: Option<&'static str>) -> ExitCode {
             });
         }
     };
+    // A fake root (fixture /sys, /proc) belongs with a simulated kernel,
+    // i.e. the library's tests; with real system calls a fake `notes` file
+    // would pass the identity check while finit_module loads for real.
+    if let Some(root) = std::env::var_os("KSPLICE_ROOT").filter(|r| !r.is_empty() && r != "/") {
+        say_err(&format!(
+            "KSPLICE_ROOT={} is not supported: this binary uses the running kernel and /",
+            Path::new(&root).display()
+        ));
+        return ExitCode::from(exit::USAGE);
+    }
     let sys = RealSys;
-    let root = cli
-        .root
-        .clone()
-        .or_else(|| env_path("KSPLICE_ROOT"))
-        .unwrap_or_else(|| PathBuf::from("/"));
+    let root = PathBuf::from("/");
     let mut host = Host::new(root, &sys);
     if let Some(t) = cli.trust.clone().or_else(|| env_path("KSPLICE_TRUST")) {
         host.trust = t;
@@ -138,18 +144,54 @@ pub fn main(preset: Option<&'static str>) -> ExitCode {
         host.state_dir = s;
     }
     host.timeouts.transition = Duration::from_secs(cli.timeout);
-    match run(&host, cli.command) {
-        Ok(code) => ExitCode::from(code),
+    let code = match run(&host, cli.command) {
+        Ok(code) => code,
         Err(e) => {
-            eprintln!("ksplice: {e}");
-            ExitCode::from(e.exit_code())
+            say_err(&format!("ksplice: {e}"));
+            e.exit_code()
+        }
+    };
+    // A reader that went away (`ksplice view | head -1`) is not an error;
+    // any other failure to write what was asked for is.
+    match STDOUT_ERROR.get() {
+        Some(e) if code == exit::OK => {
+            say_err(&format!("ksplice: standard output: {e}"));
+            ExitCode::from(exit::STATE)
+        }
+        _ => ExitCode::from(code),
+    }
+}
+
+/// Set once standard output failed for another reason than a closed pipe.
+static STDOUT_ERROR: OnceLock<io::Error> = OnceLock::new();
+/// Set once the reader of standard output went away: later output is dropped.
+static STDOUT_CLOSED: AtomicBool = AtomicBool::new(false);
+
+/// Write to standard output without ever panicking (println! does on EPIPE).
+/// After a closed pipe the rest is dropped quietly; the command itself goes
+/// on (an apply must not stop half-way because nobody reads its events).
+fn say(text: &str) {
+    if STDOUT_CLOSED.load(Ordering::Relaxed) || STDOUT_ERROR.get().is_some() {
+        return;
+    }
+    let mut out = io::stdout().lock();
+    if let Err(e) = out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        if e.kind() == io::ErrorKind::BrokenPipe {
+            STDOUT_CLOSED.store(true, Ordering::Relaxed);
+        } else {
+            let _ = STDOUT_ERROR.set(e);
         }
     }
 }
 
+/// One line on standard error, escaped (errors quote manifest text); a
+/// closed standard error is ignored.
+fn say_err(line: &str) {
+    let _ = writeln!(io::stderr().lock(), "{}", escape(line));
+}
+
 fn print_event(e: Event) {
-    println!("{e}");
-    let _ = std::io::stdout().flush();
+    say(&format!("{}\n", escape(&e.to_string())));
 }
 
 fn run(host: &Host<'_>, command: Command) -> client::Result<u8> {
@@ -158,7 +200,11 @@ fn run(host: &Host<'_>, command: Command) -> client::Result<u8> {
             let policy = ops::load_policy(host)?;
             for pkg in packages {
                 let summary = ops::summarize(&pkg, &policy)?;
-                print!("{summary}");
+                // Line by line, so a control character in the manifest is
+                // escaped without escaping the summary's own line breaks.
+                for line in summary.to_string().lines() {
+                    say(&format!("{}\n", escape(line)));
+                }
             }
             Ok(exit::OK)
         }
@@ -179,45 +225,58 @@ fn run(host: &Host<'_>, command: Command) -> client::Result<u8> {
             Ok(exit::OK)
         }
         Command::View { id, json } => {
-            let (running, mut updates) = ops::view(host)?;
+            let mut view = ops::view(host)?;
             if let Some(id) = &id {
-                updates.retain(|u| &u.id == id);
-                if updates.is_empty() {
+                view.updates.retain(|u| &u.id == id);
+                if view.updates.is_empty() {
                     return Err(client::Error::UnknownUpdate { id: id.clone() });
                 }
+                view.not_in_journal = Default::default();
             }
             if json {
-                let text = serde_json::to_string_pretty(&updates).unwrap_or_default();
-                println!("{text}");
+                let value = serde_json::json!({
+                    "updates": view.updates,
+                    "not_in_journal": view.not_in_journal,
+                });
+                let text = serde_json::to_string_pretty(&value).unwrap_or_default();
+                say(&format!("{text}\n"));
             } else {
                 if id.is_none() {
-                    println!(
-                        "running kernel {} {} build-id {}",
-                        running.release, running.arch, running.build_id
-                    );
-                    if updates.is_empty() {
-                        println!("no updates installed");
+                    let r = &view.running;
+                    say(&format!(
+                        "running kernel {} {} build-id {}\n",
+                        escape(&r.release),
+                        escape(&r.arch),
+                        r.build_id
+                    ));
+                    if view.updates.is_empty() && view.not_in_journal.is_empty() {
+                        say("no updates installed\n");
                     }
                 }
-                for u in &updates {
-                    print!("{}", ops::ViewText(u));
+                for u in &view.updates {
+                    say(&ops::ViewText(u).to_string());
                 }
+                say(&view.not_in_journal.to_string());
             }
-            Ok(exit::OK)
+            Ok(view.exit_code())
         }
         Command::Status { json } => {
             let s = ops::status(host)?;
             if json {
                 let text = serde_json::to_string(&s).unwrap_or_default();
-                println!("{text}");
+                say(&format!("{text}\n"));
             } else {
-                println!("{s}");
+                say(&format!("{}\n", escape(&s.to_string())));
             }
             Ok(s.exit_code())
         }
         Command::Profile { dir } => {
             let files = client::profile::profile(host, &dir)?;
-            println!("profile written to {}: {}", dir.display(), files.join(", "));
+            say(&format!(
+                "profile written to {}: {}\n",
+                escape(&dir.display().to_string()),
+                files.join(", ")
+            ));
             Ok(exit::OK)
         }
     }

@@ -28,6 +28,9 @@ pub mod exit {
     pub const UNKNOWN_UPDATE: u8 = 8;
     /// Refused because of update dependencies (`builds_on`).
     pub const DEPENDENCY: u8 = 9;
+    /// `status` and `view`: live ksplice livepatches or installed packages
+    /// that the journal does not know (it was lost or replaced).
+    pub const NOT_IN_JOURNAL: u8 = 10;
 }
 
 /// Everything the client can refuse or fail at.
@@ -82,6 +85,8 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
+    #[error("{module}: the livepatch was disabled and freed during its enabling transition; nothing is applied")]
+    PatchVanished { module: String },
     #[error("{module}: transition did not finish within {secs} s; {outcome}; blocked by: {}", fmt_tasks(.blocking))]
     TransitionTimeout {
         module: String,
@@ -117,6 +122,21 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
+    #[error("refused: {path} is {reason} (owner uid {uid}, mode {mode:o}); it must belong to uid {euid} or root and not be group or world writable")]
+    UnsafePermissions {
+        path: PathBuf,
+        reason: &'static str,
+        uid: u32,
+        mode: u32,
+        euid: u32,
+    },
+    #[error("refused: installing {id} would grow the journal {path} to {needed} bytes, over its {max}-byte limit; undo updates no longer needed first")]
+    JournalFull {
+        id: String,
+        path: PathBuf,
+        needed: u64,
+        max: u64,
+    },
     #[error("journal {path} is unreadable: {reason}")]
     Journal { path: PathBuf, reason: String },
     #[error("interrupted at {step}")]
@@ -146,7 +166,8 @@ impl Error {
             Error::RunPre { .. }
             | Error::Load { .. }
             | Error::Unload { .. }
-            | Error::Sysfs { .. } => exit::KERNEL_REFUSED,
+            | Error::Sysfs { .. }
+            | Error::PatchVanished { .. } => exit::KERNEL_REFUSED,
             Error::TransitionTimeout { .. } => exit::TRANSITION_TIMEOUT,
             Error::UnknownUpdate { .. } => exit::UNKNOWN_UPDATE,
             Error::UndoBlocked { .. } | Error::MissingBase { .. } | Error::ModuleClash { .. } => {
@@ -158,6 +179,8 @@ impl Error {
             | Error::BadNotes { .. }
             | Error::Io { .. }
             | Error::Journal { .. }
+            | Error::UnsafePermissions { .. }
+            | Error::JournalFull { .. }
             | Error::Interrupted { .. } => exit::STATE,
         }
     }

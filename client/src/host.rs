@@ -43,6 +43,9 @@ pub struct Host<'s> {
     pub state_dir: PathBuf,
     pub trust: PathBuf,
     pub timeouts: Timeouts,
+    /// Largest journal read or written ([`crate::state::MAX_JOURNAL`]; tests
+    /// lower it).
+    pub max_journal: u64,
     pub sys: &'s dyn Sys,
 }
 
@@ -53,6 +56,7 @@ impl std::fmt::Debug for Host<'_> {
             .field("state_dir", &self.state_dir)
             .field("trust", &self.trust)
             .field("timeouts", &self.timeouts)
+            .field("max_journal", &self.max_journal)
             .finish_non_exhaustive()
     }
 }
@@ -67,6 +71,7 @@ impl<'s> Host<'s> {
             trust: root.join(DEFAULT_TRUST),
             root,
             timeouts: Timeouts::default(),
+            max_journal: crate::state::MAX_JOURNAL,
             sys,
         }
     }

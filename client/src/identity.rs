@@ -8,8 +8,6 @@ use manifests::manifest::TargetKernel;
 use crate::error::{Error, Result};
 use crate::host::Host;
 
-/// ELF note type of the GNU build-id (`NT_GNU_BUILD_ID`).
-const NT_GNU_BUILD_ID: u32 = 3;
 /// /sys/kernel/notes is a few hundred bytes; refuse anything absurd.
 const MAX_NOTES: u64 = 64 * 1024;
 
@@ -82,45 +80,49 @@ pub(crate) fn read_bounded(path: &Path, limit: u64) -> Result<Vec<u8>> {
 }
 
 /// Find the GNU build-id in a sequence of ELF notes (native byte order, each
-/// field 4-byte aligned, as the kernel exports them in /sys/kernel/notes).
+/// field 4-byte aligned, as the kernel exports them in /sys/kernel/notes),
+/// read with the `object` crate's note iterator.
 pub fn gnu_build_id(notes: &[u8], path: &Path) -> Result<String> {
+    use object::elf::{FileHeader64, ELF_NOTE_GNU, NT_GNU_BUILD_ID};
+    use object::read::elf::NoteIterator;
+    use object::NativeEndian;
+
     let bad = |offset| Error::BadNotes {
         path: path.to_owned(),
         offset,
     };
-    let word = |at: usize| -> Option<u32> {
-        let b = notes.get(at..at.checked_add(4)?)?;
-        Some(u32::from_ne_bytes([b[0], b[1], b[2], b[3]]))
-    };
-    let align4 = |n: usize| n.checked_add(3).map(|v| v & !3);
-    let mut off = 0usize;
-    while off < notes.len() {
-        // Trailing padding shorter than a header is not a note.
-        if notes.len() - off < 12 {
-            if notes[off..].iter().all(|&b| b == 0) {
-                break;
+    let endian = NativeEndian;
+    // Notes in /sys/kernel/notes are 4-byte aligned (Elf64_Nhdr is the same
+    // 12-byte header as Elf32_Nhdr).
+    let mut iter =
+        NoteIterator::<FileHeader64<NativeEndian>>::new(endian, 4, notes).map_err(|_| bad(0))?;
+    // Where the next note starts, to name the offset of a malformed one.
+    let mut offset = 0usize;
+    let align4 = |n: usize| n.saturating_add(3) & !3;
+    loop {
+        match iter.next() {
+            Ok(None) => break,
+            Ok(Some(note)) => {
+                if note.n_type(endian) == NT_GNU_BUILD_ID
+                    && note.name() == ELF_NOTE_GNU
+                    && !note.desc().is_empty()
+                {
+                    return Ok(hex::encode(note.desc()));
+                }
+                offset = offset
+                    .saturating_add(12)
+                    .saturating_add(align4(note.name_bytes().len()))
+                    .saturating_add(align4(note.desc().len()));
             }
-            return Err(bad(off));
+            // Trailing padding shorter than a header is not a note.
+            Err(_) => {
+                let rest = notes.get(offset..).unwrap_or_default();
+                if rest.len() < 12 && rest.iter().all(|&b| b == 0) {
+                    break;
+                }
+                return Err(bad(offset));
+            }
         }
-        let (namesz, descsz, kind) = match (word(off), word(off + 4), word(off + 8)) {
-            (Some(a), Some(b), Some(c)) => (a as usize, b as usize, c),
-            _ => return Err(bad(off)),
-        };
-        let name_at = off + 12;
-        let desc_at = align4(namesz)
-            .and_then(|n| name_at.checked_add(n))
-            .ok_or_else(|| bad(off))?;
-        let next = align4(descsz)
-            .and_then(|n| desc_at.checked_add(n))
-            .ok_or_else(|| bad(off))?;
-        if next > notes.len() || desc_at + descsz > notes.len() {
-            return Err(bad(off));
-        }
-        let name = &notes[name_at..name_at + namesz];
-        if kind == NT_GNU_BUILD_ID && name == b"GNU\0" && descsz > 0 {
-            return Ok(hex::encode(&notes[desc_at..desc_at + descsz]));
-        }
-        off = next;
     }
     Err(Error::NoBuildId {
         path: path.to_owned(),
@@ -154,6 +156,24 @@ mod tests {
         notes.extend(note(b"GNU\0", 3, &[0xde, 0xad, 0xbe, 0xef, 0x01]));
         let id = gnu_build_id(&notes, Path::new("notes")).expect("valid notes");
         assert_eq!(id, "deadbeef01");
+    }
+
+    #[test]
+    fn trailing_zero_padding_is_not_a_note() {
+        let mut notes = note(b"Linux\0", 6, b"6.1.0\0");
+        notes.extend_from_slice(&[0; 8]);
+        assert!(matches!(
+            gnu_build_id(&notes, Path::new("n")),
+            Err(Error::NoBuildId { .. })
+        ));
+        notes.extend(note(b"GNU\0", 3, &[0xab; 20]));
+        let mut bad = note(b"Linux\0", 6, b"6.1.0\0");
+        let second = bad.len();
+        bad.extend_from_slice(&[1; 8]);
+        assert!(matches!(
+            gnu_build_id(&bad, Path::new("n")),
+            Err(Error::BadNotes { offset, .. }) if offset == second
+        ));
     }
 
     #[test]

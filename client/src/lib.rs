@@ -4,6 +4,8 @@
 //! stands for `/` (a fixture directory in tests) and whose [`sys::Sys`] is
 //! the kernel (system calls) or a test double.
 
+#![forbid(unsafe_code)]
+
 pub mod error;
 pub mod fsutil;
 pub mod host;
@@ -11,6 +13,7 @@ pub mod identity;
 pub mod kmsg;
 pub mod livepatch;
 pub mod ops;
+pub mod output;
 mod pkgfile;
 pub mod profile;
 pub mod state;

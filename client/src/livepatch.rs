@@ -19,25 +19,39 @@ pub enum PatchState {
     Present { enabled: bool, transition: bool },
 }
 
+/// Whether an error from a livepatch sysfs attribute means the patch is gone.
+/// Once a disable transition completes, the kernel frees the patch and removes
+/// `/sys/kernel/livepatch/<name>/` asynchronously: an access then answers
+/// ENOENT (already removed) or ENODEV (the kobject went away under an open
+/// file). That is the end of the transition, never a state error.
+pub fn is_gone(e: &io::Error) -> bool {
+    e.kind() == io::ErrorKind::NotFound || e.raw_os_error() == Some(libc::ENODEV)
+}
+
 impl PatchState {
     pub fn read(host: &Host<'_>, module: &str) -> Result<Self> {
         let dir = host.livepatch_dir(module);
         let flag = |name: &str| -> Result<Option<bool>> {
             let p = dir.join(name);
-            match read_trimmed(&p) {
+            match host.sys.read_attr(&p) {
                 Ok(v) => Ok(Some(v == "1")),
-                Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+                Err(e) if is_gone(&e) => Ok(None),
                 Err(e) => Err(Error::io(p, e)),
             }
         };
-        match (flag("enabled")?, flag("transition")?) {
-            (Some(enabled), Some(transition)) => Ok(PatchState::Present {
-                enabled,
-                transition,
-            }),
-            // The directory vanishes while a disabled patch is freed.
-            _ => Ok(PatchState::Absent),
-        }
+        // The patch may be freed between the two reads (a disable transition
+        // completing): a `transition` that is gone after `enabled` was read
+        // means the patch is absent, whatever `enabled` said.
+        let Some(enabled) = flag("enabled")? else {
+            return Ok(PatchState::Absent);
+        };
+        let Some(transition) = flag("transition")? else {
+            return Ok(PatchState::Absent);
+        };
+        Ok(PatchState::Present {
+            enabled,
+            transition,
+        })
     }
 
     pub fn describe(self) -> &'static str {
@@ -116,13 +130,18 @@ pub fn wait_transition(host: &Host<'_>, module: &str) -> Result<Wait> {
         }
         if !signalled && waited >= t.signal_after {
             signalled = true;
-            let signal = dir.join("signal");
-            if signal.exists() {
-                fs::write(&signal, b"1").map_err(|e| Error::Sysfs {
-                    module: module.to_owned(),
-                    action: "signal stalled tasks of",
-                    source: e,
-                })?;
+            // No `signal` file (Linux >= 5.1) and a patch freed meanwhile
+            // both answer "gone": nothing to signal then.
+            match host.sys.write_attr(&dir.join("signal"), "1") {
+                Ok(()) => {}
+                Err(e) if is_gone(&e) => {}
+                Err(e) => {
+                    return Err(Error::Sysfs {
+                        module: module.to_owned(),
+                        action: "signal stalled tasks of",
+                        source: e,
+                    })
+                }
             }
         }
         host.sys.sleep(t.poll);
@@ -130,18 +149,43 @@ pub fn wait_transition(host: &Host<'_>, module: &str) -> Result<Wait> {
     }
 }
 
+/// How a write to `enabled` ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Written {
+    /// `enabled` now holds the value (written by us, or already there).
+    Done,
+    /// The patch is gone: its disable transition had completed and the kernel
+    /// freed it before the write reached it.
+    Gone,
+}
+
 /// Write `enabled`: 0 disables an applied patch or reverses an enabling
 /// transition; 1 reverses a disabling transition.
-pub fn write_enabled(host: &Host<'_>, module: &str, enabled: bool) -> Result<()> {
+pub fn write_enabled(host: &Host<'_>, module: &str, enabled: bool) -> Result<Written> {
     let p = host.livepatch_dir(module).join("enabled");
-    fs::write(&p, if enabled { b"1" } else { b"0" }).map_err(|e| Error::Sysfs {
-        module: module.to_owned(),
-        action: if enabled { "re-enable" } else { "disable" },
-        source: e,
-    })?;
+    if let Err(e) = host.sys.write_attr(&p, if enabled { "1" } else { "0" }) {
+        if is_gone(&e) {
+            return Ok(Written::Gone);
+        }
+        // The kernel refuses (EINVAL) a value `enabled` already holds: another
+        // actor got there first, which is the outcome asked for. Anything else
+        // (EBUSY while another patch transitions) is a refusal.
+        match PatchState::read(host, module)? {
+            PatchState::Absent => return Ok(Written::Gone),
+            PatchState::Present { enabled: now, .. } if now == enabled => {}
+            PatchState::Present { .. } => {
+                return Err(Error::Sysfs {
+                    module: module.to_owned(),
+                    action: if enabled { "re-enable" } else { "disable" },
+                    source: e,
+                })
+            }
+        }
+    }
     host.sys
         .checkpoint(Step::EnabledWritten)
-        .map_err(|_| interrupted(Step::EnabledWritten))
+        .map_err(|_| interrupted(Step::EnabledWritten))?;
+    Ok(Written::Done)
 }
 
 pub(crate) fn interrupted(step: Step) -> Error {

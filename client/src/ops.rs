@@ -57,6 +57,17 @@ impl std::fmt::Display for Event {
 
 /// Load the trust policy the host is configured with.
 pub fn load_policy(host: &Host<'_>) -> Result<TrustPolicy> {
+    // Whoever can write the policy or its directory (/etc/ksplice) decides
+    // which keys the host trusts.
+    let dir = match host.trust.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    for p in [dir, host.trust.as_path()] {
+        if p.exists() {
+            fsutil::check_trusted(p)?;
+        }
+    }
     TrustPolicy::load(&host.trust).map_err(|source| Error::TrustPolicy {
         path: host.trust.clone(),
         source: Box::new(source),
@@ -170,7 +181,7 @@ fn apply_one(
                 installed_at: now_utc(),
                 applied_at: None,
                 applied_seq: None,
-                manifest: (**m).clone(),
+                manifest: (&**m).into(),
             })?;
             pkgfile::install(&host.package_path(&id), &bytes)?;
             state.checkpoint(Step::StateFile("package installed"))?;
@@ -201,11 +212,15 @@ fn apply_one(
 }
 
 fn check_bases(state: &State<'_, '_>, m: &Manifest) -> Result<()> {
-    for base in &m.builds_on {
+    check_bases_of(state, &m.id, &m.builds_on)
+}
+
+fn check_bases_of(state: &State<'_, '_>, id: &str, builds_on: &[String]) -> Result<()> {
+    for base in builds_on {
         let applied = state.find(base).is_some_and(|e| e.phase == Phase::Applied);
         if !applied {
             return Err(Error::MissingBase {
-                id: m.id.clone(),
+                id: id.to_owned(),
                 missing: base.clone(),
             });
         }
@@ -307,7 +322,8 @@ pub fn apply_installed(host: &Host<'_>, on: &mut dyn FnMut(Event)) -> Result<()>
             });
             continue;
         }
-        let r = check_bases(&state, &e.manifest).and_then(|()| load(&mut state, i, &policy));
+        let r = check_bases_of(&state, &e.id, &e.manifest.builds_on)
+            .and_then(|()| load(&mut state, i, &policy));
         match r {
             Ok(()) => on(Event::Applied { id }),
             Err(err @ Error::Interrupted { .. }) => return Err(err),
@@ -401,12 +417,117 @@ pub struct UpdateView {
     pub builds_on: Vec<String>,
     pub target: manifests::manifest::TargetKernel,
     pub for_running_kernel: bool,
-    pub objects: Vec<manifests::manifest::PatchedObject>,
+    pub objects: Vec<crate::state::ObjectSummary>,
 }
 
-/// Everything installed, in install order. Recovers first when the state
+/// What `view` shows.
+#[derive(Debug, Clone)]
+pub struct View {
+    pub running: Running,
+    /// Everything installed, in install order.
+    pub updates: Vec<UpdateView>,
+    pub not_in_journal: NotInJournal,
+}
+
+impl View {
+    /// 0, or [`exit::NOT_IN_JOURNAL`](crate::error::exit::NOT_IN_JOURNAL)
+    /// when the kernel or the state directory holds updates the journal does
+    /// not know.
+    pub fn exit_code(&self) -> u8 {
+        self.not_in_journal.exit_code()
+    }
+}
+
+/// What the kernel and the state directory hold that the journal does not
+/// know (a journal lost or replaced while updates were live).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct NotInJournal {
+    /// Live `ksplice_*` livepatches (/sys/kernel/livepatch/<name>) that no
+    /// journal entry names: applied, not in the journal.
+    pub livepatches: Vec<String>,
+    /// `packages/ksplice-<id>.tar.gz` files that no journal entry names.
+    pub packages: Vec<String>,
+}
+
+impl NotInJournal {
+    pub fn is_empty(&self) -> bool {
+        self.livepatches.is_empty() && self.packages.is_empty()
+    }
+
+    fn exit_code(&self) -> u8 {
+        if self.is_empty() {
+            crate::error::exit::OK
+        } else {
+            crate::error::exit::NOT_IN_JOURNAL
+        }
+    }
+
+    /// Compare the journal with the kernel's livepatches and the packages/
+    /// directory. Only `ksplice_*` livepatches are ours (the builder names
+    /// every update module so); other vendors' livepatches are left alone.
+    fn read(host: &Host<'_>, state: &State<'_, '_>) -> Result<Self> {
+        let mut out = NotInJournal::default();
+        let names = |dir: &Path| -> Vec<String> {
+            let mut v: Vec<String> = std::fs::read_dir(dir)
+                .map(|rd| {
+                    rd.flatten()
+                        .map(|e| e.file_name().to_string_lossy().into_owned())
+                        .collect()
+                })
+                .unwrap_or_default();
+            v.sort();
+            v
+        };
+        for name in names(&host.path("/sys/kernel/livepatch")) {
+            let ours = name.starts_with("ksplice_");
+            let known = state.entries().iter().any(|e| e.module == name);
+            // A patch being freed right now is not live any more.
+            if ours && !known && PatchState::read(host, &name)? != PatchState::Absent {
+                out.livepatches.push(name);
+            }
+        }
+        for name in names(&host.state("packages")) {
+            if crate::fsutil::is_temp_name(&name) {
+                continue;
+            }
+            let known = state
+                .entries()
+                .iter()
+                .any(|e| host.package_path(&e.id).file_name() == Some(std::ffi::OsStr::new(&name)));
+            if !known {
+                out.packages.push(name);
+            }
+        }
+        Ok(out)
+    }
+}
+
+impl std::fmt::Display for NotInJournal {
+    /// One line per item, for `view`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        use crate::output::escape;
+        for m in &self.livepatches {
+            writeln!(
+                f,
+                "{}: applied, not in the journal (live ksplice livepatch)",
+                escape(m)
+            )?;
+        }
+        for p in &self.packages {
+            writeln!(
+                f,
+                "{}: in the state directory, not in the journal",
+                escape(p)
+            )?;
+        }
+        Ok(())
+    }
+}
+
+/// Everything installed, in install order, and what the kernel and the
+/// state directory hold beyond the journal. Recovers first when the state
 /// directory is writable; otherwise reads it as it is.
-pub fn view(host: &Host<'_>) -> Result<(Running, Vec<UpdateView>)> {
+pub fn view(host: &Host<'_>) -> Result<View> {
     let running = Running::read(host)?;
     let state = open_for_reading(host)?;
     let mut out = Vec::new();
@@ -426,7 +547,12 @@ pub fn view(host: &Host<'_>) -> Result<(Running, Vec<UpdateView>)> {
             objects: e.manifest.objects.clone(),
         });
     }
-    Ok((running, out))
+    let not_in_journal = NotInJournal::read(host, &state)?;
+    Ok(View {
+        running,
+        updates: out,
+        not_in_journal,
+    })
 }
 
 fn open_for_reading<'h, 's>(host: &'h Host<'s>) -> Result<State<'h, 's>> {
@@ -449,6 +575,8 @@ pub struct Status {
     pub applied: Vec<String>,
     /// Installed for this kernel, not applied (or interrupted).
     pub pending: Vec<String>,
+    /// Live livepatches and package files the journal does not know.
+    pub not_in_journal: NotInJournal,
 }
 
 impl Status {
@@ -462,9 +590,13 @@ impl Status {
         v
     }
 
-    /// The exit code for monitoring: 0 up to date, 1 updates pending.
+    /// The exit code for monitoring: 0 up to date, 1 updates pending, 10
+    /// updates live or installed that the journal does not know (never "up
+    /// to date": the journal was lost or replaced).
     pub fn exit_code(&self) -> u8 {
-        if self.pending.is_empty() {
+        if !self.not_in_journal.is_empty() {
+            self.not_in_journal.exit_code()
+        } else if self.pending.is_empty() {
             crate::error::exit::OK
         } else {
             crate::error::exit::PENDING
@@ -474,20 +606,45 @@ impl Status {
 
 impl std::fmt::Display for Status {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "effective kernel {}: ", self.effective_version())?;
-        if self.pending.is_empty() {
-            write!(f, "up to date ({} applied)", self.applied.len())
-        } else {
-            write!(
-                f,
+        use crate::output::{escape, escape_join};
+        write!(
+            f,
+            "effective kernel {}: ",
+            escape(&self.effective_version())
+        )?;
+        let mut parts = Vec::new();
+        let nij = &self.not_in_journal;
+        if !nij.livepatches.is_empty() {
+            parts.push(format!(
+                "{} livepatch(es) applied, not in the journal: {}",
+                nij.livepatches.len(),
+                escape_join(&nij.livepatches, ", ")
+            ));
+        }
+        if !nij.packages.is_empty() {
+            parts.push(format!(
+                "{} package(s) in the state directory, not in the journal: {}",
+                nij.packages.len(),
+                escape_join(&nij.packages, ", ")
+            ));
+        }
+        if !self.pending.is_empty() {
+            parts.push(format!(
                 "{} installed update(s) not applied: {}",
                 self.pending.len(),
-                self.pending.join(", ")
-            )
+                escape_join(&self.pending, ", ")
+            ));
+        }
+        if parts.is_empty() {
+            write!(f, "up to date ({} applied)", self.applied.len())
+        } else {
+            f.write_str(&parts.join("; "))
         }
     }
 }
 
+/// `ksplice status`: the journal reconciled with the kernel (recovery, then
+/// the live livepatches and package files the journal does not know).
 pub fn status(host: &Host<'_>) -> Result<Status> {
     let running = Running::read(host)?;
     let state = open_for_reading(host)?;
@@ -505,10 +662,12 @@ pub fn status(host: &Host<'_>) -> Result<Status> {
         }
     }
     applied.sort_by_key(|e| e.applied_seq);
+    let not_in_journal = NotInJournal::read(host, &state)?;
     Ok(Status {
         release: running.release,
         applied: applied.iter().map(|e| e.id.clone()).collect(),
         pending,
+        not_in_journal,
     })
 }
 
@@ -594,33 +753,55 @@ fn write_objects(
     Ok(())
 }
 
-/// Human-readable form of one [`UpdateView`].
+/// Human-readable form of one [`UpdateView`]. Every string from the journal
+/// (that is, from a manifest) is escaped for the terminal.
 #[derive(Debug)]
 pub struct ViewText<'a>(pub &'a UpdateView);
 
 impl std::fmt::Display for ViewText<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        use crate::output::{escape, escape_join};
         let u = self.0;
-        writeln!(f, "{}: {}", u.id, u.state)?;
-        writeln!(f, "  description: {}", u.description)?;
+        writeln!(f, "{}: {}", escape(&u.id), u.state)?;
+        writeln!(f, "  description: {}", escape(&u.description))?;
         if !u.cves.is_empty() {
-            writeln!(f, "  cves: {}", u.cves.join(", "))?;
+            writeln!(f, "  cves: {}", escape_join(&u.cves, ", "))?;
         }
-        writeln!(f, "  livepatch: {} ({})", u.module, u.livepatch)?;
-        writeln!(f, "  installed: {}", u.installed_at)?;
+        writeln!(f, "  livepatch: {} ({})", escape(&u.module), u.livepatch)?;
+        writeln!(f, "  installed: {}", escape(&u.installed_at))?;
         if let Some(at) = &u.applied_at {
-            writeln!(f, "  applied: {at}")?;
+            writeln!(f, "  applied: {}", escape(at))?;
         }
         if !u.builds_on.is_empty() {
-            writeln!(f, "  builds on: {}", u.builds_on.join(", "))?;
+            writeln!(f, "  builds on: {}", escape_join(&u.builds_on, ", "))?;
         }
         if !u.for_running_kernel {
             writeln!(
                 f,
                 "  target: {} build-id {} (not the running kernel)",
-                u.target.release, u.target.build_id
+                escape(&u.target.release),
+                escape(&u.target.build_id)
             )?;
         }
-        write_objects(f, &u.objects)
+        for o in &u.objects {
+            let funcs: Vec<String> = o
+                .functions
+                .iter()
+                .map(|fc| {
+                    let kind = match fc.kind {
+                        manifests::manifest::ChangeKind::Replaced => "replaced",
+                        manifests::manifest::ChangeKind::Added => "added",
+                    };
+                    let name = escape(&fc.name);
+                    if fc.sympos > 0 {
+                        format!("{name},{} ({kind})", fc.sympos)
+                    } else {
+                        format!("{name} ({kind})")
+                    }
+                })
+                .collect();
+            writeln!(f, "  {}: {}", escape(&o.name), funcs.join(", "))?;
+        }
+        Ok(())
     }
 }

@@ -6,7 +6,7 @@ use std::io::Read;
 use std::path::Path;
 
 use crate::error::{Error, Result};
-use crate::fsutil::write_atomic;
+use crate::fsutil::{write_atomic, PRIVATE_FILE, PUBLIC_FILE};
 use crate::host::Host;
 use crate::identity::Running;
 
@@ -37,7 +37,8 @@ pub fn profile(host: &Host<'_>, dir: &Path) -> Result<Vec<&'static str>> {
     if hidden {
         return Err(Error::KallsymsHidden { path: kallsyms });
     }
-    write_atomic(&dir.join("System.map"), &map)?;
+    // 0600: the addresses reveal the running kernel's KASLR offset.
+    write_atomic(&dir.join("System.map"), &map, PRIVATE_FILE)?;
     written.push("System.map");
 
     let boot_config = host.path(&format!("/boot/config-{}", running.release));
@@ -57,7 +58,7 @@ pub fn profile(host: &Host<'_>, dir: &Path) -> Result<Vec<&'static str>> {
             tried: vec![boot_config, proc_config],
         });
     };
-    write_atomic(&dir.join("config"), &config)?;
+    write_atomic(&dir.join("config"), &config, PUBLIC_FILE)?;
     written.push("config");
 
     for (name, value) in [
@@ -66,7 +67,11 @@ pub fn profile(host: &Host<'_>, dir: &Path) -> Result<Vec<&'static str>> {
         ("version", &running.version),
         ("arch", &running.arch),
     ] {
-        write_atomic(&dir.join(name), format!("{value}\n").as_bytes())?;
+        write_atomic(
+            &dir.join(name),
+            format!("{value}\n").as_bytes(),
+            PUBLIC_FILE,
+        )?;
         written.push(name);
     }
 
@@ -76,7 +81,7 @@ pub fn profile(host: &Host<'_>, dir: &Path) -> Result<Vec<&'static str>> {
     ));
     if symvers.is_file() {
         let data = crate::identity::read_bounded(&symvers, MAX_CONFIG)?;
-        write_atomic(&dir.join("Module.symvers"), &data)?;
+        write_atomic(&dir.join("Module.symvers"), &data, PUBLIC_FILE)?;
         written.push("Module.symvers");
     }
     Ok(written)

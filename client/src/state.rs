@@ -3,7 +3,8 @@
 //!
 //! Layout of the state directory (default /var/lib/ksplice):
 //! - `journal.json`: every update and its phase, rewritten atomically before
-//!   and after each step that changes the host;
+//!   and after each step that changes the host (compact JSON, format 2: what
+//!   view, status, undo and boot need of each manifest, not the manifest);
 //! - `packages/ksplice-<id>.tar.gz`: the installed package, verified again
 //!   each time it is loaded;
 //! - `work/`: packages being extracted for loading (removed afterwards);
@@ -15,20 +16,27 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io;
+use std::os::unix::fs::OpenOptionsExt;
 
-use manifests::manifest::Manifest;
+use manifests::manifest::{check_id, ChangeKind, Manifest, TargetKernel, MAX_MODULE_NAME_BYTES};
 use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 
 use crate::error::{Error, Result};
 use crate::fsutil;
 use crate::host::Host;
-use crate::livepatch::{self, interrupted, PatchState, Wait};
+use crate::livepatch::{self, interrupted, PatchState, Wait, Written};
 use crate::sys::Step;
 
-/// Journal format version.
-const JOURNAL_FORMAT: u32 = 1;
-/// A journal larger than this is not ours.
-const MAX_JOURNAL: u64 = 16 * 1024 * 1024;
+/// Journal format version: 2 keeps a summary of each manifest ([`Recorded`]);
+/// format 1 (whole manifests, pretty-printed) is still read and rewritten as 2.
+const JOURNAL_FORMAT: u32 = 2;
+/// A journal larger than this is not ours (the default of
+/// [`Host::max_journal`]); an install that would grow it past this is refused.
+pub const MAX_JOURNAL: u64 = 16 * 1024 * 1024;
+/// Room kept per entry for what grows after the install (phase names,
+/// `applied_at`, `applied_seq`), so that no later step can hit the cap.
+const GROWTH_PER_ENTRY: u64 = 256;
 
 /// Where an update is. The order follows apply (top) and undo (bottom).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -87,11 +95,111 @@ pub struct Entry {
     pub package_sha256: String,
     /// RFC 3339 UTC.
     pub installed_at: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub applied_at: Option<String>,
     /// Order of application, for `undo --all`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub applied_seq: Option<u64>,
-    /// The verified manifest, kept for `view` and dependency checks.
-    pub manifest: Manifest,
+    /// What `view`, dependency checks and boot need of the verified manifest.
+    pub manifest: Recorded,
+}
+
+/// The journal's summary of a verified manifest: no payload list, no
+/// per-function digests or sizes (a manifest may be 1 MiB; the journal keeps
+/// a fraction of it, so a few large updates cannot outgrow its cap).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Recorded {
+    pub description: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cves: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub builds_on: Vec<String>,
+    pub target: TargetKernel,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub objects: Vec<ObjectSummary>,
+    /// sha256 of the whole verified manifest (its JSON form): the installed
+    /// package must carry exactly this manifest when it is loaded.
+    pub manifest_sha256: String,
+}
+
+/// The functions an update changes in one object.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ObjectSummary {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub functions: Vec<FunctionSummary>,
+}
+
+/// One changed function.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FunctionSummary {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub sympos: u32,
+    pub kind: ChangeKind,
+}
+
+fn is_zero(v: &u32) -> bool {
+    *v == 0
+}
+
+impl From<&Manifest> for Recorded {
+    fn from(m: &Manifest) -> Self {
+        Recorded {
+            description: m.description.clone(),
+            cves: m.cves.clone(),
+            builds_on: m.builds_on.clone(),
+            target: m.target.clone(),
+            objects: m
+                .objects
+                .iter()
+                .map(|o| ObjectSummary {
+                    name: o.name.clone(),
+                    functions: o
+                        .functions
+                        .iter()
+                        .map(|f| FunctionSummary {
+                            name: f.name.clone(),
+                            sympos: f.sympos,
+                            kind: f.kind,
+                        })
+                        .collect(),
+                })
+                .collect(),
+            manifest_sha256: manifest_sha256(m),
+        }
+    }
+}
+
+/// The JSON form of a manifest is a pure function of its fields (struct
+/// order), so equal digests mean equal manifests.
+fn manifest_sha256(m: &Manifest) -> String {
+    hex::encode(Sha256::digest(serde_json::to_vec(m).unwrap_or_default()))
+}
+
+/// A manifest is the recorded one when its digest is, and so is what the
+/// journal shows of it (a summary edited behind our back does not match).
+impl PartialEq<Recorded> for Manifest {
+    fn eq(&self, r: &Recorded) -> bool {
+        let objects_match = self.objects.len() == r.objects.len()
+            && self.objects.iter().zip(&r.objects).all(|(o, s)| {
+                o.name == s.name
+                    && o.functions.len() == s.functions.len()
+                    && o.functions
+                        .iter()
+                        .zip(&s.functions)
+                        .all(|(f, g)| f.name == g.name && f.sympos == g.sympos && f.kind == g.kind)
+            });
+        self.description == r.description
+            && self.cves == r.cves
+            && self.builds_on == r.builds_on
+            && self.target == r.target
+            && objects_match
+            && manifest_sha256(self) == r.manifest_sha256
+    }
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -100,6 +208,104 @@ struct Journal {
     format: u32,
     next_seq: u64,
     updates: Vec<Entry>,
+}
+
+/// Format 1: whole manifests.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct JournalV1 {
+    #[allow(dead_code)]
+    format: u32,
+    next_seq: u64,
+    updates: Vec<EntryV1>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EntryV1 {
+    id: String,
+    module: String,
+    phase: Phase,
+    package_sha256: String,
+    installed_at: String,
+    applied_at: Option<String>,
+    applied_seq: Option<u64>,
+    manifest: Manifest,
+}
+
+impl From<JournalV1> for Journal {
+    fn from(v1: JournalV1) -> Self {
+        Journal {
+            format: JOURNAL_FORMAT,
+            next_seq: v1.next_seq,
+            updates: v1
+                .updates
+                .into_iter()
+                .map(|e| Entry {
+                    manifest: Recorded::from(&e.manifest),
+                    id: e.id,
+                    module: e.module,
+                    phase: e.phase,
+                    package_sha256: e.package_sha256,
+                    installed_at: e.installed_at,
+                    applied_at: e.applied_at,
+                    applied_seq: e.applied_seq,
+                })
+                .collect(),
+        }
+    }
+}
+
+/// Only the format number, read first so each format gets its own schema.
+#[derive(Deserialize)]
+struct FormatOnly {
+    format: u32,
+}
+
+/// Livepatch module names, as a package's manifest allows them (the
+/// manifests crate's rule): `[A-Za-z0-9_-]`, 1 to
+/// [`MAX_MODULE_NAME_BYTES`] bytes.
+pub fn check_module_name(name: &str) -> std::result::Result<(), &'static str> {
+    if name.is_empty() || name.len() > MAX_MODULE_NAME_BYTES {
+        return Err("must be 1 to 55 bytes");
+    }
+    if !name
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+    {
+        return Err("only letters, digits, '_' and '-' are allowed");
+    }
+    Ok(())
+}
+
+/// The journal is not trusted more than a package: its ids and module names
+/// become paths and delete_module arguments during recovery.
+fn validate(j: &Journal) -> std::result::Result<(), String> {
+    let mut ids = std::collections::BTreeSet::new();
+    let mut modules = std::collections::BTreeSet::new();
+    for e in &j.updates {
+        check_id(&e.id).map_err(|err| format!("update {:?}: {err}", e.id))?;
+        for base in &e.manifest.builds_on {
+            check_id(base).map_err(|err| format!("update {}: builds_on: {err}", e.id))?;
+        }
+        check_module_name(&e.module)
+            .map_err(|why| format!("update {}: module name {:?} {why}", e.id, e.module))?;
+        let hex64 = |s: &str| {
+            s.len() == 64
+                && s.bytes()
+                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        };
+        if !hex64(&e.package_sha256) || !hex64(&e.manifest.manifest_sha256) {
+            return Err(format!("update {}: malformed sha256", e.id));
+        }
+        if !ids.insert(e.id.as_str()) {
+            return Err(format!("update {} is listed twice", e.id));
+        }
+        if !modules.insert(e.module.as_str()) {
+            return Err(format!("module {} is listed twice", e.module));
+        }
+    }
+    Ok(())
 }
 
 /// The state directory, locked for this command, its journal consistent with
@@ -131,7 +337,7 @@ pub(crate) fn now_utc() -> String {
 
 fn read_journal(host: &Host<'_>) -> Result<Journal> {
     let path = host.state("journal.json");
-    let bytes = match crate::identity::read_bounded(&path, MAX_JOURNAL + 1) {
+    let bytes = match crate::identity::read_bounded(&path, host.max_journal + 1) {
         Ok(b) => b,
         Err(Error::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => {
             return Ok(Journal {
@@ -145,16 +351,24 @@ fn read_journal(host: &Host<'_>) -> Result<Journal> {
         path: path.clone(),
         reason,
     };
-    if bytes.len() as u64 > MAX_JOURNAL {
-        return Err(bad(format!("larger than {MAX_JOURNAL} bytes")));
+    if bytes.len() as u64 > host.max_journal {
+        return Err(bad(format!("larger than {} bytes", host.max_journal)));
     }
-    let j: Journal = serde_json::from_slice(&bytes).map_err(|e| bad(e.to_string()))?;
-    if j.format != JOURNAL_FORMAT {
-        return Err(bad(format!(
-            "format {} (expected {JOURNAL_FORMAT})",
-            j.format
-        )));
-    }
+    let format = serde_json::from_slice::<FormatOnly>(&bytes)
+        .map_err(|e| bad(e.to_string()))?
+        .format;
+    let j: Journal = match format {
+        1 => serde_json::from_slice::<JournalV1>(&bytes)
+            .map_err(|e| bad(e.to_string()))?
+            .into(),
+        JOURNAL_FORMAT => serde_json::from_slice(&bytes).map_err(|e| bad(e.to_string()))?,
+        other => {
+            return Err(bad(format!(
+                "format {other} (this client reads 1 and {JOURNAL_FORMAT})"
+            )))
+        }
+    };
+    validate(&j).map_err(bad)?;
     Ok(j)
 }
 
@@ -162,14 +376,19 @@ impl<'h, 's> State<'h, 's> {
     /// Lock the state directory (creating it), read the journal, and resolve
     /// whatever an interrupted command left behind.
     pub fn open(host: &'h Host<'s>) -> Result<Self> {
+        // 0700 directories, 0600 files, whatever the umask; an existing state
+        // directory another user could write to is refused.
+        fsutil::create_private_dir(&host.state_dir)?;
         for d in ["packages", "work"] {
-            fsutil::create_dir_durable(&host.state(d))?;
+            fsutil::create_private_dir(&host.state(d))?;
         }
         let lock_path = host.state("lock");
         let lock = OpenOptions::new()
             .create(true)
             .truncate(false)
             .write(true)
+            .mode(fsutil::PRIVATE_FILE)
+            .custom_flags(libc::O_NOFOLLOW)
             .open(&lock_path)
             .map_err(|e| Error::io(&lock_path, e))?;
         lock.lock().map_err(|e| Error::io(&lock_path, e))?;
@@ -187,6 +406,9 @@ impl<'h, 's> State<'h, 's> {
     /// Read the journal without locking or changing anything (for a user who
     /// may not write the state directory). In-flight phases are shown as such.
     pub fn peek(host: &'h Host<'s>) -> Result<Self> {
+        if host.state_dir.exists() {
+            fsutil::check_trusted(&host.state_dir)?;
+        }
         Ok(State {
             host,
             journal: read_journal(host)?,
@@ -210,13 +432,32 @@ impl<'h, 's> State<'h, 's> {
         &self.journal.updates[i]
     }
 
-    /// Write the journal durably, then pass the crash checkpoint.
-    pub(crate) fn commit(&mut self, what: &'static str) -> Result<()> {
-        let bytes = serde_json::to_vec_pretty(&self.journal).map_err(|e| Error::Journal {
+    fn serialize(&self) -> Result<Vec<u8>> {
+        serde_json::to_vec(&self.journal).map_err(|e| Error::Journal {
             path: self.host.state("journal.json"),
             reason: e.to_string(),
-        })?;
-        fsutil::write_atomic(&self.host.state("journal.json"), &bytes)?;
+        })
+    }
+
+    /// Write the journal durably, then pass the crash checkpoint. Never
+    /// writes a journal the next command could not read back.
+    pub(crate) fn commit(&mut self, what: &'static str) -> Result<()> {
+        let bytes = self.serialize()?;
+        if bytes.len() as u64 > self.host.max_journal {
+            return Err(Error::Journal {
+                path: self.host.state("journal.json"),
+                reason: format!(
+                    "would grow to {} bytes, over its {}-byte limit",
+                    bytes.len(),
+                    self.host.max_journal
+                ),
+            });
+        }
+        fsutil::write_atomic(
+            &self.host.state("journal.json"),
+            &bytes,
+            fsutil::PRIVATE_FILE,
+        )?;
         self.checkpoint(Step::Journaled(what))
     }
 
@@ -244,8 +485,23 @@ impl<'h, 's> State<'h, 's> {
         self.commit(phase.name())
     }
 
+    /// Add an entry (journal first). Refused, with nothing changed, when the
+    /// journal would outgrow its cap, keeping room for every entry's later
+    /// steps: a full journal must never wedge the commands that shrink it.
     pub(crate) fn push(&mut self, entry: Entry) -> Result<usize> {
+        let id = entry.id.clone();
         self.journal.updates.push(entry);
+        let size = self.serialize()?.len() as u64;
+        let needed = size + GROWTH_PER_ENTRY * self.journal.updates.len() as u64;
+        if needed > self.host.max_journal {
+            self.journal.updates.pop();
+            return Err(Error::JournalFull {
+                id,
+                path: self.host.state("journal.json"),
+                needed,
+                max: self.host.max_journal,
+            });
+        }
         self.commit("installing")?;
         Ok(self.journal.updates.len() - 1)
     }
@@ -276,10 +532,11 @@ impl<'h, 's> State<'h, 's> {
             };
             r.map_err(|err| Error::io(&p, err))?;
         }
-        // A temp copy of a package from an interrupted install.
-        if let Ok(rd) = fs::read_dir(self.host.state("packages")) {
+        // Temp files of an interrupted journal write or package copy.
+        for dir in [self.host.state_dir.clone(), self.host.state("packages")] {
+            let Ok(rd) = fs::read_dir(&dir) else { continue };
             for e in rd.flatten() {
-                if e.file_name().to_string_lossy().ends_with(".tmp") {
+                if fsutil::is_temp_name(&e.file_name().to_string_lossy()) {
                     fsutil::remove_durable(&e.path())?;
                 }
             }
@@ -315,8 +572,13 @@ impl<'h, 's> State<'h, 's> {
             }
             Phase::Installed => Ok(()),
             Phase::Applied => match kernel {
-                // Rebooted, or unloaded behind our back.
-                PatchState::Absent => self.set_phase(i, Phase::Installed),
+                // Rebooted, or disabled (and freed) or unloaded behind our
+                // back: a disabled patch's module stays loaded until
+                // delete_module, so unload it (not loaded counts as done).
+                PatchState::Absent => {
+                    livepatch::unload(self.host, &e.module)?;
+                    self.set_phase(i, Phase::Installed)
+                }
                 PatchState::Present { .. } => Ok(()),
             },
             Phase::Loading | Phase::Transitioning => match kernel {
@@ -325,7 +587,11 @@ impl<'h, 's> State<'h, 's> {
                     if e.phase == Phase::Loading {
                         self.set_phase(i, Phase::Transitioning)?;
                     }
-                    self.finish_apply(i).map(|_| ())
+                    match self.finish_apply(i) {
+                        // Reverted to installed: that resolves the entry.
+                        Err(Error::PatchVanished { .. }) => Ok(()),
+                        r => r,
+                    }
                 }
                 PatchState::Present { enabled: false, .. } => {
                     self.set_phase(i, Phase::Reverting)?;
@@ -345,8 +611,10 @@ impl<'h, 's> State<'h, 's> {
         match livepatch::wait_transition(self.host, &module)? {
             Wait::Done => {
                 if PatchState::read(self.host, &module)? == PatchState::Absent {
-                    // Loaded, then gone: nothing is applied.
-                    return self.finish_revert(i);
+                    // Loaded, then disabled and freed (by someone else):
+                    // nothing is applied, and the command must not say it is.
+                    self.finish_revert(i)?;
+                    return Err(Error::PatchVanished { module });
                 }
                 self.set_phase(i, Phase::Applied)
             }
@@ -396,6 +664,8 @@ impl<'h, 's> State<'h, 's> {
         if self.entry(i).phase == Phase::Disabling {
             if let PatchState::Present { enabled: true, .. } = PatchState::read(self.host, &module)?
             {
+                // `Gone` means the patch was disabled and freed meanwhile:
+                // the undo goes on.
                 if let Err(e) = livepatch::write_enabled(self.host, &module, false) {
                     // Refused (EBUSY while another patch transitions): nothing
                     // changed, so the update stays applied.
@@ -408,22 +678,28 @@ impl<'h, 's> State<'h, 's> {
             if livepatch::wait_transition(self.host, &module)? == Wait::Stalled {
                 let blocking = livepatch::blocking_tasks(self.host, 0);
                 // Reverse the reverse transition: the update stays applied.
-                livepatch::write_enabled(self.host, &module, true)?;
-                let outcome = match livepatch::wait_transition(self.host, &module)? {
-                    Wait::Done => {
-                        self.set_phase(i, Phase::Applied)?;
-                        "the update stays applied"
+                // Unless it finished just now and the patch is gone: then the
+                // undo succeeded after all and goes on below.
+                if livepatch::write_enabled(self.host, &module, true)? == Written::Done {
+                    let outcome = match livepatch::wait_transition(self.host, &module)? {
+                        Wait::Done if PatchState::read(self.host, &module)? != PatchState::Absent => {
+                            self.set_phase(i, Phase::Applied)?;
+                            Some("the update stays applied")
+                        }
+                        Wait::Done => None,
+                        Wait::Stalled => Some(
+                            "re-enabling is still in progress; the next ksplice command resolves it",
+                        ),
+                    };
+                    if let Some(outcome) = outcome {
+                        return Err(Error::TransitionTimeout {
+                            module,
+                            secs: self.host.timeouts.transition.as_secs(),
+                            outcome,
+                            blocking,
+                        });
                     }
-                    Wait::Stalled => {
-                        "re-enabling is still in progress; the next ksplice command resolves it"
-                    }
-                };
-                return Err(Error::TransitionTimeout {
-                    module,
-                    secs: self.host.timeouts.transition.as_secs(),
-                    outcome,
-                    blocking,
-                });
+                }
             }
             self.set_phase(i, Phase::Unloading)?;
         }

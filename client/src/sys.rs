@@ -2,8 +2,9 @@
 //! tests can replace the kernel and inject a crash at every step.
 
 use std::ffi::CString;
-use std::fs::File;
-use std::io;
+use std::fs::{File, OpenOptions};
+use std::io::{self, Write};
+use std::path::Path;
 use std::time::Duration;
 
 /// `uname(2)` fields the identity check uses.
@@ -52,6 +53,20 @@ pub trait Sys {
     fn finit_module(&self, module: &File) -> io::Result<()>;
     /// Unload a module without waiting (`delete_module(2)` with `O_NONBLOCK`).
     fn delete_module(&self, name: &str) -> io::Result<()>;
+    /// Read a livepatch sysfs attribute (`/sys/kernel/livepatch/<name>/<attr>`),
+    /// trimmed. A patch being freed answers ENODEV or ENOENT (see
+    /// [`crate::livepatch::is_gone`]); tests return those at chosen moments.
+    fn read_attr(&self, path: &Path) -> io::Result<String> {
+        crate::fsutil::read_trimmed(path)
+    }
+    /// Write a livepatch sysfs attribute. Never creates the file: a vanished
+    /// patch must answer ENOENT, not gain a regular file.
+    fn write_attr(&self, path: &Path, value: &str) -> io::Result<()> {
+        OpenOptions::new()
+            .write(true)
+            .open(path)?
+            .write_all(value.as_bytes())
+    }
     /// Wait between two polls of a livepatch transition.
     fn sleep(&self, d: Duration) {
         std::thread::sleep(d);
@@ -69,77 +84,54 @@ pub struct RealSys;
 
 impl Sys for RealSys {
     fn uname(&self) -> io::Result<Uname> {
-        raw::uname()
+        let u = rustix::system::uname();
+        let field = |c: &std::ffi::CStr| c.to_string_lossy().into_owned();
+        Ok(Uname {
+            release: field(u.release()),
+            version: field(u.version()),
+            machine: field(u.machine()),
+        })
     }
 
     fn finit_module(&self, module: &File) -> io::Result<()> {
-        raw::finit_module(module)
+        // No module parameters, no flags.
+        rustix::system::finit_module(module, c"", 0).map_err(io::Error::from)
     }
 
     fn delete_module(&self, name: &str) -> io::Result<()> {
         let name = CString::new(name).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
-        raw::delete_module(&name)
+        // O_NONBLOCK: fail with EWOULDBLOCK while the module is in use
+        // instead of waiting in the kernel; `livepatch::unload` retries.
+        rustix::system::delete_module(&name, libc::O_NONBLOCK).map_err(io::Error::from)
     }
 }
 
-#[allow(unsafe_code)]
-mod raw {
-    //! The only `unsafe` in the client: three system calls through libc.
-    use std::ffi::{CStr, CString};
-    use std::fs::File;
-    use std::io;
-    use std::os::fd::AsRawFd;
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-    use super::Uname;
-
-    pub(super) fn finit_module(module: &File) -> io::Result<()> {
-        let params = CString::default();
-        // SAFETY: the fd is open for the lifetime of `module`, `params` is a
-        // valid NUL-terminated string that outlives the call, flags are 0.
-        let rc = unsafe {
-            libc::syscall(
-                libc::SYS_finit_module,
-                module.as_raw_fd(),
-                params.as_ptr(),
-                0 as libc::c_int,
-            )
-        };
-        if rc == 0 {
-            Ok(())
-        } else {
-            Err(io::Error::last_os_error())
-        }
-    }
-
-    pub(super) fn delete_module(name: &CStr) -> io::Result<()> {
-        // SAFETY: `name` is a valid NUL-terminated string that outlives the call.
-        let rc = unsafe { libc::syscall(libc::SYS_delete_module, name.as_ptr(), libc::O_NONBLOCK) };
-        if rc == 0 {
-            Ok(())
-        } else {
-            Err(io::Error::last_os_error())
-        }
-    }
-
-    pub(super) fn uname() -> io::Result<Uname> {
-        // SAFETY: utsname is plain old data; all-zero bytes are a valid value.
-        let mut uts: libc::utsname = unsafe { std::mem::zeroed() };
-        // SAFETY: `uts` is a valid, writable utsname for the duration of the call.
-        if unsafe { libc::uname(&mut uts) } != 0 {
-            return Err(io::Error::last_os_error());
-        }
-        fn field(raw: &[libc::c_char]) -> String {
-            let bytes: Vec<u8> = raw
-                .iter()
-                .take_while(|&&c| c != 0)
-                .map(|&c| c as u8)
-                .collect();
-            String::from_utf8_lossy(&bytes).into_owned()
-        }
-        Ok(Uname {
-            release: field(&uts.release),
-            version: field(&uts.version),
-            machine: field(&uts.machine),
-        })
+    /// The rustix calls (issue 9 item 8) answer like the kernel.
+    #[test]
+    fn real_uname_and_delete_module() {
+        let u = RealSys.uname().expect("uname");
+        let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").expect("osrelease");
+        assert_eq!(u.release, release.trim());
+        assert_eq!(u.machine, std::env::consts::ARCH);
+        // No such module: ENOENT as root, EPERM otherwise, ENOSYS in a
+        // sandbox without module support; never loads anything.
+        let e = RealSys
+            .delete_module("ksplice_no_such_module_for_tests")
+            .expect_err("no such module");
+        assert!(
+            matches!(
+                e.raw_os_error(),
+                Some(libc::ENOENT) | Some(libc::EPERM) | Some(libc::ENOSYS)
+            ),
+            "{e}"
+        );
+        assert_eq!(
+            RealSys.delete_module("nul\0inside").map_err(|e| e.kind()),
+            Err(io::ErrorKind::InvalidInput)
+        );
     }
 }

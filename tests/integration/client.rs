@@ -3,6 +3,7 @@
 //! injected at every step of apply and undo.
 
 use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
 use std::fs;
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
@@ -39,11 +40,19 @@ enum Mode {
     StallUntilSignal,
     /// Disabling transitions never finish (re-enabling does).
     StallDisable,
+    /// Someone disables every patch during its enabling transition: the
+    /// reversal completes and the kernel frees the patch.
+    DisabledWhileEnabling,
 }
 
 /// A kernel made of files under the fixture root: /sys/module/<name>,
 /// /sys/kernel/livepatch/<name>/{enabled,transition}. Its state lives in the
 /// files, so a new instance after a "crash" sees what the old one left.
+///
+/// Like the real kernel, when a disable transition completes the patch is
+/// freed: its livepatch directory first answers ENODEV (the kobject is going
+/// away under open files) for `enodev_window` accesses, then disappears
+/// (ENOENT). The module stays loaded until delete_module.
 struct FakeKernel {
     root: PathBuf,
     uname: Uname,
@@ -52,6 +61,17 @@ struct FakeKernel {
     crash_at: Option<usize>,
     checkpoints: Cell<usize>,
     steps: RefCell<Vec<Step>>,
+    /// Accesses answered ENODEV after a patch is freed, before it vanishes.
+    enodev_window: usize,
+    /// Freed patches still answering ENODEV: name -> accesses left.
+    dying: RefCell<HashMap<String, usize>>,
+    /// After the next successful read of this attribute of a disabling patch,
+    /// its transition completes (a completion between two reads).
+    finish_after_read: Cell<Option<&'static str>>,
+    /// `Some(k)`: after k more writes to `enabled`, the patch's disable has
+    /// just completed (by another actor, or a stalled transition finishing
+    /// at last) and the patch is freed before the write reaches it.
+    vanish_before_write: Cell<Option<usize>>,
 }
 
 impl FakeKernel {
@@ -67,7 +87,53 @@ impl FakeKernel {
             crash_at: None,
             checkpoints: Cell::new(0),
             steps: RefCell::new(Vec::new()),
+            enodev_window: 1,
+            dying: RefCell::new(HashMap::new()),
+            finish_after_read: Cell::new(None),
+            vanish_before_write: Cell::new(None),
         }
+    }
+
+    fn name_of(dir: &Path) -> String {
+        dir.file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default()
+    }
+
+    /// A disable transition completed: the kernel frees the patch.
+    fn free(&self, dir: &Path) {
+        fs::write(dir.join("enabled"), "0\n").expect("enabled");
+        fs::write(dir.join("transition"), "0\n").expect("transition");
+        if self.enodev_window == 0 {
+            fs::remove_dir_all(dir).expect("free patch");
+        } else {
+            self.dying
+                .borrow_mut()
+                .insert(Self::name_of(dir), self.enodev_window);
+        }
+    }
+
+    /// An access to an attribute of the patch in `dir`: ENODEV while it is
+    /// being freed, then the directory is gone.
+    fn access(&self, dir: &Path) -> io::Result<()> {
+        let name = Self::name_of(dir);
+        let mut dying = self.dying.borrow_mut();
+        match dying.get_mut(&name) {
+            Some(0) => {
+                dying.remove(&name);
+                let _ = fs::remove_dir_all(dir);
+                Ok(())
+            }
+            Some(n) => {
+                *n -= 1;
+                Err(io::Error::from_raw_os_error(libc::ENODEV))
+            }
+            None => Ok(()),
+        }
+    }
+
+    fn is_dying(&self, dir: &Path) -> bool {
+        self.dying.borrow().contains_key(&Self::name_of(dir))
     }
 
     fn crashing_at(mut self, n: usize) -> Self {
@@ -147,6 +213,10 @@ impl Sys for FakeKernel {
             return Err(io::Error::from_raw_os_error(libc::ENOENT));
         }
         let dir = self.lp().join(name);
+        if self.dying.borrow_mut().remove(name).is_some() {
+            // Freed: the patch dropped its module reference.
+            fs::remove_dir_all(&dir)?;
+        }
         if dir.exists() {
             if read(&dir.join("enabled")) == "1" || read(&dir.join("transition")) == "1" {
                 return Err(io::Error::from_raw_os_error(libc::EBUSY));
@@ -159,9 +229,54 @@ impl Sys for FakeKernel {
         Ok(())
     }
 
+    fn read_attr(&self, path: &Path) -> io::Result<String> {
+        let dir = path.parent().expect("attribute in a patch directory");
+        self.access(dir)?;
+        let value = fs::read_to_string(path)?.trim().to_owned();
+        let attr = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        if self.finish_after_read.get() == Some(attr)
+            && read(&dir.join("enabled")) == "0"
+            && read(&dir.join("transition")) == "1"
+        {
+            self.finish_after_read.set(None);
+            self.free(dir);
+        }
+        Ok(value)
+    }
+
+    fn write_attr(&self, path: &Path, value: &str) -> io::Result<()> {
+        let dir = path.parent().expect("attribute in a patch directory");
+        let attr = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        if attr == "enabled" {
+            match self.vanish_before_write.get() {
+                Some(0) => {
+                    self.vanish_before_write.set(None);
+                    if dir.exists() {
+                        self.free(dir);
+                    }
+                }
+                Some(k) => self.vanish_before_write.set(Some(k - 1)),
+                None => {}
+            }
+        }
+        self.access(dir)?;
+        if !path.exists() {
+            return Err(io::Error::from_raw_os_error(libc::ENOENT));
+        }
+        if attr == "enabled" {
+            // klp's enabled_store: EINVAL for the value it already has; any
+            // other value starts a transition or reverses the running one.
+            if read(path) == value {
+                return Err(io::Error::from_raw_os_error(libc::EINVAL));
+            }
+            fs::write(dir.join("transition"), "1\n")?;
+        }
+        fs::write(path, format!("{value}\n"))
+    }
+
     fn sleep(&self, _d: Duration) {
         for dir in self.patches() {
-            if read(&dir.join("transition")) != "1" {
+            if self.is_dying(&dir) || read(&dir.join("transition")) != "1" {
                 continue;
             }
             let enabling = read(&dir.join("enabled")) == "1";
@@ -171,19 +286,16 @@ impl Sys for FakeKernel {
                 (Mode::StallDisable, false) => false,
                 _ => true,
             };
-            if finishes {
-                fs::write(dir.join("transition"), "0\n").expect("transition");
+            match (finishes, enabling) {
+                (true, true) if self.mode == Mode::DisabledWhileEnabling => self.free(&dir),
+                (true, true) => fs::write(dir.join("transition"), "0\n").expect("transition"),
+                (true, false) => self.free(&dir),
+                (false, _) => {}
             }
         }
     }
 
     fn checkpoint(&self, step: Step) -> io::Result<()> {
-        // A write to `enabled` starts (or reverses) a transition.
-        if step == Step::EnabledWritten {
-            for dir in self.patches() {
-                fs::write(dir.join("transition"), "1\n")?;
-            }
-        }
         self.steps.borrow_mut().push(step);
         let n = self.checkpoints.get();
         self.checkpoints.set(n + 1);
@@ -209,7 +321,7 @@ fn note(name: &[u8], kind: u32, desc: &[u8]) -> Vec<u8> {
 }
 
 struct Fixture {
-    _tmp: tempfile::TempDir,
+    _tmp: Option<tempfile::TempDir>,
     root: PathBuf,
     out: PathBuf,
     key: SigningKey,
@@ -218,8 +330,30 @@ struct Fixture {
 impl Fixture {
     fn new() -> Self {
         let tmp = tempfile::tempdir().expect("tempdir");
-        let root = tmp.path().join("root");
-        let out = tmp.path().join("out");
+        let fx = Self::build(tmp.path().to_owned());
+        Fixture {
+            _tmp: Some(tmp),
+            ..fx
+        }
+    }
+
+    /// A fixture already laid out under `base` by another process.
+    fn at(base: PathBuf) -> Self {
+        Fixture {
+            _tmp: None,
+            root: base.join("root"),
+            out: base.join("out"),
+            key: SigningKey::from_seed(&[7; 32]),
+        }
+    }
+
+    fn base(&self) -> PathBuf {
+        self.root.parent().expect("fixture base").to_owned()
+    }
+
+    fn build(base: PathBuf) -> Self {
+        let root = base.join("root");
+        let out = base.join("out");
         for d in [
             "proc/1/task/1",
             "proc/4242/task/4243",
@@ -254,7 +388,7 @@ impl Fixture {
         let policy = TrustPolicy::new(vec![key.public()], 1).expect("policy");
         fs::write(root.join("etc/ksplice/trust.toml"), policy.to_toml()).expect("trust");
         Fixture {
-            _tmp: tmp,
+            _tmp: None,
             root,
             out,
             key,
@@ -691,7 +825,7 @@ fn client_apply_view_status_undo() {
     assert_eq!(fx.loads(), vec!["load ksplice_fix_a"], "applied twice");
 
     let host = fx.host(&sys);
-    let (_, views) = ops::view(&host).expect("view");
+    let views = ops::view(&host).expect("view").updates;
     assert_eq!(views.len(), 1);
     assert_eq!(
         (
@@ -1083,6 +1217,8 @@ fn client_profile_writes_the_builder_layout() {
     assert_eq!(read(&dir.join("version")), VERSION);
     assert_eq!(read(&dir.join("arch")), "x86_64");
     assert!(read(&dir.join("System.map")).contains("t cmdline_proc_show"));
+    // Issue 9 item 3: the System.map reveals the KASLR offset.
+    assert_eq!(mode_of(&dir.join("System.map")), 0o600);
 
     // /boot/config-<release> wins over /proc/config.gz.
     fs::create_dir_all(fx.root.join("boot")).expect("boot");
@@ -1174,4 +1310,661 @@ fn client_swapped_installed_package_is_refused_at_boot() {
         vec!["load ksplice_fix_a"],
         "the swapped copy reached the kernel"
     );
+}
+
+// ---- the kernel frees a disabled patch (issue 9, item 1) -------------------------------------
+
+/// Apply fix-a with a kernel that frees patches instantly, for the undo tests.
+fn applied_fixture() -> Fixture {
+    let fx = Fixture::new();
+    let pkg = fx.package("fix-a", |_| {});
+    apply(&fx, &FakeKernel::new(&fx.root, Mode::Normal), &[pkg])
+        .0
+        .expect("apply");
+    fx
+}
+
+fn assert_undone(fx: &Fixture, r: Result<(), Error>, events: Vec<Event>, what: &str) {
+    r.unwrap_or_else(|e| panic!("{what}: {e} (exit {})", e.exit_code()));
+    assert_eq!(events, vec![undone("fix-a")], "{what}");
+    assert_eq!(
+        fx.loads(),
+        vec!["load ksplice_fix_a", "unload ksplice_fix_a"],
+        "{what}"
+    );
+    assert!(!fx.root.join("sys/kernel/livepatch/ksplice_fix_a").exists());
+    assert_consistent(fx);
+}
+
+/// Pins issue 9 item 1: CI's `ksplice undo` failed with `.../enabled: No such
+/// device (os error 19)`, exit 7, after the kernel logged 'unpatching
+/// complete': the freed patch's directory answers ENODEV, then ENOENT.
+#[test]
+fn client_undo_succeeds_when_the_kernel_frees_the_patch() {
+    for window in [0, 1, 3] {
+        let fx = applied_fixture();
+        let mut sys = FakeKernel::new(&fx.root, Mode::Normal);
+        sys.enodev_window = window;
+        let (r, events) = undo(&fx, &sys, Targets::Ids(vec!["fix-a".into()]));
+        assert_undone(&fx, r, events, &format!("ENODEV window {window}"));
+    }
+}
+
+/// Pins issue 9 item 1: the reverse transition completes between the read of
+/// `enabled` and the read of `transition`.
+#[test]
+fn client_patch_freed_between_two_reads_is_absent() {
+    for window in [0, 1] {
+        let fx = applied_fixture();
+        let mut sys = FakeKernel::new(&fx.root, Mode::Normal);
+        sys.enodev_window = window;
+        sys.finish_after_read.set(Some("enabled"));
+        let (r, events) = undo(&fx, &sys, Targets::Ids(vec!["fix-a".into()]));
+        assert_undone(&fx, r, events, &format!("ENODEV window {window}"));
+        assert_eq!(sys.finish_after_read.get(), None, "the race was not hit");
+    }
+}
+
+/// Pins issue 9 item 1: the patch is disabled and freed (by another actor)
+/// after undo read it enabled and before its write to `enabled`.
+#[test]
+fn client_patch_freed_before_the_disable_write_is_undone() {
+    for window in [0, 1] {
+        let fx = applied_fixture();
+        let mut sys = FakeKernel::new(&fx.root, Mode::Normal);
+        sys.enodev_window = window;
+        sys.vanish_before_write.set(Some(0));
+        let (r, events) = undo(&fx, &sys, Targets::Ids(vec!["fix-a".into()]));
+        assert_undone(&fx, r, events, &format!("ENODEV window {window}"));
+        assert!(
+            !sys.steps.borrow().contains(&Step::EnabledWritten),
+            "nothing was written"
+        );
+    }
+}
+
+/// Pins issue 9 item 1: a stalled undo gives up and writes `enabled` = 1 just
+/// as the reverse transition completes and the patch is freed: the undo
+/// succeeded, it must not be reported as a state error nor left applied.
+#[test]
+fn client_stalled_undo_completing_at_the_last_moment_is_undone() {
+    let fx = applied_fixture();
+    let sys = FakeKernel::new(&fx.root, Mode::StallDisable);
+    sys.vanish_before_write.set(Some(1));
+    let (r, events) = undo(&fx, &sys, Targets::Ids(vec!["fix-a".into()]));
+    assert_undone(&fx, r, events, "stall then completion");
+}
+
+/// Pins issue 9 item 1: recovery (run by status) of an undo interrupted right
+/// after `enabled` was written, while the kernel frees the patch.
+#[test]
+fn client_recovery_of_an_undo_sees_the_freed_patch_as_done() {
+    let fx = applied_fixture();
+    let crashing = FakeKernel::new(&fx.root, Mode::Normal).crashing_at(1);
+    let (r, _) = undo(&fx, &crashing, Targets::Ids(vec!["fix-a".into()]));
+    assert!(is_interrupted(&r), "{r:?}");
+    assert_eq!(crashing.steps.borrow().last(), Some(&Step::EnabledWritten));
+    let sys = FakeKernel::new(&fx.root, Mode::Normal);
+    sys.sleep(Duration::ZERO); // the transition completes; the patch is freed
+    let host = fx.host(&sys);
+    let status = ops::status(&host).expect("status recovers");
+    assert_eq!(status.exit_code(), exit::OK);
+    assert!(State::peek(&host).expect("peek").entries().is_empty());
+    assert_eq!(
+        fx.loads(),
+        vec!["load ksplice_fix_a", "unload ksplice_fix_a"]
+    );
+    assert_consistent(&fx);
+}
+
+// ---- file modes and ownership (issue 9, items 3 and 4) ---------------------------------------
+
+fn mode_of(p: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    fs::symlink_metadata(p)
+        .unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+        .permissions()
+        .mode()
+        & 0o7777
+}
+
+fn set_mode(p: &Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(p, fs::Permissions::from_mode(mode)).expect("chmod");
+}
+
+fn write_profile_inputs(fx: &Fixture) {
+    fs::write(fx.root.join("proc/kallsyms"), "ffffffff81000000 T _stext\n").expect("kallsyms");
+    fs::create_dir_all(fx.root.join("boot")).expect("boot");
+    fs::write(
+        fx.root.join(format!("boot/config-{RELEASE}")),
+        "CONFIG_X=y\n",
+    )
+    .expect("cfg");
+}
+
+/// Pins issue 9 item 3: `ksplice profile DIR` (as root) wrote through the
+/// fixed temp name `DIR/.System.map.tmp`: a user owning DIR planted a symlink
+/// there and had a root file overwritten.
+#[test]
+fn client_profile_does_not_write_through_planted_symlinks() {
+    let fx = Fixture::new();
+    write_profile_inputs(&fx);
+    let sys = FakeKernel::new(&fx.root, Mode::Normal);
+    let host = fx.host(&sys);
+    let dir = fx.out.join("profile");
+    fs::create_dir_all(&dir).expect("dir");
+    let victim = fx.out.join("shadow");
+    fs::write(&victim, "root:$6$secret\n").expect("victim");
+    for name in [".System.map.tmp", ".config.tmp", ".release.tmp", "arch"] {
+        std::os::unix::fs::symlink(&victim, dir.join(name)).expect("plant");
+    }
+    client::profile::profile(&host, &dir).expect("profile");
+    assert_eq!(read(&victim), "root:$6$secret");
+    assert_eq!(read(&dir.join("arch")), "x86_64");
+    assert_eq!(mode_of(&dir.join("System.map")), 0o600);
+    assert_eq!(mode_of(&dir.join("config")), 0o644);
+}
+
+/// What a run of apply under umask 0 left: every mode in the state directory.
+fn state_modes(fx: &Fixture) -> Vec<(String, u32)> {
+    let sd = fx.state_dir();
+    let mut out = vec![(".".to_owned(), mode_of(&sd))];
+    for rel in [
+        "packages",
+        "work",
+        "journal.json",
+        "lock",
+        "packages/ksplice-fix-a.tar.gz",
+    ] {
+        out.push((rel.to_owned(), mode_of(&sd.join(rel))));
+    }
+    out
+}
+
+/// Pins issue 9 item 4: the state directory and everything in it got the
+/// umask's modes (0777/0666 under umask 0). The umask is per process, so the
+/// apply runs in a child process of this test binary.
+#[test]
+fn client_state_modes_are_private_under_umask_zero() {
+    const CHILD: &str = "KSPLICE_TEST_UMASK_ROOT";
+    if let Some(dir) = std::env::var_os(CHILD) {
+        // The child: only this test runs in this process.
+        let _ = rustix::process::umask(rustix::fs::Mode::empty());
+        let fx = Fixture::at(PathBuf::from(dir));
+        let pkg = fx.package("fix-a", |_| {});
+        apply(&fx, &FakeKernel::new(&fx.root, Mode::Normal), &[pkg])
+            .0
+            .expect("apply under umask 0");
+        return;
+    }
+    let fx = Fixture::new();
+    let child = std::process::Command::new(std::env::current_exe().expect("exe"))
+        .args([
+            "--exact",
+            "client::client_state_modes_are_private_under_umask_zero",
+            "--test-threads=1",
+        ])
+        .env(CHILD, fx.base())
+        .output()
+        .expect("run child");
+    let out = String::from_utf8_lossy(&child.stdout);
+    assert!(
+        child.status.success() && out.contains("1 passed"),
+        "child test failed: {out}{}",
+        String::from_utf8_lossy(&child.stderr)
+    );
+    assert_eq!(
+        state_modes(&fx),
+        vec![
+            (".".to_owned(), 0o700),
+            ("packages".to_owned(), 0o700),
+            ("work".to_owned(), 0o700),
+            ("journal.json".to_owned(), 0o600),
+            ("lock".to_owned(), 0o600),
+            ("packages/ksplice-fix-a.tar.gz".to_owned(), 0o600),
+        ]
+    );
+}
+
+/// Pins issue 9 item 4: a pre-existing group/world-writable state directory
+/// (or trust policy directory) was used as is; now it is refused, exit 7,
+/// before anything changes.
+#[test]
+fn client_world_writable_state_or_policy_dir_is_refused() {
+    let fx = Fixture::new();
+    let pkg = fx.package("fix-a", |_| {});
+    let sys = FakeKernel::new(&fx.root, Mode::Normal);
+    fs::create_dir_all(fx.state_dir()).expect("state dir");
+    for mode in [0o777, 0o770, 0o702] {
+        set_mode(&fx.state_dir(), mode);
+        let (r, _) = apply(&fx, &sys, std::slice::from_ref(&pkg));
+        match r {
+            Err(ref e @ Error::UnsafePermissions { ref path, .. }) => {
+                assert_eq!(path, &fx.state_dir());
+                assert_eq!(e.exit_code(), exit::STATE);
+            }
+            other => panic!("mode {mode:o}: unexpected {other:?}"),
+        }
+        let host = fx.host(&sys);
+        assert!(
+            matches!(ops::status(&host), Err(Error::UnsafePermissions { .. })),
+            "status with mode {mode:o}"
+        );
+        assert!(fx.loads().is_empty());
+        assert!(!fx.state_dir().join("journal.json").exists());
+    }
+    // A state directory an older client left 0755 is narrowed to 0700.
+    set_mode(&fx.state_dir(), 0o755);
+    let host = fx.host(&sys);
+    ops::status(&host).expect("status");
+    assert_eq!(mode_of(&fx.state_dir()), 0o700);
+    set_mode(&fx.root.join("etc/ksplice"), 0o777);
+    let (r, _) = apply(&fx, &sys, std::slice::from_ref(&pkg));
+    assert!(
+        matches!(r, Err(Error::UnsafePermissions { ref path, .. }) if path == &fx.root.join("etc/ksplice")),
+        "{r:?}"
+    );
+    set_mode(&fx.root.join("etc/ksplice"), 0o755);
+    set_mode(&fx.root.join("etc/ksplice/trust.toml"), 0o666);
+    let (r, _) = apply(&fx, &sys, std::slice::from_ref(&pkg));
+    assert!(matches!(r, Err(Error::UnsafePermissions { .. })), "{r:?}");
+    set_mode(&fx.root.join("etc/ksplice/trust.toml"), 0o644);
+    apply(&fx, &sys, &[pkg])
+        .0
+        .expect("apply once the modes are safe");
+}
+
+// ---- the journal (issue 9, item 5) -----------------------------------------------------------
+
+fn journal_path(fx: &Fixture) -> PathBuf {
+    fx.state_dir().join("journal.json")
+}
+
+fn journal_json(fx: &Fixture) -> serde_json::Value {
+    serde_json::from_slice(&fs::read(journal_path(fx)).expect("journal")).expect("json")
+}
+
+/// A manifest of about `bytes` bytes of TOML: many small replaced functions,
+/// the shape that made format 1's pretty-printed copies explode.
+fn large_manifest(m: &mut Manifest, bytes: usize) {
+    let func = |i: usize| FunctionChange {
+        name: format!("f{i}"),
+        sympos: 0,
+        kind: ChangeKind::Replaced,
+        pre_sha256: Some(format!("{:064x}", i)),
+        old_size: 16,
+        new_size: 16,
+    };
+    let base = m.to_toml().expect("toml").len();
+    m.objects[0].functions = (0..1000).map(func).collect();
+    let per = (m.to_toml().expect("toml").len() - base) / 1000 + 1;
+    m.objects[0].functions = (0..(bytes - base) / per).map(func).collect();
+}
+
+/// Pins issue 9 item 5: four valid large manifests grew the format-1 journal
+/// (pretty-printed whole manifests) past the 16 MiB read cap and wedged
+/// every command with exit 7. Format 2 keeps a summary, a small fraction of
+/// format 1 (measured with manifests of 250 kB to keep the test quick; the
+/// ratio is what matters: 1 MiB manifests scale linearly).
+#[test]
+fn client_large_manifests_are_summarized_in_the_journal() {
+    let fx = Fixture::new();
+    let sys = FakeKernel::new(&fx.root, Mode::Normal);
+    let ids = ["big-a", "big-b", "big-c", "big-d"];
+    let pkgs: Vec<PathBuf> = ids
+        .iter()
+        .map(|id| fx.package(id, |m| large_manifest(m, 250_000)))
+        .collect();
+    let (r, events) = apply(&fx, &sys, &pkgs);
+    r.expect("apply four large updates");
+    assert_eq!(events.len(), 4);
+    let size = fs::metadata(journal_path(&fx)).expect("journal").len();
+    // What format 1 would have written for the same four manifests.
+    let policy = TrustPolicy::load(&fx.root.join("etc/ksplice/trust.toml")).expect("policy");
+    let manifests: Vec<serde_json::Value> = pkgs
+        .iter()
+        .map(|p| {
+            let m = ops::verify(p, &policy).expect("verify");
+            serde_json::json!({ "manifest": &*m })
+        })
+        .collect();
+    let v1 = serde_json::to_vec_pretty(&serde_json::json!({ "updates": manifests }))
+        .expect("json")
+        .len() as u64;
+    eprintln!("journal of four 250 kB manifests: format 2 {size} bytes, format 1 {v1} bytes");
+    assert!(v1 > 8 * size, "format 1 {v1} vs format 2 {size}");
+    let host = fx.host(&sys);
+    let status = ops::status(&host).expect("status after four large installs");
+    assert_eq!(status.applied, ids);
+    assert_eq!(journal_json(&fx)["format"], 2);
+    assert_consistent(&fx);
+}
+
+/// Pins issue 9 item 5: the cap is enforced before writing. An install that
+/// would outgrow it is refused with nothing changed, and the updates already
+/// there can still be undone.
+#[test]
+fn client_install_that_would_outgrow_the_journal_is_refused() {
+    let fx = Fixture::new();
+    let sys = FakeKernel::new(&fx.root, Mode::Normal);
+    let mut host = fx.host(&sys);
+    host.max_journal = 2000;
+    let mut events = Vec::new();
+    let a = fx.package("fix-a", |_| {});
+    ops::apply(&host, &[a], &mut |e| events.push(e)).expect("first fits");
+    let before = fs::read(journal_path(&fx)).expect("journal");
+    let b = fx.package("fix-b", |m| m.description = "x".repeat(1200));
+    let r = ops::apply(&host, &[b], &mut |e| events.push(e));
+    match r {
+        Err(ref e @ Error::JournalFull { ref id, max, .. }) => {
+            assert_eq!((id.as_str(), max), ("fix-b", 2000));
+            assert_eq!(e.exit_code(), exit::STATE);
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+    assert_eq!(fs::read(journal_path(&fx)).expect("journal"), before);
+    assert!(!fx
+        .state_dir()
+        .join("packages/ksplice-fix-b.tar.gz")
+        .exists());
+    assert_eq!(fx.loads(), vec!["load ksplice_fix_a"]);
+    assert_consistent(&fx);
+    ops::undo(&host, &Targets::All, &mut |e| events.push(e)).expect("undo");
+    assert_eq!(events, vec![applied("fix-a"), undone("fix-a")]);
+}
+
+/// Pins issue 9 item 5: ids and module names read back from the journal
+/// became paths and delete_module arguments unchecked during recovery (which
+/// status and view run). Every name is checked like a package's, and
+/// duplicates are refused.
+#[test]
+fn client_journal_names_are_validated_before_use() {
+    let fx = Fixture::new();
+    let sys = FakeKernel::new(&fx.root, Mode::Normal);
+    let a = fx.package("fix-a", |_| {});
+    let b = fx.package("fix-b", |_| {});
+    apply(&fx, &sys, &[a, b]).0.expect("apply");
+    let good = journal_json(&fx);
+    type Edit = fn(&mut serde_json::Value);
+    let cases: [(&str, Edit); 7] = [
+        ("id with ..", |j| {
+            j["updates"][0]["id"] = "../../etc/x".into()
+        }),
+        ("id too long", |j| {
+            j["updates"][0]["id"] = "a".repeat(49).into()
+        }),
+        ("module with /", |j| {
+            j["updates"][0]["module"] = "../../../module/x".into()
+        }),
+        ("module too long", |j| {
+            j["updates"][0]["module"] = "m".repeat(56).into()
+        }),
+        ("builds_on with /", |j| {
+            j["updates"][1]["manifest"]["builds_on"] = serde_json::json!(["a/b"])
+        }),
+        ("duplicate id", |j| j["updates"][1]["id"] = "fix-a".into()),
+        ("duplicate module", |j| {
+            j["updates"][1]["module"] = "ksplice_fix_a".into()
+        }),
+    ];
+    for (what, edit) in cases {
+        let mut j = good.clone();
+        edit(&mut j);
+        j["updates"][0]["phase"] = "unloading".into();
+        fs::write(journal_path(&fx), serde_json::to_vec(&j).expect("json")).expect("write");
+        let host = fx.host(&sys);
+        match ops::status(&host) {
+            Err(ref e @ Error::Journal { .. }) => assert_eq!(e.exit_code(), exit::STATE, "{what}"),
+            other => panic!("{what}: unexpected {other:?}"),
+        }
+        assert_eq!(
+            fx.loads(),
+            vec!["load ksplice_fix_a", "load ksplice_fix_b"],
+            "{what}: recovery acted on the journal"
+        );
+    }
+    fs::write(journal_path(&fx), serde_json::to_vec(&good).expect("json")).expect("restore");
+    let host = fx.host(&sys);
+    assert_eq!(
+        ops::status(&host).expect("status").applied,
+        ["fix-a", "fix-b"]
+    );
+}
+
+/// Pins issue 9 item 5: a format-1 journal (whole manifests) is still read,
+/// its installed packages still recognised at boot, and it is rewritten as
+/// format 2 by the next change.
+#[test]
+fn client_format_1_journal_is_read_and_upgraded() {
+    let fx = Fixture::new();
+    let sys = FakeKernel::new(&fx.root, Mode::Normal);
+    let pkg = fx.package("fix-a", |_| {});
+    apply(&fx, &sys, std::slice::from_ref(&pkg))
+        .0
+        .expect("apply");
+    let policy = TrustPolicy::load(&fx.root.join("etc/ksplice/trust.toml")).expect("policy");
+    let m = ops::verify(&pkg, &policy).expect("verify");
+    let mut j = journal_json(&fx);
+    j["format"] = 1.into();
+    let e = &mut j["updates"][0];
+    e["manifest"] = serde_json::to_value(&*m).expect("manifest");
+    fs::write(
+        journal_path(&fx),
+        serde_json::to_vec_pretty(&j).expect("json"),
+    )
+    .expect("v1");
+
+    let host = fx.host(&sys);
+    assert_eq!(ops::status(&host).expect("status").applied, ["fix-a"]);
+    fx.reboot();
+    let mut events = Vec::new();
+    ops::apply_installed(&host, &mut |e| events.push(e)).expect("boot");
+    assert_eq!(events, vec![applied("fix-a")]);
+    assert_eq!(journal_json(&fx)["format"], 2);
+    assert_consistent(&fx);
+}
+
+// ---- reconciliation with the kernel (issue 9, item 2) ----------------------------------------
+
+/// Pins issue 9 item 2: with the journal gone while ksplice patches were live
+/// (and their packages still in packages/), status said "up to date (0
+/// applied)", exit 0. It now names what the journal does not know, exit 10.
+#[test]
+fn client_missing_journal_with_live_patches_is_not_up_to_date() {
+    let fx = Fixture::new();
+    let sys = FakeKernel::new(&fx.root, Mode::Normal);
+    let a = fx.package("fix-a", |_| {});
+    let b = fx.package("fix-b", |_| {});
+    apply(&fx, &sys, &[a, b]).0.expect("apply");
+    // Another vendor's livepatch is not ours to report.
+    let other = fx.root.join("sys/kernel/livepatch/kpatch_other");
+    fs::create_dir_all(&other).expect("other");
+    fs::write(other.join("enabled"), "1\n").expect("enabled");
+    fs::write(other.join("transition"), "0\n").expect("transition");
+    fs::remove_file(journal_path(&fx)).expect("lose the journal");
+
+    let host = fx.host(&sys);
+    let status = ops::status(&host).expect("status");
+    assert_eq!(
+        status.not_in_journal,
+        ops::NotInJournal {
+            livepatches: vec!["ksplice_fix_a".into(), "ksplice_fix_b".into()],
+            packages: vec!["ksplice-fix-a.tar.gz".into(), "ksplice-fix-b.tar.gz".into()],
+        }
+    );
+    assert_eq!(status.exit_code(), exit::NOT_IN_JOURNAL);
+    assert_ne!(status.exit_code(), exit::OK);
+    assert_eq!(
+        status.to_string(),
+        "effective kernel 6.1.0-56-amd64: 2 livepatch(es) applied, not in the journal: \
+         ksplice_fix_a, ksplice_fix_b; 2 package(s) in the state directory, not in the \
+         journal: ksplice-fix-a.tar.gz, ksplice-fix-b.tar.gz"
+    );
+    let view = ops::view(&host).expect("view");
+    assert!(view.updates.is_empty());
+    assert_eq!(view.exit_code(), exit::NOT_IN_JOURNAL);
+    assert_eq!(
+        view.not_in_journal.to_string(),
+        "ksplice_fix_a: applied, not in the journal (live ksplice livepatch)\n\
+         ksplice_fix_b: applied, not in the journal (live ksplice livepatch)\n\
+         ksplice-fix-a.tar.gz: in the state directory, not in the journal\n\
+         ksplice-fix-b.tar.gz: in the state directory, not in the journal\n"
+    );
+    // With the journal intact nothing is reported beyond it.
+    let fx2 = Fixture::new();
+    let sys2 = FakeKernel::new(&fx2.root, Mode::Normal);
+    apply(&fx2, &sys2, &[fx2.package("fix-a", |_| {})])
+        .0
+        .expect("apply");
+    let status = ops::status(&fx2.host(&sys2)).expect("status");
+    assert!(status.not_in_journal.is_empty());
+    assert_eq!(status.exit_code(), exit::OK);
+}
+
+/// Pins issue 9 item 7: strings from manifests (through the journal) are
+/// escaped when view and status print them to a terminal.
+#[test]
+fn client_view_escapes_control_characters() {
+    let fx = Fixture::new();
+    let sys = FakeKernel::new(&fx.root, Mode::Normal);
+    apply(&fx, &sys, &[fx.package("fix-a", |_| {})])
+        .0
+        .expect("apply");
+    // A journal written by an older client that did not refuse these.
+    let mut j = journal_json(&fx);
+    j["updates"][0]["manifest"]["description"] = "ok\u{1b}]0;owned\u{7}\nfix-z: applied".into();
+    j["updates"][0]["manifest"]["cves"] = serde_json::json!(["CVE-2026-0001\r"]);
+    fs::write(journal_path(&fx), serde_json::to_vec(&j).expect("json")).expect("write");
+    let host = fx.host(&sys);
+    let views = ops::view(&host).expect("view").updates;
+    let text = ops::ViewText(&views[0]).to_string();
+    assert!(
+        text.contains("  description: ok\\u{1b}]0;owned\\u{7}\\nfix-z: applied\n"),
+        "{text}"
+    );
+    assert!(text.contains("  cves: CVE-2026-0001\\r\n"), "{text}");
+    assert!(
+        !text.chars().any(|c| c.is_control() && c != '\n'),
+        "{text:?}"
+    );
+}
+
+// ---- the binary (issue 9, items 6 and 7) ------------------------------------------------------
+
+/// Pins issue 9 item 7: `ksplice verify a a a | head -1` panicked on the
+/// closed pipe (exit 101). Output to a reader that went away is dropped
+/// quietly and the command's own exit code stands.
+#[test]
+fn client_binary_closed_stdout_is_quiet() {
+    let ksplice = ksplice_tests::cargo_bin("client", "ksplice");
+    let fx = Fixture::new();
+    let pkg = fx.package("fix-a", |_| {});
+    let trust = fx.root.join("etc/ksplice/trust.toml");
+    let (reader, writer) = std::io::pipe().expect("pipe");
+    drop(reader);
+    let out = std::process::Command::new(&ksplice)
+        .arg("verify")
+        .args([&pkg, &pkg, &pkg])
+        .arg("--trust")
+        .arg(&trust)
+        .stdout(writer)
+        .output()
+        .expect("run ksplice");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(exit::OK as i32), "{stderr}");
+    assert!(stderr.is_empty(), "{stderr}");
+    // The same with an error: its code, its message, no panic.
+    let (reader, writer) = std::io::pipe().expect("pipe");
+    drop(reader);
+    let out = std::process::Command::new(&ksplice)
+        .args(["verify", "/nonexistent.tar.gz", "--trust"])
+        .arg(&trust)
+        .stdout(writer)
+        .output()
+        .expect("run ksplice");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        out.status.code(),
+        Some(exit::VERIFICATION as i32),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+/// Pins issue 9 item 6: the production binary took a fake root (`--root`,
+/// KSPLICE_ROOT) while its system calls were real: a fake `notes` file
+/// passed the identity check and finit_module loaded for real. Fake roots
+/// are for the library's tests with a simulated kernel only.
+#[test]
+fn client_binary_refuses_a_fake_root() {
+    let ksplice = ksplice_tests::cargo_bin("client", "ksplice");
+    let fx = Fixture::new();
+    let out = std::process::Command::new(&ksplice)
+        .arg("status")
+        .env("KSPLICE_ROOT", &fx.root)
+        .output()
+        .expect("run ksplice");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(exit::USAGE as i32), "{stderr}");
+    assert!(stderr.contains("KSPLICE_ROOT"), "{stderr}");
+    let out = std::process::Command::new(&ksplice)
+        .arg("status")
+        .arg("--root")
+        .arg(&fx.root)
+        .output()
+        .expect("run ksplice");
+    assert_eq!(out.status.code(), Some(exit::USAGE as i32));
+    assert!(!fx.state_dir().exists());
+}
+
+/// Issue 9 item 1 (audit): a patch disabled behind the client's back is freed
+/// by the kernel while its module stays loaded; recovery unloads the module
+/// and records the update as installed, not applied.
+#[test]
+fn client_patch_disabled_behind_our_back_is_unloaded_by_recovery() {
+    let fx = applied_fixture();
+    let sys = FakeKernel::new(&fx.root, Mode::Normal);
+    // An admin's `echo 0 > enabled`, and the transition completing.
+    sys.write_attr(
+        &fx.root.join("sys/kernel/livepatch/ksplice_fix_a/enabled"),
+        "0",
+    )
+    .expect("disable");
+    sys.sleep(Duration::ZERO);
+    assert!(fx.root.join("sys/module/ksplice_fix_a").exists());
+    let host = fx.host(&sys);
+    let status = ops::status(&host).expect("status");
+    assert_eq!(status.pending, ["fix-a"]);
+    assert_eq!(status.exit_code(), exit::PENDING);
+    assert_eq!(
+        fx.loads(),
+        vec!["load ksplice_fix_a", "unload ksplice_fix_a"]
+    );
+    assert_consistent(&fx);
+}
+
+/// Issue 9 item 1 (audit): a patch disabled and freed during its enabling
+/// transition was reported "applied" (exit 0) while nothing was applied.
+#[test]
+fn client_patch_freed_while_enabling_is_not_reported_applied() {
+    let fx = Fixture::new();
+    let pkg = fx.package("fix-a", |_| {});
+    let sys = FakeKernel::new(&fx.root, Mode::DisabledWhileEnabling);
+    let (r, events) = apply(&fx, &sys, &[pkg]);
+    match r {
+        Err(ref e @ Error::PatchVanished { ref module }) => {
+            assert_eq!(module, "ksplice_fix_a");
+            assert_eq!(e.exit_code(), exit::KERNEL_REFUSED);
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+    assert!(events.is_empty(), "{events:?}");
+    assert_eq!(
+        fx.loads(),
+        vec!["load ksplice_fix_a", "unload ksplice_fix_a"]
+    );
+    assert_consistent(&fx);
+    let host = fx.host(&sys);
+    assert!(State::peek(&host).expect("peek").entries().is_empty());
 }

@@ -1,5 +1,7 @@
 //! `ksplice-apply`: the seed's name for `ksplice apply`.
 
+#![forbid(unsafe_code)]
+
 #[path = "../cli.rs"]
 mod cli;
 

@@ -1,5 +1,7 @@
 //! `ksplice-undo`: the seed's name for `ksplice undo`.
 
+#![forbid(unsafe_code)]
+
 #[path = "../cli.rs"]
 mod cli;
 

@@ -1,5 +1,7 @@
 //! `ksplice-view`: the seed's name for `ksplice view`.
 
+#![forbid(unsafe_code)]
+
 #[path = "../cli.rs"]
 mod cli;
 
