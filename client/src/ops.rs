@@ -8,6 +8,7 @@ use manifests::manifest::Manifest;
 use manifests::{Verified, VerifiedPackage};
 
 use crate::error::{Error, Result};
+use crate::fsutil;
 use crate::host::Host;
 use crate::identity::Running;
 use crate::kmsg;

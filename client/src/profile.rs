@@ -6,7 +6,9 @@ use std::io::Read;
 use std::path::Path;
 
 use crate::error::{Error, Result};
-use crate::fsutil::{write_atomic, PRIVATE_FILE, PUBLIC_FILE};
+use manifests::profile as layout;
+
+use crate::fsutil::write_atomic;
 use crate::host::Host;
 use crate::identity::Running;
 
@@ -21,6 +23,13 @@ pub fn profile(host: &Host<'_>, dir: &Path) -> Result<Vec<&'static str>> {
     let running = Running::read(host)?;
     fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     let mut written = Vec::new();
+    // Each file with the mode the layout gives it (System.map 0600: its
+    // addresses reveal the running kernel's KASLR offset).
+    let mut write = |name: &'static str, data: &[u8]| -> Result<()> {
+        write_atomic(&dir.join(name), data, layout::mode(name))?;
+        written.push(name);
+        Ok(())
+    };
 
     // System.map: /proc/kallsyms shows zero addresses to a reader without
     // CAP_SYSLOG (kptr_restrict); such a map would mislead the builder.
@@ -37,9 +46,7 @@ pub fn profile(host: &Host<'_>, dir: &Path) -> Result<Vec<&'static str>> {
     if hidden {
         return Err(Error::KallsymsHidden { path: kallsyms });
     }
-    // 0600: the addresses reveal the running kernel's KASLR offset.
-    write_atomic(&dir.join("System.map"), &map, PRIVATE_FILE)?;
-    written.push("System.map");
+    write(layout::SYSTEM_MAP, &map)?;
 
     let boot_config = host.path(&format!("/boot/config-{}", running.release));
     let proc_config = host.path("/proc/config.gz");
@@ -58,21 +65,15 @@ pub fn profile(host: &Host<'_>, dir: &Path) -> Result<Vec<&'static str>> {
             tried: vec![boot_config, proc_config],
         });
     };
-    write_atomic(&dir.join("config"), &config, PUBLIC_FILE)?;
-    written.push("config");
+    write(layout::CONFIG, &config)?;
 
     for (name, value) in [
-        ("build-id", &running.build_id),
-        ("release", &running.release),
-        ("version", &running.version),
-        ("arch", &running.arch),
+        (layout::BUILD_ID, &running.build_id),
+        (layout::RELEASE, &running.release),
+        (layout::VERSION, &running.version),
+        (layout::ARCH, &running.arch),
     ] {
-        write_atomic(
-            &dir.join(name),
-            format!("{value}\n").as_bytes(),
-            PUBLIC_FILE,
-        )?;
-        written.push(name);
+        write(name, format!("{value}\n").as_bytes())?;
     }
 
     let symvers = host.path(&format!(
@@ -81,8 +82,7 @@ pub fn profile(host: &Host<'_>, dir: &Path) -> Result<Vec<&'static str>> {
     ));
     if symvers.is_file() {
         let data = crate::identity::read_bounded(&symvers, MAX_CONFIG)?;
-        write_atomic(&dir.join("Module.symvers"), &data, PUBLIC_FILE)?;
-        written.push("Module.symvers");
+        write(layout::MODULE_SYMVERS, &data)?;
     }
     Ok(written)
 }

@@ -18,7 +18,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io;
 use std::os::unix::fs::OpenOptionsExt;
 
-use manifests::manifest::{check_id, ChangeKind, Manifest, TargetKernel, MAX_MODULE_NAME_BYTES};
+use manifests::manifest::{check_id, check_update_module_name, ChangeKind, Manifest, TargetKernel};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -262,22 +262,6 @@ struct FormatOnly {
     format: u32,
 }
 
-/// Livepatch module names, as a package's manifest allows them (the
-/// manifests crate's rule): `[A-Za-z0-9_-]`, 1 to
-/// [`MAX_MODULE_NAME_BYTES`] bytes.
-pub fn check_module_name(name: &str) -> std::result::Result<(), &'static str> {
-    if name.is_empty() || name.len() > MAX_MODULE_NAME_BYTES {
-        return Err("must be 1 to 55 bytes");
-    }
-    if !name
-        .bytes()
-        .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
-    {
-        return Err("only letters, digits, '_' and '-' are allowed");
-    }
-    Ok(())
-}
-
 /// The journal is not trusted more than a package: its ids and module names
 /// become paths and delete_module arguments during recovery.
 fn validate(j: &Journal) -> std::result::Result<(), String> {
@@ -288,8 +272,7 @@ fn validate(j: &Journal) -> std::result::Result<(), String> {
         for base in &e.manifest.builds_on {
             check_id(base).map_err(|err| format!("update {}: builds_on: {err}", e.id))?;
         }
-        check_module_name(&e.module)
-            .map_err(|why| format!("update {}: module name {:?} {why}", e.id, e.module))?;
+        check_update_module_name(&e.module).map_err(|err| format!("update {}: {err}", e.id))?;
         let hex64 = |s: &str| {
             s.len() == 64
                 && s.bytes()

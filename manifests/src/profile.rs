@@ -31,3 +31,12 @@ pub const FILES: [(&str, u32); 7] = [
     (ARCH, 0o644),
     (MODULE_SYMVERS, 0o644),
 ];
+
+/// The mode `ksplice profile` writes `name` with (0600 for anything not in
+/// [`FILES`], so an unknown file is never more readable than it should be).
+pub fn mode(name: &str) -> u32 {
+    FILES
+        .iter()
+        .find(|(n, _)| *n == name)
+        .map_or(0o600, |&(_, mode)| mode)
+}
