@@ -629,15 +629,28 @@ fn vmlinux_exports() -> std::collections::HashSet<String> {
 fn module_target_references_become_module_livepatch_relocations() {
     let ko = xfs_update();
     let r = inspect::read(ko).expect("inspect");
+    // The code's references, and the run-pre slots (one per symbol whose
+    // live value run-pre checks), both resolved by livepatch against xfs.
     let xfs_sections: Vec<_> = r
         .klp_rela_sections
         .iter()
         .filter(|s| s.name.starts_with(".klp.rela.xfs."))
         .collect();
-    assert_eq!(xfs_sections.len(), 1, "{r:?}");
+    let names: Vec<&str> = xfs_sections.iter().map(|s| s.name.as_str()).collect();
     assert_eq!(
-        xfs_sections[0].name,
-        ".klp.rela.xfs..text.ksp0_xfs_stats_format"
+        names,
+        [
+            ".klp.rela.xfs..text.ksp0_xfs_stats_format",
+            ".klp.rela.xfs..data"
+        ],
+        "{r:?}"
+    );
+    assert!(
+        xfs_sections[1]
+            .symbols
+            .iter()
+            .all(|s| s.starts_with(".klp.sym.xfs.")),
+        "{r:?}"
     );
     assert!(
         xfs_sections[0]
