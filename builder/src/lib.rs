@@ -4,7 +4,9 @@
 pub mod affected;
 pub mod checkout;
 pub mod create;
-pub mod diff;
+/// The object differ is a library of its own (`builder/diff`, like kpatch's
+/// create-diff-object is a tool of its own); re-exported under its stage name.
+pub use ksplice_diff as diff;
 pub mod error;
 pub mod identity;
 pub mod kbuild;

@@ -776,7 +776,7 @@ fn entry_sizes_match_kernel_headers() {
     let expected: Vec<u64> = order.iter().map(|n| table[n]).collect();
     assert_eq!(
         sizes, expected,
-        "entry sizes in builder/src/diff/special.rs vs the kernel headers"
+        "entry sizes in builder/diff/src/special.rs vs the kernel headers"
     );
 }
 

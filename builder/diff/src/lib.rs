@@ -2,6 +2,7 @@
 //!
 //! A pipeline of passes, each in its own module (see docs/differ.md for the contract with the
 //! module step): load → correlate → compare → notrace → include → verify → emit, plus the report.
+#![forbid(unsafe_code)]
 
 mod compare;
 mod correlate;
