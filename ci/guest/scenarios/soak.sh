@@ -1,0 +1,70 @@
+# Soak: SOAK_CYCLES cycles of two stacked updates, cmdline-string ($PKG, cmdline_proc_show)
+# and syscall ($PKG2, newuname), applied and undone while the guest is busy:
+# - a CPU-bound loop, so transitions happen with every CPU busy;
+# - a reader that reads /proc/cmdline over and over without forking (the shell's
+#   `read`), so a task is inside the patched cmdline_proc_show, or about to enter it,
+#   whenever a transition runs; every line it reads must be the old or the new text;
+# - uname(2) callers (patched newuname) racing a sethostname(2) loop, which takes the
+#   uts_sem newuname sleeps on: callers sleep inside the patched function, their
+#   stacks fail the transition's check and they are switched on their way out.
+# Every cycle is one step marker (with its duration); the kernel log must stay clean
+# (init checks it after the scenario); cycles per minute are reported as a metric.
+. /ksplice/lib.sh
+id_of() { _i=$(basename "$1" .tar.gz); echo "${_i#ksplice-}"; }
+ID1=$(id_of "$PKG")
+ID2=$(id_of "$PKG2")
+CYCLES=${SOAK_CYCLES:-50}
+ORIG=$(cat /proc/cmdline)
+
+step unchanged-before kernel_unchanged
+# The load must not outlive the scenario, whichever way it ends (a failed step exits).
+load_pids=
+trap 'kill $load_pids 2>/dev/null' EXIT
+trap 'exit 1' TERM INT
+echo "0 0" > /tmp/soak.reads
+( while :; do :; done ) &
+load_pids="$load_pids $!"
+( n=0; bad=0
+  while :; do
+	read -r line < /proc/cmdline
+	n=$((n + 1))
+	case "$line" in
+	"$ORIG" | "$ORIG kpatch=1") ;;
+	*) bad=$((bad + 1)); echo "$line" >> /tmp/soak.bad; echo "$n $bad" > /tmp/soak.reads ;;
+	esac
+	[ $((n % 20)) -eq 0 ] && echo "$n $bad" > /tmp/soak.reads
+  done ) &
+load_pids="$load_pids $!"
+( while :; do uname -s > /dev/null; done ) &
+load_pids="$load_pids $!"
+( while :; do uname -s > /dev/null; done ) &
+load_pids="$load_pids $!"
+( while :; do hostname soak; done ) &
+load_pids="$load_pids $!"
+
+uname_patched() { uname -s | grep -q '\.kpatch$'; }
+cmdline_patched() { grep -q ' kpatch=1$' /proc/cmdline; }
+cycle() {
+	ksplice apply "$PKG" && cmdline_patched &&
+		ksplice apply "$PKG2" && uname_patched &&
+		ksplice undo "$ID2" && ! uname_patched && cmdline_patched &&
+		ksplice undo "$ID1" && ! cmdline_patched && kernel_unchanged
+}
+t0=$(now)
+i=1
+while [ $i -le "$CYCLES" ]; do
+	step "cycle-$i" cycle
+	i=$((i + 1))
+done
+t1=$(now)
+kill $load_pids
+wait 2>/dev/null
+load_pids=
+read -r reads bad < /tmp/soak.reads
+echo "  reader: $reads reads of /proc/cmdline during the soak, $bad unexpected"
+[ -f /tmp/soak.bad ] && sed 's/^/  unexpected: /' /tmp/soak.bad
+expect_eq reader-saw-only-old-or-new 0 "$bad"
+rate=$(awk "BEGIN { printf \"%.2f\", $CYCLES * 60 / ($t1 - $t0) }")
+echo "@@KSPLICE scenario=$SCENARIO event=metric name=cycles-per-minute value=$rate"
+echo "@@KSPLICE scenario=$SCENARIO event=metric name=soak-seconds value=$(awk "BEGIN { printf \"%.0f\", $t1 - $t0 }")"
+step unchanged-after kernel_unchanged
