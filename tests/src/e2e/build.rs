@@ -197,6 +197,7 @@ impl<'a> Context<'a> {
                 "refused: {module}: run-pre check failed: \n{module}: run-pre: mismatch in {}+0x{off:x}: expected {expected:02x} found {running:02x}",
                 rp.func
             )),
+            extra: Vec::new(),
         })
     }
 
@@ -413,6 +414,7 @@ file = "livepatch-sample.ko"
             file: pkg.clone(),
             env: vec![("ID".into(), id.into())],
             expect: None,
+            extra: Vec::new(),
         };
         built.expect = match v {
             PackageVariant::Good => None,
