@@ -6,6 +6,8 @@ ID=${ID#ksplice-}
 xfs_patched() { grep -q kpatch /sys/fs/xfs/stats/stats; }
 xfs_original() { [ -e /sys/fs/xfs/stats/stats ] && ! grep -q kpatch /sys/fs/xfs/stats/stats; }
 step unchanged-before kernel_unchanged
+# patch-module's test loads xfs and leaves it loaded.
+if grep -q "^xfs " /proc/modules; then step unload-xfs-first modprobe -r xfs; fi
 step xfs-not-loaded sh -c '! grep -q "^xfs " /proc/modules'
 step apply-before-xfs ksplice apply "$PKG"
 step load-xfs-after modprobe xfs

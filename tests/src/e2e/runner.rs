@@ -355,11 +355,10 @@ impl Harness {
             initrd,
             serial_log: serial.clone(),
             append: String::new(),
-            timeout: Duration::from_secs(boot_timeout(plan.iter().map(|(s, _)| {
-                s.guest
-                    .as_ref()
-                    .map_or(180, scenario::guest_timeout)
-            }))),
+            timeout: Duration::from_secs(boot_timeout(
+                plan.iter()
+                    .map(|(s, _)| s.guest.as_ref().map_or(180, scenario::guest_timeout)),
+            )),
         };
         eprintln!(
             "e2e: booting {} with {} scenario(s), serial log {}",
