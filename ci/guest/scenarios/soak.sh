@@ -27,9 +27,14 @@ rm -f /tmp/soak.bad
 # The reader keeps the line as read (IFS=): the command line ends in a space.
 export RAW
 RAW=$(cat /proc/cmdline)
-nice -n 19 sh -c 'while :; do :; done' &
-load_pids="$load_pids $!"
-nice -n 19 sh -c '
+# load CMD: start CMD in the background at nice 19 (busybox has renice, not nice).
+load() {
+	sh -c "$1" &
+	load_pids="$load_pids $!"
+	renice -n 19 -p $! > /dev/null
+}
+load 'while :; do :; done'
+load '
 	n=0
 	while :; do
 		IFS= read -r line < /proc/cmdline
@@ -39,12 +44,9 @@ nice -n 19 sh -c '
 		*) echo "$line" >> /tmp/soak.bad ;;
 		esac
 		[ $((n % 20)) -eq 0 ] && echo "$n" > /tmp/soak.reads
-	done' &
-load_pids="$load_pids $!"
-nice -n 19 sh -c 'while :; do uname -s > /dev/null; done' &
-load_pids="$load_pids $!"
-nice -n 19 sh -c 'while :; do hostname soak; done' &
-load_pids="$load_pids $!"
+	done'
+load 'while :; do uname -s > /dev/null; done'
+load 'while :; do hostname soak; done'
 
 uname_patched() { uname -s | grep -q '\.kpatch$'; }
 cmdline_patched() { grep -q ' kpatch=1$' /proc/cmdline; }
