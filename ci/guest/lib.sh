@@ -85,12 +85,20 @@ kernel_unchanged() {
 
 # dmesg_clean BEFORE_FILE [ALLOW_REGEX]: no oops, warning, trace, livepatch error or other
 # KERN_ERR-or-worse message since BEFORE_FILE (written by `dmesg -r`, which keeps the levels).
+#
+# Livepatch problems are told by level, not by words: every failure message of the
+# kernel's livepatch core (kernel/livepatch/*.c, prefix "livepatch: ") is pr_err or
+# pr_warn ("failed to enable patch '%s'", "pre-patch callback failed for object '%s'",
+# "failed to apply patch '%s' to module '%s' (%d)", "forcing remaining tasks to the
+# patched state", ...), and its progress messages are pr_notice or pr_info
+# ("enabling patch '%s'", "'%s': starting patching transition", "'%s': patching
+# complete"). Those name the patch, so words in a patch name ("..._scsi_error") say nothing.
 dmesg_clean() {
 	_T=${KSPLICE_TMP:-/tmp}
 	dmesg -r > "$_T"/dmesg.after
 	_n=$(wc -l < "$1")
 	tail -n +$((_n + 1)) "$_T"/dmesg.after > "$_T"/dmesg.new
-	grep -E '^<[0-3]>|Call Trace|BUG|WARNING:|livepatch: .*([Ee]rror|[Ff]ail)' "$_T"/dmesg.new > "$_T"/dmesg.bad
+	grep -E '^<[0-3]>|Call Trace|BUG|WARNING:|^<4>(\[[^]]*\] ?)?livepatch: ' "$_T"/dmesg.new > "$_T"/dmesg.bad
 	if [ -n "$2" ]; then
 		grep -vE "$2" "$_T"/dmesg.bad > "$_T"/dmesg.bad2
 		mv "$_T"/dmesg.bad2 "$_T"/dmesg.bad

@@ -17,6 +17,8 @@ pub struct Built {
     pub env: Vec<(String, String)>,
     /// The exact refusal text the guest must see (`{PKG}` stands for the guest path of `file`).
     pub expect: Option<String>,
+    /// More files for the guest: (variable, file), e.g. ("PKG2", second package).
+    pub extra: Vec<(String, PathBuf)>,
 }
 
 /// State shared by the builds of one run (keys, trust policy, the sample module).
@@ -29,6 +31,9 @@ pub struct Context<'a> {
     trust: Option<PathBuf>,
     /// (private key path, key id) of the trusted test key and of a key nobody trusts.
     keys: Option<[(PathBuf, String); 2]>,
+    /// Packages `ksplice-create` made in this run, by patch: scenarios that share an
+    /// update (cmdline-string is in four) build it once.
+    created: std::collections::BTreeMap<PathBuf, PathBuf>,
 }
 
 impl<'a> Context<'a> {
@@ -41,6 +46,7 @@ impl<'a> Context<'a> {
             sample: None,
             trust: None,
             keys: None,
+            created: std::collections::BTreeMap::new(),
         })
     }
 
@@ -58,15 +64,10 @@ impl<'a> Context<'a> {
                 ..Built::default()
             }),
             Build::SamplePackage(v) => self.sample_package(*v, out),
-            Build::Create { patch } => {
-                let id = stem(patch).to_lowercase();
-                let branch = self.repo()?.patch_branch(&stem(patch), patch)?;
-                let pkg = self.create_git(&id, PRE, &branch, out)?;
-                Ok(Built {
-                    file: pkg,
-                    ..Built::default()
-                })
-            }
+            Build::Create { patch } => Ok(Built {
+                file: self.create_once(patch, out)?,
+                ..Built::default()
+            }),
             Build::CreateDiffext { patch } => self.create_diffext(patch, out),
             Build::Refused { patch, reason } => {
                 let id = stem(patch).to_lowercase();
@@ -89,7 +90,36 @@ impl<'a> Context<'a> {
             Build::RunPreMismatch { patch, alteration } => {
                 self.run_pre_mismatch(patch, *alteration, out)
             }
+            Build::CreateMany { patches } => {
+                let mut files = Vec::new();
+                for patch in patches {
+                    files.push(self.create_once(patch, &out.join(stem(patch)))?);
+                }
+                let mut files = files.into_iter();
+                let first = files.next().context("no patches to build")?;
+                Ok(Built {
+                    file: first,
+                    extra: files
+                        .enumerate()
+                        .map(|(i, f)| (format!("PKG{}", i + 2), f))
+                        .collect(),
+                    ..Built::default()
+                })
+            }
         }
+    }
+
+    /// [`Build::Create`]'s package for `patch`, built once per run.
+    fn create_once(&mut self, patch: &Path, out: &Path) -> Result<PathBuf> {
+        if let Some(pkg) = self.created.get(patch) {
+            return Ok(pkg.clone());
+        }
+        std::fs::create_dir_all(out)?;
+        let id = stem(patch).to_lowercase();
+        let branch = self.repo()?.patch_branch(&stem(patch), patch)?;
+        let pkg = self.create_git(&id, PRE, &branch, out)?;
+        self.created.insert(patch.to_path_buf(), pkg.clone());
+        Ok(pkg)
     }
 
     /// A package whose pre build does not match the running kernel, refused inside the kernel.
@@ -192,6 +222,7 @@ impl<'a> Context<'a> {
                     "refused: {module}: run-pre check failed: \n{module}: run-pre: relocation mismatch in {}+0x{off:x}: expected seq_pad found seq_putc+0x0/",
                     rp.func
                 )),
+                ..Built::default()
             });
         }
         let off = (0..rp.code.len())
@@ -209,6 +240,7 @@ impl<'a> Context<'a> {
                 "refused: {module}: run-pre check failed: \n{module}: run-pre: mismatch in {}+0x{off:x}: expected {expected:02x} found {running:02x}",
                 rp.func
             )),
+            extra: Vec::new(),
         })
     }
 
@@ -425,6 +457,7 @@ file = "livepatch-sample.ko"
             file: pkg.clone(),
             env: vec![("ID".into(), id.into())],
             expect: None,
+            extra: Vec::new(),
         };
         built.expect = match v {
             PackageVariant::Good => None,

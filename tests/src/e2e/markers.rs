@@ -3,6 +3,7 @@
 //! The guest init (ci/guest/init) and its helpers (ci/guest/lib.sh) print:
 //! - `@@KSPLICE scenario=S event=start t=T`
 //! - `@@KSPLICE scenario=S event=step step=NAME result=ok|fail rc=N dur=D t=T`
+//! - `@@KSPLICE scenario=S event=metric name=N value=V` (a figure the scenario measured)
 //! - `@@KSPLICE scenario=S event=end result=pass|fail rc=N t=T`
 //! - `@@KSPLICE event=done t=T` once every scenario ran
 //! - `@@KSPLICE-BLOB begin name=N`, base64 lines, `@@KSPLICE-BLOB end name=N`
@@ -36,6 +37,8 @@ pub struct GuestResult {
     pub passed: Option<bool>,
     /// Steps in order: (name, ok, seconds).
     pub steps: Vec<(String, bool, f64)>,
+    /// Figures the scenario measured (`event=metric name=N value=V`), in order.
+    pub metrics: Vec<(String, String)>,
 }
 
 impl GuestResult {
@@ -104,6 +107,10 @@ pub fn parse(text: &str) -> Log {
                 m.get("dur").and_then(|d| d.parse().ok()).unwrap_or(0.0),
             )),
             Some("end") => r.passed = Some(m.get("result").map(String::as_str) == Some("pass")),
+            Some("metric") => r.metrics.push((
+                m.get("name").cloned().unwrap_or_default(),
+                m.get("value").cloned().unwrap_or_default(),
+            )),
             _ => {}
         }
     }
@@ -121,6 +128,7 @@ mod tests {
 noise
 @@KSPLICE scenario=a event=start t=1.0\r
 @@KSPLICE scenario=a event=step step=apply result=ok rc=0 dur=0.52 t=2
+@@KSPLICE scenario=a event=metric name=cycles-per-minute value=4.20
 @@KSPLICE scenario=a event=end result=pass rc=0 t=3
 @@KSPLICE scenario=b event=start t=3
 [    3.1] some kernel line @@KSPLICE scenario=b event=end result=fail rc=1 t=4
@@ -137,6 +145,10 @@ REVG
         assert_eq!(a.passed, Some(true));
         assert_eq!(a.steps, vec![("apply".to_string(), true, 0.52)]);
         assert_eq!(a.step_secs("apply"), Some(0.52));
+        assert_eq!(
+            a.metrics,
+            vec![("cycles-per-minute".to_string(), "4.20".to_string())]
+        );
         assert_eq!(log.scenarios["b"].passed, Some(false));
         assert_eq!(log.blobs["profile"], "QUJD\nREVG\n");
         assert_eq!(log.scenarios.len(), 2);

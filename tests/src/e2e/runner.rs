@@ -130,6 +130,7 @@ impl Harness {
                         | Build::Create { .. }
                         | Build::CreateDiffext { .. }
                         | Build::RunPreMismatch { .. }
+                        | Build::CreateMany { .. }
                 )
         });
         let mut prof = None;
@@ -223,6 +224,15 @@ impl Harness {
                             },
                         );
                         r.apply_s = g.step_secs("apply");
+                        if !g.metrics.is_empty() {
+                            r.note = Some(
+                                g.metrics
+                                    .iter()
+                                    .map(|(k, v)| format!("{k} {v}"))
+                                    .collect::<Vec<_>>()
+                                    .join(", "),
+                            );
+                        }
                         r
                     }
                     None => Row::new(&s.name, Outcome::Fail(format!("did not run ({ended:?})"))),
@@ -312,6 +322,15 @@ impl Harness {
                 }
                 line.push_str(&format!(" PKG={guest_path}"));
             }
+            for (var, file) in &built.extra {
+                let dst = root.join("ksplice/pkg").join(&s.name);
+                std::fs::create_dir_all(&dst)?;
+                let name = file.file_name().context("built output has no name")?;
+                std::fs::copy(file, dst.join(name))
+                    .with_context(|| format!("copy {}", file.display()))?;
+                let guest_path = format!("/ksplice/pkg/{}/{}", s.name, name.to_string_lossy());
+                line.push_str(&format!(" {var}={guest_path}"));
+            }
             for (k, v) in g.env.iter().chain(&built.env) {
                 if v.contains(char::is_whitespace) || v.contains(['*', '?', '[']) {
                     bail!(
@@ -336,7 +355,10 @@ impl Harness {
             initrd,
             serial_log: serial.clone(),
             append: String::new(),
-            timeout: Duration::from_secs((120 + 180 * plan.len() as u64).min(1500)),
+            timeout: Duration::from_secs(boot_timeout(
+                plan.iter()
+                    .map(|(s, _)| s.guest.as_ref().map_or(180, scenario::guest_timeout)),
+            )),
         };
         eprintln!(
             "e2e: booting {} with {} scenario(s), serial log {}",
@@ -468,6 +490,15 @@ fn failed_step(g: &markers::GuestResult) -> String {
     }
 }
 
+/// The hard limit of one boot, in seconds: 120 s to boot and 180 s per scenario, at
+/// most 25 minutes, plus what scenarios with a longer guest limit (the soak) ask beyond
+/// 180 s, so a long scenario does not eat the others' time.
+fn boot_timeout(limits: impl Iterator<Item = u64>) -> u64 {
+    let limits: Vec<u64> = limits.collect();
+    let base = (120 + 180 * limits.len() as u64).min(1500);
+    base + limits.iter().map(|l| l.saturating_sub(180)).sum::<u64>()
+}
+
 /// Copies a binary without its debug info (the initramfs stays small).
 fn strip_copy(src: &Path, dst: &Path) -> Result<()> {
     let st = Command::new("objcopy")
@@ -513,5 +544,12 @@ mod tests {
             "kernel/sys.c:1299:10: fatal error: kpatch-syscall.h: No such file or directory"
         );
         assert_eq!(summary_line("a\n\nlast one\n"), "last one");
+    }
+
+    #[test]
+    fn a_long_scenario_extends_the_boot_limit() {
+        assert_eq!(boot_timeout([180, 180].into_iter()), 480);
+        assert_eq!(boot_timeout(std::iter::repeat_n(180, 30)), 1500);
+        assert_eq!(boot_timeout([180, 3120].into_iter()), 480 + 2940);
     }
 }

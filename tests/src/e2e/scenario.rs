@@ -51,6 +51,8 @@ pub enum Build {
         patch: PathBuf,
         alteration: Alteration,
     },
+    /// Several `ksplice-create` updates (as [`Build::Create`]), for the guest as PKG, PKG2, ...
+    CreateMany { patches: Vec<PathBuf> },
 }
 
 /// How the pre tree of a [`Build::RunPreMismatch`] differs from the running kernel's source.
@@ -233,7 +235,90 @@ pub fn all(patches: &Path) -> Vec<Scenario> {
             });
         }
     }
+    v.extend(behaviour_scenarios(patches));
     v
+}
+
+/// How many apply/undo cycles the soak runs (issue 9: 50). `KSPLICE_SOAK_CYCLES`
+/// overrides it for measuring one cycle; the scenario's name then says so.
+pub const SOAK_CYCLES: u32 = 50;
+
+/// Guest seconds allowed per soak cycle: one measured TCG cycle of the two stacked
+/// updates under load takes far less; the limit only stops a hung guest.
+const SOAK_SECONDS_PER_CYCLE: u32 = 60;
+
+/// Scenarios that check behaviour across updates (stacking, callbacks, a module loaded
+/// after its update, the soak); each is added when the patches it needs exist.
+fn behaviour_scenarios(patches: &Path) -> Vec<Scenario> {
+    use Piece::*;
+    let have = |names: &[&str]| names.iter().all(|n| patches.join(n).is_file());
+    let create_many = |names: &[&str]| Build::CreateMany {
+        patches: names.iter().map(|n| patches.join(n)).collect(),
+    };
+    let mut v = Vec::new();
+    if have(&["cmdline-string.patch", "stack/cmdline-stack.patch"]) {
+        v.push(Scenario {
+            name: "stack-same-function".into(),
+            needs: vec![Client, Profile, Create],
+            build: create_many(&["cmdline-string.patch", "stack/cmdline-stack.patch"]),
+            guest: guest("stack.sh", &[]),
+        });
+    }
+    if have(&["macro-callbacks.patch"]) {
+        let mut g = guest("callbacks.sh", &[]).expect("invariant: built here");
+        g.modules = vec!["joydev"];
+        v.push(Scenario {
+            name: "callbacks-order".into(),
+            needs: vec![Client, Profile, Create],
+            build: create_many(&["macro-callbacks.patch"]),
+            guest: Some(g),
+        });
+    }
+    if have(&["module.patch"]) {
+        let mut g = guest("module-after.sh", &[]).expect("invariant: built here");
+        // module.patch changes xfs; libcrc32c's soft dependency is crc32c.
+        g.modules = vec!["xfs", "crc32c_generic"];
+        v.push(Scenario {
+            name: "module-loaded-after-update".into(),
+            needs: vec![Client, Profile, Create],
+            build: create_many(&["module.patch"]),
+            guest: Some(g),
+        });
+    }
+    if have(&["cmdline-string.patch", "syscall.patch"]) {
+        let cycles = std::env::var("KSPLICE_SOAK_CYCLES")
+            .ok()
+            .and_then(|c| c.parse::<u32>().ok())
+            .filter(|&c| c > 0)
+            .unwrap_or(SOAK_CYCLES);
+        let name = if cycles == SOAK_CYCLES {
+            "soak".to_string()
+        } else {
+            format!("soak-{cycles}-cycles")
+        };
+        let mut g = guest("soak.sh", &[]).expect("invariant: built here");
+        g.env.push(("SOAK_CYCLES".into(), cycles.to_string()));
+        g.env.push((
+            "SCENARIO_TIMEOUT".into(),
+            (120 + cycles * SOAK_SECONDS_PER_CYCLE).to_string(),
+        ));
+        v.push(Scenario {
+            name,
+            needs: vec![Client, Profile, Create],
+            build: create_many(&["cmdline-string.patch", "syscall.patch"]),
+            guest: Some(g),
+        });
+    }
+    v
+}
+
+/// The guest time limit of a scenario in seconds (init's default, or its SCENARIO_TIMEOUT).
+pub fn guest_timeout(g: &Guest) -> u64 {
+    g.env
+        .iter()
+        .find(|(k, _)| k == "SCENARIO_TIMEOUT")
+        .and_then(|(_, v)| v.parse().ok())
+        .unwrap_or(180)
 }
 
 /// What `ksplice-create` must say when it refuses a `*-FAIL.patch` (see the patches' README).
@@ -288,5 +373,48 @@ mod tests {
                 "/ksplice/tests/a-LOADED.test".to_string()
             )]
         );
+    }
+
+    /// Issue 9: the behaviour scenarios (stacking, callbacks, module loaded after its
+    /// update, soak) come with the patches they need, and the soak gets its own limit.
+    #[test]
+    fn behaviour_scenarios_follow_their_patches() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("stack")).unwrap();
+        for f in [
+            "cmdline-string.patch",
+            "stack/cmdline-stack.patch",
+            "macro-callbacks.patch",
+            "module.patch",
+            "syscall.patch",
+        ] {
+            std::fs::write(dir.path().join(f), "").unwrap();
+        }
+        let all = all(dir.path());
+        let names: Vec<&str> = all.iter().map(|s| s.name.as_str()).collect();
+        for want in [
+            "stack-same-function",
+            "callbacks-order",
+            "module-loaded-after-update",
+        ] {
+            assert!(names.contains(&want), "{names:?}");
+        }
+        let soak = all.iter().find(|s| s.name.starts_with("soak")).unwrap();
+        assert_eq!(
+            soak.build,
+            Build::CreateMany {
+                patches: vec![
+                    dir.path().join("cmdline-string.patch"),
+                    dir.path().join("syscall.patch")
+                ]
+            }
+        );
+        let g = soak.guest.as_ref().unwrap();
+        assert!(guest_timeout(g) > 180);
+        let stack = all
+            .iter()
+            .find(|s| s.name == "stack-same-function")
+            .unwrap();
+        assert_eq!(guest_timeout(stack.guest.as_ref().unwrap()), 180);
     }
 }
