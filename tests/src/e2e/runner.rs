@@ -32,6 +32,10 @@ pub struct Harness {
     pub root: PathBuf,
     /// Directory of the workspace's built binaries (`target/debug`).
     pub bins: PathBuf,
+    /// Where the client staged into the guest comes from (`target/release`
+    /// when ci/e2e built it so: a debug client verifying packages under TCG
+    /// spends seconds per apply in user space).
+    pub guest_bins: PathBuf,
     /// Scratch and artifacts: `target/e2e`.
     pub work: PathBuf,
     /// The test patches (`$KSPLICE_PATCHES`, else `tests/patches`).
@@ -53,6 +57,19 @@ impl Harness {
         let root = PathBuf::from(meta.workspace_root.as_std_path());
         let target = PathBuf::from(meta.target_directory.as_std_path());
         let bins = target.join(profile);
+        let guest_bins = match std::env::var("KSPLICE_GUEST_PROFILE") {
+            Ok(p) if !p.is_empty() => {
+                let dir = target.join(p);
+                if !dir.join("ksplice").is_file() {
+                    bail!(
+                        "KSPLICE_GUEST_PROFILE: no client in {} (build it, or unset the variable)",
+                        dir.display()
+                    );
+                }
+                dir
+            }
+            _ => bins.clone(),
+        };
         let work = target.join("e2e");
         std::fs::create_dir_all(&work)?;
         // The test patches: $KSPLICE_PATCHES, else tests/patches in the workspace.
@@ -73,6 +90,7 @@ impl Harness {
             env,
             root,
             bins,
+            guest_bins,
             work,
             patches,
             pieces: BTreeSet::new(),
@@ -448,11 +466,11 @@ impl Harness {
     }
 
     fn stage_client(&self, root: &Path) -> Result<()> {
-        let main = self.bin("ksplice");
+        let main = self.guest_bins.join("ksplice");
         let dst = root.join("usr/sbin/ksplice");
         strip_copy(&main, &dst)?;
         for alias in ["ksplice-apply", "ksplice-undo", "ksplice-view"] {
-            let own = self.bin(alias);
+            let own = self.guest_bins.join(alias);
             if own.exists() {
                 strip_copy(&own, &root.join("usr/sbin").join(alias))?;
             } else {
