@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use manifests::keys::TrustPolicy;
-use manifests::manifest::Manifest;
+use manifests::manifest::{ChangeKind, Manifest};
 use manifests::{Verified, VerifiedPackage};
 
 use crate::error::{Error, Result};
@@ -725,31 +725,44 @@ impl std::fmt::Display for Summary {
         if !m.builds_on.is_empty() {
             writeln!(f, "  builds on: {}", m.builds_on.join(", "))?;
         }
-        write_objects(f, &m.objects)
+        write_objects(
+            f,
+            m.objects.iter().map(|o| {
+                let funcs = o.functions.iter();
+                (
+                    o.name.as_str(),
+                    funcs.map(|c| (c.name.as_str(), c.sympos, c.kind)).collect(),
+                )
+            }),
+        )
     }
 }
 
-fn write_objects(
+/// One line per patched object; names come from a manifest, so they are
+/// escaped for the terminal (validation refuses control characters, this is
+/// the second line of defence).
+fn write_objects<'a>(
     f: &mut std::fmt::Formatter<'_>,
-    objects: &[manifests::manifest::PatchedObject],
+    objects: impl IntoIterator<Item = (&'a str, Vec<(&'a str, u32, ChangeKind)>)>,
 ) -> std::fmt::Result {
-    for o in objects {
-        let funcs: Vec<String> = o
-            .functions
-            .iter()
-            .map(|fc| {
-                let kind = match fc.kind {
-                    manifests::manifest::ChangeKind::Replaced => "replaced",
-                    manifests::manifest::ChangeKind::Added => "added",
+    use crate::output::escape;
+    for (object, functions) in objects {
+        let funcs: Vec<String> = functions
+            .into_iter()
+            .map(|(name, sympos, kind)| {
+                let kind = match kind {
+                    ChangeKind::Replaced => "replaced",
+                    ChangeKind::Added => "added",
                 };
-                if fc.sympos > 0 {
-                    format!("{},{} ({kind})", fc.name, fc.sympos)
+                let name = escape(name);
+                if sympos > 0 {
+                    format!("{name},{sympos} ({kind})")
                 } else {
-                    format!("{} ({kind})", fc.name)
+                    format!("{name} ({kind})")
                 }
             })
             .collect();
-        writeln!(f, "  {}: {}", o.name, funcs.join(", "))?;
+        writeln!(f, "  {}: {}", escape(object), funcs.join(", "))?;
     }
     Ok(())
 }
@@ -784,25 +797,15 @@ impl std::fmt::Display for ViewText<'_> {
                 escape(&u.target.build_id)
             )?;
         }
-        for o in &u.objects {
-            let funcs: Vec<String> = o
-                .functions
-                .iter()
-                .map(|fc| {
-                    let kind = match fc.kind {
-                        manifests::manifest::ChangeKind::Replaced => "replaced",
-                        manifests::manifest::ChangeKind::Added => "added",
-                    };
-                    let name = escape(&fc.name);
-                    if fc.sympos > 0 {
-                        format!("{name},{} ({kind})", fc.sympos)
-                    } else {
-                        format!("{name} ({kind})")
-                    }
-                })
-                .collect();
-            writeln!(f, "  {}: {}", escape(&o.name), funcs.join(", "))?;
-        }
-        Ok(())
+        write_objects(
+            f,
+            u.objects.iter().map(|o| {
+                let funcs = o.functions.iter();
+                (
+                    o.name.as_str(),
+                    funcs.map(|c| (c.name.as_str(), c.sympos, c.kind)).collect(),
+                )
+            }),
+        )
     }
 }

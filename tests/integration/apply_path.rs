@@ -3,6 +3,7 @@
 //! reaches `finit_module` from a re-hashed descriptor, extraction modes are exact whatever
 //! the umask, and `ksplice verify` needs no temporary directory.
 
+use ksplice_tests::elf_note;
 use std::cell::RefCell;
 use std::ffi::OsString;
 use std::fs;
@@ -107,18 +108,6 @@ impl Sys for Kernel {
     }
 }
 
-fn note(name: &[u8], kind: u32, desc: &[u8]) -> Vec<u8> {
-    let mut v = Vec::new();
-    v.extend_from_slice(&(name.len() as u32).to_ne_bytes());
-    v.extend_from_slice(&(desc.len() as u32).to_ne_bytes());
-    v.extend_from_slice(&kind.to_ne_bytes());
-    v.extend_from_slice(name);
-    v.resize(v.len().div_ceil(4) * 4, 0);
-    v.extend_from_slice(desc);
-    v.resize(v.len().div_ceil(4) * 4, 0);
-    v
-}
-
 /// A host root with a trust policy for key 7 and the running kernel's identity.
 struct Fixture {
     _tmp: Option<tempfile::TempDir>,
@@ -151,8 +140,8 @@ impl Fixture {
                 fs::create_dir_all(root.join(d)).expect("mkdir");
             }
             fs::create_dir_all(&out).expect("mkdir");
-            let mut notes = note(b"Linux\0", 6, b"6.1.0\0");
-            notes.extend(note(b"GNU\0", 3, &BUILD_ID));
+            let mut notes = elf_note(b"Linux\0", 6, b"6.1.0\0");
+            notes.extend(elf_note(b"GNU\0", 3, &BUILD_ID));
             fs::write(root.join("sys/kernel/notes"), notes).expect("notes");
             fs::write(root.join("proc/cmdline"), "ro\n").expect("cmdline");
             fs::write(root.join("dev/kmsg"), "").expect("kmsg");

@@ -2,6 +2,7 @@
 //! identity checks, bad packages, apply/undo/boot, and recovery after a crash
 //! injected at every step of apply and undo.
 
+use ksplice_tests::elf_note;
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::fs;
@@ -308,18 +309,6 @@ impl Sys for FakeKernel {
 
 // ---- the fixture host ----------------------------------------------------------------------
 
-fn note(name: &[u8], kind: u32, desc: &[u8]) -> Vec<u8> {
-    let mut v = Vec::new();
-    v.extend_from_slice(&(name.len() as u32).to_ne_bytes());
-    v.extend_from_slice(&(desc.len() as u32).to_ne_bytes());
-    v.extend_from_slice(&kind.to_ne_bytes());
-    v.extend_from_slice(name);
-    v.resize(v.len().div_ceil(4) * 4, 0);
-    v.extend_from_slice(desc);
-    v.resize(v.len().div_ceil(4) * 4, 0);
-    v
-}
-
 struct Fixture {
     _tmp: Option<tempfile::TempDir>,
     root: PathBuf,
@@ -365,8 +354,8 @@ impl Fixture {
             fs::create_dir_all(root.join(d)).expect("mkdir");
         }
         fs::create_dir_all(&out).expect("mkdir out");
-        let mut notes = note(b"Linux\0", 6, b"6.1.0\0");
-        notes.extend(note(b"GNU\0", 3, &BUILD_ID));
+        let mut notes = elf_note(b"Linux\0", 6, b"6.1.0\0");
+        notes.extend(elf_note(b"GNU\0", 3, &BUILD_ID));
         fs::write(root.join("sys/kernel/notes"), notes).expect("notes");
         fs::write(
             root.join("proc/cmdline"),
@@ -632,7 +621,7 @@ fn client_identity_read_from_notes_and_uname() {
     );
     fs::write(
         fx.root.join("sys/kernel/notes"),
-        note(b"Linux\0", 6, b"6.1\0"),
+        elf_note(b"Linux\0", 6, b"6.1\0"),
     )
     .expect("notes");
     assert!(matches!(

@@ -42,3 +42,17 @@ pub fn cargo_bin(package: &str, name: &str) -> PathBuf {
     );
     profile_dir.join(name)
 }
+
+/// One ELF note as the kernel lays them out in `/sys/kernel/notes` (header,
+/// name and descriptor, each padded to 4 bytes), for fixture hosts.
+pub fn elf_note(name: &[u8], kind: u32, desc: &[u8]) -> Vec<u8> {
+    let mut v = Vec::new();
+    for field in [name.len() as u32, desc.len() as u32, kind] {
+        v.extend_from_slice(&field.to_ne_bytes());
+    }
+    v.extend_from_slice(name);
+    v.resize(v.len().div_ceil(4) * 4, 0);
+    v.extend_from_slice(desc);
+    v.resize(v.len().div_ceil(4) * 4, 0);
+    v
+}
