@@ -8,15 +8,15 @@ use object::{Object, ObjectSymbol};
 use rayon::prelude::*;
 use sha2::{Digest, Sha256};
 
-use crate::affected;
+use crate::checkout::affected;
 use crate::checkout::{self, Source};
 use crate::diff;
 use crate::error::{Error, Refusal, Result};
-use crate::kbuild::{self, Make, ObjectBuild};
 use crate::module;
-use crate::profile::{Profile, ProfileInputs};
 use crate::summary::{ObjectSummary, Summary};
-use crate::symbols::{self, Symvers, SystemMap};
+use crate::target::profile::{Profile, ProfileInputs};
+use crate::target::symbols::{self, Symvers, SystemMap};
+use crate::tree::kbuild::{self, Make, ObjectBuild};
 use crate::tree::Trees;
 
 /// Where the host-local signing key and trust policy live (contracts.md D).
@@ -513,7 +513,7 @@ fn diff_one(
     // Offline run-pre: each replaced function's pre code must be in the image.
     if let (Ok(diff::Outcome::Patch { report, .. }), Some(image)) = (&outcome, &profile.image) {
         if job.target == "vmlinux" {
-            let (fixed, refusals) = crate::runpre::check(report, map, image);
+            let (fixed, refusals) = crate::target::runpre::check(report, map, image);
             if !refusals.is_empty() {
                 let mut report = report.clone();
                 report.refusals.extend(refusals);
@@ -530,7 +530,7 @@ fn diff_one(
     }
     // Value-check only the relocations whose symbols the kernel can resolve.
     if let Ok(diff::Outcome::Patch { report, .. }) = &mut outcome {
-        crate::runpre::prune(report, map);
+        crate::target::runpre::prune(report, map);
     }
     Ok(Diffed {
         job: job.clone(),

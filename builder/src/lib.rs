@@ -1,18 +1,20 @@
 //! The ksplice builder: from two kernel versions to a signed live update.
+//!
+//! The modules follow the pipeline's stages (docs/builder.md "Pipeline"):
+//! `checkout` (git2 / patch / diffext → changes and the objects they reach),
+//! `tree` (prepared pre and post trees, kbuild compiling single objects),
+//! `diff` (the object differ, a crate of its own), `module` (the update
+//! module), and `create`, which runs them in order and packages the result;
+//! `target` is what the build knows of the kernel it builds for.
 #![forbid(unsafe_code)]
 
-pub mod affected;
 pub mod checkout;
 pub mod create;
 /// The object differ is a library of its own (`builder/diff`, like kpatch's
 /// create-diff-object is a tool of its own); re-exported under its stage name.
 pub use ksplice_diff as diff;
 pub mod error;
-pub mod identity;
-pub mod kbuild;
 pub mod module;
-pub mod profile;
-pub mod runpre;
 pub mod summary;
-pub mod symbols;
+pub mod target;
 pub mod tree;

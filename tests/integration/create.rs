@@ -14,8 +14,8 @@ use anyhow::{bail, Context, Result};
 use builder::checkout::{GitPost, Source};
 use builder::create::{create, Options};
 use builder::error::Error;
-use builder::profile::ProfileInputs;
 use builder::summary::Summary;
+use builder::target::ProfileInputs;
 use ksplice_tests::e2e::env::KernelEnv;
 
 fn repo_root() -> PathBuf {

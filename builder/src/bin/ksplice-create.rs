@@ -9,8 +9,8 @@ use clap::Parser;
 
 use builder::checkout::{GitPost, Source};
 use builder::create::{self, Options};
-use builder::profile::ProfileInputs;
 use builder::summary::Summary;
+use builder::target::ProfileInputs;
 
 /// Build a signed live update package (ksplice-<id>.tar.gz) for a running kernel.
 ///

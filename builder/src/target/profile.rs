@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use manifests::profile as layout;
 
 use crate::error::{Error, Result};
-use crate::identity::TargetImage;
+use crate::target::identity::TargetImage;
 
 /// Where the target's description may come from (options win over SRC files).
 #[derive(Debug, Default, Clone)]

@@ -8,8 +8,8 @@
 use std::collections::HashMap;
 
 use crate::diff::{self, RelocKind, RunPreReloc};
-use crate::identity::TargetImage;
-use crate::symbols::{MapSymbol, SystemMap};
+use crate::target::identity::TargetImage;
+use crate::target::symbols::{MapSymbol, SystemMap};
 
 /// Per-cpu symbols sit at small offsets, which KASLR does not move (kallsyms
 /// lists them absolute): anything below the kernel's half of the address

@@ -356,7 +356,7 @@ pub fn dir_disabled(tree: &Path, dir: &str, config: &str) -> Option<String> {
                 "y" | "m" => enabled = true,
                 s => match s.strip_prefix("$(").and_then(|s| s.strip_suffix(')')) {
                     Some(var) if var.starts_with("CONFIG_") && !var.contains(['(', ' ', ',']) => {
-                        match crate::profile::config_value(config, var).as_deref() {
+                        match crate::target::profile::config_value(config, var).as_deref() {
                             Some("y" | "m") => enabled = true,
                             _ => {
                                 off = format!(

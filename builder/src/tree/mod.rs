@@ -14,6 +14,8 @@
 //! `tools/` (objtool's build outputs), `.missing-syscalls.d`, or the outputs of
 //! the objects it builds: those are unlinked before anything writes them.
 
+pub(crate) mod kbuild;
+
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -22,7 +24,7 @@ use sha2::{Digest, Sha256};
 
 use crate::checkout::{self, Change, PreSource};
 use crate::error::{Error, Result};
-use crate::kbuild::{self, Make};
+use kbuild::Make;
 
 /// Bump when the layout or the prepare recipe changes: old trees are not reused.
 const RECIPE: &str = "ksplice-tree-1";

@@ -1,5 +1,7 @@
 //! Where the pre and post sources come from: SRC + FILE.EXT, SRC + patch, or two git refs (git2).
 
+pub(crate) mod affected;
+
 use std::collections::BTreeMap;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
@@ -226,7 +228,7 @@ pub fn materialize(pre: &PreSource, dest: &Path) -> Result<()> {
                 cmd.arg(format!("--exclude=/{e}"));
             }
             cmd.arg(format!("{}/", path.display())).arg(dest);
-            crate::kbuild::run(&mut cmd, path)
+            crate::tree::kbuild::run(&mut cmd, path)
         }
         PreSource::GitTree { repo, commit } => {
             let r = git2::Repository::open(repo)
