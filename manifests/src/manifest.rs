@@ -610,10 +610,19 @@ mod tests {
 
     #[test]
     fn ids_are_checked() {
-        for ok in ["a", "0", "cve-2024_1", &"a".repeat(48)] {
+        for ok in ["a", "0", "cve-2024_1", &"a".repeat(MAX_ID_BYTES)] {
             check_id(ok).expect(ok);
         }
-        for bad in ["", "-a", "_a", "A", "a/b", "a.b", "a b", &"a".repeat(49)] {
+        for bad in [
+            "",
+            "-a",
+            "_a",
+            "A",
+            "a/b",
+            "a.b",
+            "a b",
+            &"a".repeat(MAX_ID_BYTES + 1),
+        ] {
             assert!(
                 matches!(check_id(bad), Err(Error::InvalidId { .. })),
                 "{bad:?}"
