@@ -481,35 +481,34 @@ file = "livepatch-sample.ko"
     }
 }
 
-/// Flips one byte in the middle of payload `file`, keeping manifest, signature and entry order.
+/// Flips one byte in the middle of payload `file` inside the archive itself, so that every
+/// header stays exactly as `ksplice-build pack` wrote it (the reader refuses any other tar
+/// header) and only the payload's digest can catch the change.
 fn corrupt_payload(pkg: &Path, file: &str) -> Result<()> {
-    let dir = pkg.with_extension("unpacked");
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir)?;
-    let list = run(Command::new("tar").arg("-tzf").arg(pkg))?;
-    run(Command::new("tar").arg("-C").arg(&dir).arg("-xzf").arg(pkg))?;
-    let target = dir.join(file);
-    let mut bytes = std::fs::read(&target)?;
-    let mid = bytes.len() / 2;
-    bytes[mid] ^= 0xff;
-    std::fs::write(&target, bytes)?;
-    let tarball = pkg.with_file_name("corrupted.tar");
-    run(Command::new("tar")
-        .args(["--format=ustar", "--owner=0", "--group=0", "-cf"])
-        .arg(&tarball)
-        .arg("-C")
-        .arg(&dir)
-        .args(list.lines()))?;
-    run(Command::new("gzip").args(["-n", "-f"]).arg(&tarball))?;
-    // ksplice reads only its canonical gzip header (mtime 0, XFL 0, OS 255); gzip -n differs in
-    // XFL and OS, which the CRC does not cover. The corruption must be in the payload, not here.
-    let mut gz = std::fs::read(pkg.with_file_name("corrupted.tar.gz"))?;
-    if gz.len() < 10 {
-        bail!("gzip wrote a truncated stream");
-    }
-    gz[8] = 0;
-    gz[9] = 0xff;
-    std::fs::write(pkg, gz)?;
+    use std::io::{Read, Write};
+    let mut tar = Vec::new();
+    flate2::read::GzDecoder::new(std::fs::File::open(pkg)?).read_to_end(&mut tar)?;
+    let mut at = 0;
+    let data = loop {
+        let header = tar
+            .get(at..at + 512)
+            .with_context(|| format!("{file} is not in {}", pkg.display()))?;
+        let name_end = header[..100].iter().position(|&b| b == 0).unwrap_or(100);
+        let size_field = std::str::from_utf8(&header[124..136])?.trim_matches(['\0', ' ']);
+        let size = usize::from_str_radix(size_field, 8)
+            .with_context(|| format!("tar size field {size_field:?}"))?;
+        if &header[..name_end] == file.as_bytes() {
+            break at + 512..at + 512 + size;
+        }
+        at += 512 + size.div_ceil(512) * 512;
+    };
+    tar[data.start + data.len() / 2] ^= 0xff;
+    // The header ksplice reads is the canonical one (mtime 0, XFL 0, OS 255).
+    let mut gz = flate2::GzBuilder::new()
+        .operating_system(0xff)
+        .write(Vec::new(), flate2::Compression::default());
+    gz.write_all(&tar)?;
+    std::fs::write(pkg, gz.finish()?)?;
     Ok(())
 }
 
