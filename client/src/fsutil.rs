@@ -21,8 +21,7 @@ pub const PUBLIC_FILE: u32 = 0o644;
 /// the next command removes any a crash left behind.
 pub const TMP_SUFFIX: &str = ".tmp";
 
-/// Whether a directory entry is a temporary file of [`write_atomic`] or
-/// [`copy_atomic`].
+/// Whether a directory entry is a temporary file of [`write_atomic`].
 pub fn is_temp_name(name: &str) -> bool {
     name.starts_with('.') && name.ends_with(TMP_SUFFIX)
 }
@@ -79,15 +78,6 @@ fn persist(tmp: NamedTempFile, dest: &Path) -> Result<()> {
 pub fn write_atomic(dest: &Path, data: &[u8], mode: u32) -> Result<()> {
     let mut tmp = temp_beside(dest, mode)?;
     tmp.write_all(data).map_err(|e| Error::io(tmp.path(), e))?;
-    persist(tmp, dest)
-}
-
-/// Copy `src` to `dest` atomically and durably; the copy is private
-/// ([`PRIVATE_FILE`]: it goes into the state directory).
-pub fn copy_atomic(src: &Path, dest: &Path) -> Result<()> {
-    let mut from = File::open(src).map_err(|e| Error::io(src, e))?;
-    let mut tmp = temp_beside(dest, PRIVATE_FILE)?;
-    io::copy(&mut from, &mut tmp).map_err(|e| Error::io(tmp.path(), e))?;
     persist(tmp, dest)
 }
 

@@ -184,7 +184,8 @@ fn apply_one(
                 applied_seq: None,
                 manifest: (&**m).into(),
             })?;
-            pkgfile::install(&host.package_path(&id), &bytes)?;
+            // The verified bytes themselves, never the path again.
+            fsutil::write_atomic(&host.package_path(&id), &bytes, fsutil::PRIVATE_FILE)?;
             state.checkpoint(Step::StateFile("package installed"))?;
             state.set_phase(i, Phase::Installed)?;
             (i, true)
