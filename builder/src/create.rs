@@ -293,6 +293,7 @@ pub fn create(opts: &Options, summary: &mut Summary) -> Result<PathBuf> {
             created: now_rfc3339(),
             builder_version: env!("CARGO_PKG_VERSION").to_string(),
             builds_on: Vec::new(),
+            stream: None,
             target: manifests::TargetKernel {
                 release: profile.release.clone(),
                 version: profile.version.clone(),

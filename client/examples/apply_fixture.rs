@@ -84,6 +84,7 @@ fn make(dir: &Path, mib: usize) -> anyhow::Result<()> {
         created: "2026-11-27T21:38:41Z".into(),
         builder_version: "0.1.0".into(),
         builds_on: vec![],
+        stream: None,
         target: TargetKernel {
             release: "6.1.0-56-amd64".into(),
             version: "#1 SMP PREEMPT_DYNAMIC Debian 6.1.192-2".into(),

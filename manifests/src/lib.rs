@@ -4,6 +4,7 @@
 //! - [`keys`]: ed25519 keys, key ids and the [`TrustPolicy`];
 //! - [`signature`]: `manifest.sig` and signature checking;
 //! - [`package`]: the `ksplice-<id>.tar.gz` archive, written signed and read verified;
+//! - [`fleet`]: what a TUF repository target says about its package (waves, streams);
 //! - [`Verified`]: the proof type only verification produces.
 //!
 //! File formats, caps and errors are described in docs/package-format.md.
@@ -13,6 +14,7 @@
 mod entry_name;
 pub mod error;
 pub mod file;
+pub mod fleet;
 pub mod keys;
 pub mod manifest;
 pub mod package;
@@ -25,8 +27,8 @@ pub use entry_name::MAX_PATH_BYTES;
 pub use error::{Error, Result};
 pub use keys::{KeyId, PublicKey, SigningKey, TrustPolicy};
 pub use manifest::{
-    ChangeKind, FunctionChange, Manifest, ModuleInfo, PatchedObject, PayloadFile, TargetKernel,
-    FORMAT,
+    ChangeKind, FunctionChange, Manifest, ModuleInfo, PatchedObject, PayloadFile, Stream,
+    TargetKernel, FORMAT,
 };
 pub use package::{
     open_package, open_package_bytes, read_package_file, verify_package, verify_package_bytes,

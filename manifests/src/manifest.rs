@@ -33,6 +33,11 @@ pub struct Manifest {
     /// and may not be undone while this one is applied.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub builds_on: Vec<String>,
+    /// Present on a cumulative update: its place in the stream of updates for
+    /// its kernel build. The module is loaded with the livepatch `replace` flag
+    /// and supersedes every earlier level in one transition.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stream: Option<Stream>,
     /// The exact kernel the update was built for.
     pub target: TargetKernel,
     /// The live-update kernel module carried in the package.
@@ -57,6 +62,23 @@ pub struct TargetKernel {
     pub arch: String,
     /// Lowercase hex of the vmlinux GNU build-id note.
     pub build_id: String,
+}
+
+/// A cumulative update's place in its stream (docs/fleet.md, "Streams").
+///
+/// A stream is the series of cumulative updates for one kernel build
+/// (`target.build_id`); level N contains every fix of levels 1..N, so it
+/// replaces any lower level of the same stream atomically.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Stream {
+    /// Stream name: same rules as an update id (e.g. `main`).
+    pub name: String,
+    /// 1-based level; higher levels contain the fixes of all lower ones.
+    pub level: u32,
+    /// Ids of the updates this level supersedes (normally the earlier levels).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub replaces: Vec<String>,
 }
 
 /// The update module: its file in the package and its livepatch name.
@@ -120,6 +142,46 @@ pub struct PayloadFile {
 }
 
 // ---- parsing and validation ------------------------------------------------------------------
+
+impl Stream {
+    /// The stream rules: a valid name, level ≥ 1, `replaces` valid distinct ids
+    /// other than the update itself; a cumulative update builds on nothing (it
+    /// carries its earlier levels' fixes itself).
+    pub fn validate(&self, id: &str, builds_on: &[String]) -> Result<()> {
+        check_id(&self.name).map_err(|_| {
+            invalid(
+                "stream.name",
+                &self.name,
+                "must be 1-47 bytes of [a-z0-9_-], starting with a letter or digit",
+            )
+        })?;
+        if self.level == 0 {
+            return Err(invalid("stream.level", "0", "levels start at 1"));
+        }
+        let mut seen = BTreeSet::new();
+        for r in &self.replaces {
+            check_id(r)?;
+            if r == id {
+                return Err(invalid(
+                    "stream.replaces",
+                    r,
+                    "an update cannot replace itself",
+                ));
+            }
+            if !seen.insert(r.as_str()) {
+                return Err(invalid("stream.replaces", r, "listed twice"));
+            }
+        }
+        if let Some(base) = builds_on.first() {
+            return Err(invalid(
+                "builds_on",
+                base,
+                "a cumulative (stream) update cannot build on another update",
+            ));
+        }
+        Ok(())
+    }
+}
 
 /// Longest kernel module name: `MODULE_NAME_LEN` is 64 - sizeof(unsigned long)
 /// = 56 including the NUL, and livepatch parses object names with `%55[^.]`.
@@ -199,6 +261,9 @@ impl Manifest {
         check_id(&self.id)?;
         for id in &self.builds_on {
             check_id(id)?;
+        }
+        if let Some(stream) = &self.stream {
+            stream.validate(&self.id, &self.builds_on)?;
         }
         let utc = time::format_description::well_known::Rfc3339;
         if !self.created.ends_with('Z') || time::OffsetDateTime::parse(&self.created, &utc).is_err()
@@ -289,6 +354,15 @@ impl Manifest {
         ];
         fields.extend(self.cves.iter().map(|c| ("cves", c.as_str())));
         fields.extend(self.builds_on.iter().map(|b| ("builds_on", b.as_str())));
+        if let Some(stream) = &self.stream {
+            fields.push(("stream.name", &stream.name));
+            fields.extend(
+                stream
+                    .replaces
+                    .iter()
+                    .map(|r| ("stream.replaces", r.as_str())),
+            );
+        }
         for object in &self.objects {
             fields.push(("objects.name", &object.name));
             for function in &object.functions {
@@ -536,6 +610,7 @@ pub fn example(id: &str) -> Manifest {
         created: "2026-11-27T21:38:41Z".to_owned(),
         builder_version: "0.1.0".to_owned(),
         builds_on: Vec::new(),
+        stream: None,
         target: TargetKernel {
             release: "6.1.0-56-amd64".to_owned(),
             version: "#1 SMP PREEMPT_DYNAMIC Debian 6.1.192-2 (2026-01-01)".to_owned(),

@@ -407,6 +407,7 @@ impl Fixture {
             created: "2026-11-27T21:38:41Z".into(),
             builder_version: "0.1.0".into(),
             builds_on: vec![],
+            stream: None,
             target: TargetKernel {
                 release: RELEASE.into(),
                 version: VERSION.into(),
