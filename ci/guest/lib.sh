@@ -125,3 +125,14 @@ cleanup_livepatches() {
 	done
 	return 1
 }
+
+# net_up: bring up the NIC a fleet scenario gets (QEMU user-mode networking with
+# restrict=on: the only reachable address is the host's loopback mirror, $MIRROR).
+# Idempotent, so several fleet scenarios can share one boot.
+net_up() {
+	grep -q '^e1000 ' /proc/modules || modprobe e1000 || return 1
+	wait_for 30 '[ -e /sys/class/net/eth0 ]' || return 1
+	ip link set lo up
+	ip link set eth0 up
+	ip -4 addr show dev eth0 | grep -q 10.0.2.15/ || ip addr add 10.0.2.15/24 dev eth0
+}

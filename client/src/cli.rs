@@ -14,7 +14,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 use client::ops::{self, Event, Targets};
 use client::output::escape;
-use client::{exit, Host, RealSys};
+use client::{boot, exit, Host, RealSys};
 
 /// Rebootless kernel updates: verify, apply, undo and show them on this host.
 #[derive(Debug, Parser)]
@@ -51,7 +51,13 @@ enum Command {
         /// Re-apply the installed updates built for the running kernel (boot).
         #[arg(long)]
         installed: bool,
+        /// With --installed: the boot unit's run, with crash-loop protection
+        /// (mark this boot; hold if an earlier boot was never confirmed).
+        #[arg(long, requires = "installed")]
+        boot: bool,
     },
+    /// The boot proved itself: clear the boot-attempt marker (run by a timer).
+    ConfirmBoot,
     /// Reverse applied updates and remove them from the host.
     Undo {
         #[arg(
@@ -194,6 +200,35 @@ fn print_event(e: Event) {
     say(&format!("{}\n", escape(&e.to_string())));
 }
 
+/// Crash-loop protection around `apply --installed` (client/src/boot.rs).
+/// `Some(code)` ends the command without re-applying.
+fn boot_gate(host: &Host<'_>, boot_unit: bool) -> client::Result<Option<u8>> {
+    // The kill switch comes first: apply_installed reports it, nothing is marked.
+    if host.disabled_on_cmdline() {
+        return Ok(None);
+    }
+    if !boot_unit {
+        // By hand: the administrator decides; a hold is released, and this
+        // boot is marked like any other that re-applies.
+        if let Some(h) = boot::release(host)? {
+            say(&format!("released: {h}\n"));
+        }
+        return Ok(None);
+    }
+    // Nothing installed, nothing to protect against (and no marker that an
+    // idle host would have to confirm).
+    if client::state::State::peek(host)?.entries().is_empty() {
+        return Ok(None);
+    }
+    match boot::gate(host)? {
+        boot::Gate::Proceed => Ok(None),
+        boot::Gate::Held(h) => {
+            say_err(&format!("ksplice: {h}"));
+            Ok(Some(exit::HELD))
+        }
+    }
+}
+
 fn run(host: &Host<'_>, command: Command) -> client::Result<u8> {
     match command {
         Command::Verify { packages } => {
@@ -211,8 +246,12 @@ fn run(host: &Host<'_>, command: Command) -> client::Result<u8> {
         Command::Apply {
             packages,
             installed,
+            boot,
         } => {
             if installed {
+                if let Some(code) = boot_gate(host, boot)? {
+                    return Ok(code);
+                }
                 ops::apply_installed(host, &mut print_event)?;
             } else {
                 ops::apply(host, &packages, &mut print_event)?;
@@ -269,6 +308,20 @@ fn run(host: &Host<'_>, command: Command) -> client::Result<u8> {
                 say(&format!("{}\n", escape(&s.to_string())));
             }
             Ok(s.exit_code())
+        }
+        Command::ConfirmBoot => {
+            match client::boot::confirm(host)? {
+                boot::Confirmed::Confirmed(a) => say(&format!(
+                    "boot {} confirmed (updates re-applied at {})\n",
+                    a.boot_id, a.since
+                )),
+                boot::Confirmed::Nothing => say("nothing to confirm\n"),
+                boot::Confirmed::OtherBoot(a) => say(&format!(
+                    "the marker is boot {}'s, not this boot's: left for the next boot to hold\n",
+                    a.boot_id
+                )),
+            }
+            Ok(exit::OK)
         }
         Command::Profile { dir } => {
             let files = client::profile::profile(host, &dir)?;

@@ -31,6 +31,9 @@ pub mod exit {
     /// `status` and `view`: live ksplice livepatches or installed packages
     /// that the journal does not know (it was lost or replaced).
     pub const NOT_IN_JOURNAL: u8 = 10;
+    /// `apply --installed --boot`: automatic re-apply is held because an
+    /// earlier boot that re-applied updates was never confirmed.
+    pub const HELD: u8 = 13;
 }
 
 /// Everything the client can refuse or fail at.
@@ -139,6 +142,8 @@ pub enum Error {
     },
     #[error("journal {path} is unreadable: {reason}")]
     Journal { path: PathBuf, reason: String },
+    #[error("boot marker {path}: {reason}")]
+    BootMarker { path: PathBuf, reason: String },
     #[error("interrupted at {step}")]
     Interrupted { step: String },
 }
@@ -179,6 +184,7 @@ impl Error {
             | Error::BadNotes { .. }
             | Error::Io { .. }
             | Error::Journal { .. }
+            | Error::BootMarker { .. }
             | Error::UnsafePermissions { .. }
             | Error::JournalFull { .. }
             | Error::Interrupted { .. } => exit::STATE,

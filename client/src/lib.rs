@@ -6,6 +6,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod boot;
 pub mod error;
 pub mod fsutil;
 pub mod host;

@@ -19,6 +19,9 @@ pub struct Built {
     pub expect: Option<String>,
     /// More files for the guest: (variable, file), e.g. ("PKG2", second package).
     pub extra: Vec<(String, PathBuf)>,
+    /// A directory the host serves to the guest over HTTP during the boot
+    /// (a TUF repository for the fleet scenarios); the guest finds it at `$MIRROR`.
+    pub serve: Option<PathBuf>,
 }
 
 /// State shared by the builds of one run (keys, trust policy, the sample module).
@@ -240,7 +243,7 @@ impl<'a> Context<'a> {
                 "refused: {module}: run-pre check failed: \n{module}: run-pre: mismatch in {}+0x{off:x}: expected {expected:02x} found {running:02x}",
                 rp.func
             )),
-            extra: Vec::new(),
+            ..Built::default()
         })
     }
 
@@ -456,8 +459,7 @@ file = "livepatch-sample.ko"
         let mut built = Built {
             file: pkg.clone(),
             env: vec![("ID".into(), id.into())],
-            expect: None,
-            extra: Vec::new(),
+            ..Built::default()
         };
         built.expect = match v {
             PackageVariant::Good => None,

@@ -15,7 +15,14 @@ pub struct Boot {
     /// Extra kernel command line words after the console set-up.
     pub append: String,
     pub timeout: Duration,
+    /// When set, the guest gets one NIC on QEMU user-mode networking with
+    /// `restrict=on` (no route out) and a single `guestfwd` rule: TCP to
+    /// [`MIRROR_ADDR`] port 80 reaches this port on the host's 127.0.0.1.
+    pub mirror_port: Option<u16>,
 }
+
+/// The guest's address of the host's loopback mirror (`guestfwd`).
+pub const MIRROR_ADDR: &str = "10.0.2.100";
 
 /// How a boot ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -27,6 +34,22 @@ pub enum Ended {
 }
 
 impl Boot {
+    /// The network options: none at all, or restricted user-mode networking
+    /// whose only reachable address forwards to the loopback mirror.
+    fn net_args(&self) -> Vec<String> {
+        match self.mirror_port {
+            None => vec!["-nic".into(), "none".into()],
+            Some(port) => vec![
+                "-netdev".into(),
+                format!(
+                    "user,id=n0,restrict=on,guestfwd=tcp:{MIRROR_ADDR}:80-tcp:127.0.0.1:{port}"
+                ),
+                "-device".into(),
+                "e1000,netdev=n0,romfile=".into(),
+            ],
+        }
+    }
+
     /// Runs QEMU to completion, calling `on_line` for every serial line as it arrives.
     pub fn run(&self, mut on_line: impl FnMut(&str)) -> Result<(Ended, Duration)> {
         // KVM hangs on this machine; TCG with `-cpu max` boots Debian's kernel in ~10 s.
@@ -36,7 +59,7 @@ impl Boot {
         let mut child = Command::new("qemu-system-x86_64")
             .args(["-accel", "tcg", "-cpu", "max", "-m", "2G", "-smp", "2"])
             .args(["-nographic", "-no-reboot", "-monitor", "none"])
-            .args(["-nic", "none"])
+            .args(self.net_args())
             .arg("-kernel")
             .arg(&self.kernel)
             .arg("-initrd")

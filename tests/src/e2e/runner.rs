@@ -6,12 +6,15 @@ use super::markers::{self, Log};
 use super::qemu::{self, Boot, Ended};
 use super::report::{Outcome, Row};
 use super::scenario::{self, Build, Piece, Scenario};
-use super::{build, cpio, profile};
+use super::{build, cpio, profile, serve};
 use anyhow::{bail, Context, Result};
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
+
+/// The guest NIC driver for fleet scenarios (QEMU's e1000; a module in Debian's config).
+const NIC_MODULE: &str = "e1000";
 
 /// Which serial lines the harness echoes while the guest runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -321,6 +324,7 @@ impl Harness {
         self.stage_base(&root, trust)?;
         let mut modules = Vec::new();
         let mut plan_text = String::new();
+        let www = dir.join("www");
         for (s, built) in plan {
             let g = s
                 .guest
@@ -349,6 +353,13 @@ impl Harness {
                 let guest_path = format!("/ksplice/pkg/{}/{}", s.name, name.to_string_lossy());
                 line.push_str(&format!(" {var}={guest_path}"));
             }
+            if let Some(served) = &built.serve {
+                std::fs::create_dir_all(&www)?;
+                std::os::unix::fs::symlink(std::fs::canonicalize(served)?, www.join(&s.name))
+                    .with_context(|| format!("serve {}", served.display()))?;
+                line.push_str(&format!(" MIRROR=http://{}/{}", qemu::MIRROR_ADDR, s.name));
+                modules.push(NIC_MODULE);
+            }
             for (k, v) in g.env.iter().chain(&built.env) {
                 if v.contains(char::is_whitespace) || v.contains(['*', '?', '[']) {
                     bail!(
@@ -368,11 +379,20 @@ impl Harness {
         let initrd = dir.join("initrd.cpio");
         cpio::write_tree(&root, &initrd)?;
         let serial = dir.join("serial.log");
+        // Kept alive until the boot ends; the guest reaches it only through guestfwd.
+        let mirror = if www.exists() {
+            let m = serve::Mirror::start(&www, &dir.join("mirror.log"))?;
+            eprintln!("e2e: serving {} on 127.0.0.1:{}", www.display(), m.port);
+            Some(m)
+        } else {
+            None
+        };
         let b = Boot {
             kernel: self.env.vmlinuz.clone(),
             initrd,
             serial_log: serial.clone(),
             append: String::new(),
+            mirror_port: mirror.as_ref().map(|m| m.port),
             timeout: Duration::from_secs(boot_timeout(
                 plan.iter()
                     .map(|(s, _)| s.guest.as_ref().map_or(180, scenario::guest_timeout)),
