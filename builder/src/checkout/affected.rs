@@ -396,7 +396,7 @@ fn is_included_c(tree: &Path, c: &str) -> bool {
             .map(|b| {
                 scan_includes(&b)
                     .iter()
-                    .any(|i| i.name.ends_with(name.as_ref()))
+                    .any(|i| i.name.ends_with(&*name))
             })
             .unwrap_or(false)
     })
