@@ -157,7 +157,9 @@ impl Expires {
                 value: item.clone(),
                 reason,
             };
-            let (role, duration) = item.split_once('=').ok_or_else(|| bad("want ROLE=DURATION"))?;
+            let (role, duration) = item
+                .split_once('=')
+                .ok_or_else(|| bad("want ROLE=DURATION"))?;
             let role = Role::parse(role)
                 .ok_or_else(|| bad("ROLE is root, targets, snapshot or timestamp"))?;
             Lifetime::parse(duration)?;
@@ -298,11 +300,21 @@ impl Config {
         }
         let mut names = BTreeSet::new();
         for t in &self.targets {
-            t.ksplice.validate().map_err(|e| format!("{}: {e}", t.name))?;
+            t.ksplice
+                .validate()
+                .map_err(|e| format!("{}: {e}", t.name))?;
             if t.name != t.ksplice.target_name() {
-                return Err(format!("{}: name does not match id {}", t.name, t.ksplice.id));
+                return Err(format!(
+                    "{}: name does not match id {}",
+                    t.name, t.ksplice.id
+                ));
             }
-            if t.sha256.len() != 64 || !t.sha256.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+            if t.sha256.len() != 64
+                || !t
+                    .sha256
+                    .bytes()
+                    .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+            {
                 return Err(format!("{}: sha256 is not 64 lowercase hex digits", t.name));
             }
             if !names.insert(t.name.as_str()) {

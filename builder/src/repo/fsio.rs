@@ -106,11 +106,12 @@ impl Lock {
                     }
                 }
             })?;
-        rustix::fs::flock(&file, rustix::fs::FlockOperation::LockExclusive)
-            .map_err(|e| Error::Io {
+        rustix::fs::flock(&file, rustix::fs::FlockOperation::LockExclusive).map_err(|e| {
+            Error::Io {
                 path: path.clone(),
                 source: e.into(),
-            })?;
+            }
+        })?;
         Ok(Lock { _file: file })
     }
 }

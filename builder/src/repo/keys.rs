@@ -107,7 +107,11 @@ impl KeySource for KeyFile {
     }
 
     async fn write(&self, _value: &str, _key_id_hex: &str) -> std::result::Result<(), KeyError> {
-        Err(format!("{}: ksplice-build never rewrites key files", self.path.display()).into())
+        Err(format!(
+            "{}: ksplice-build never rewrites key files",
+            self.path.display()
+        )
+        .into())
     }
 }
 
@@ -115,12 +119,11 @@ impl KeySource for KeyFile {
 /// tough signs with) to `path`, mode 0600; never replaces an existing file.
 pub fn generate(path: &Path) -> Result<KeyFile> {
     let rng = aws_lc_rs::rand::SystemRandom::new();
-    let der = aws_lc_rs::signature::Ed25519KeyPair::generate_pkcs8(&rng).map_err(|_| {
-        Error::Key {
+    let der =
+        aws_lc_rs::signature::Ed25519KeyPair::generate_pkcs8(&rng).map_err(|_| Error::Key {
             path: path.to_owned(),
             reason: "generating an ed25519 key failed".into(),
-        }
-    })?;
+        })?;
     if path.symlink_metadata().is_ok() {
         return Err(Error::Key {
             path: path.to_owned(),

@@ -108,7 +108,10 @@ fn versions(metadata: &Path, role: &str) -> Result<Vec<u64>> {
         let entry = entry.map_err(Error::io(metadata))?;
         let name = entry.file_name();
         let Some(name) = name.to_str() else { continue };
-        if let Some(n) = name.strip_suffix(&suffix).and_then(|n| n.parse::<u64>().ok()) {
+        if let Some(n) = name
+            .strip_suffix(&suffix)
+            .and_then(|n| n.parse::<u64>().ok())
+        {
             found.push(n);
         }
     }

@@ -28,7 +28,7 @@ use std::path::{Path, PathBuf};
 
 use manifests::fleet::{self, TargetInfo};
 use time::OffsetDateTime;
-use tough::schema::{Hashes, Root, RoleKeys, Target, Targets};
+use tough::schema::{Hashes, RoleKeys, Root, Target, Targets};
 use tough::TargetName;
 
 use config::{Config, Expires, Role, RoleConfig, Roles, StagedTarget, CONFIG_FILE};
@@ -74,7 +74,11 @@ pub struct Published {
 pub fn init(dir: &Path, opts: &InitOptions) -> Result<Published> {
     let layout = Layout::new(dir);
     // 1. Refuse before anything is written.
-    for path in [dir.join(CONFIG_FILE), layout.public.clone(), layout.keys.clone()] {
+    for path in [
+        dir.join(CONFIG_FILE),
+        layout.public.clone(),
+        layout.keys.clone(),
+    ] {
         if path.symlink_metadata().is_ok() {
             return Err(Error::AlreadyInitialized { path });
         }
@@ -136,9 +140,8 @@ pub fn init(dir: &Path, opts: &InitOptions) -> Result<Published> {
             key_files,
         });
     }
-    let [root_cfg, targets_cfg, snapshot_cfg, timestamp_cfg]: [RoleConfig; 4] = roles
-        .try_into()
-        .expect("invariant: four roles were pushed");
+    let [root_cfg, targets_cfg, snapshot_cfg, timestamp_cfg]: [RoleConfig; 4] =
+        roles.try_into().expect("invariant: four roles were pushed");
     let config = Config {
         format: config::CONFIG_FORMAT,
         expires,
@@ -245,7 +248,8 @@ pub fn add(
             Some(spec) => fleet::parse_waves(spec, published).map_err(info_err)?,
             None => Vec::new(),
         };
-        let info = TargetInfo::from_manifest(m, &opts.channel, published, waves).map_err(info_err)?;
+        let info =
+            TargetInfo::from_manifest(m, &opts.channel, published, waves).map_err(info_err)?;
         let name = info.target_name();
         TargetName::new(name.as_str()).map_err(Error::tuf(format!("target name {name}")))?;
         let staged = StagedTarget {
@@ -254,10 +258,7 @@ pub fn add(
             length: bytes.len() as u64,
             ksplice: info,
         };
-        if offered
-            .insert(m.id.clone(), (staged, bytes))
-            .is_some()
-        {
+        if offered.insert(m.id.clone(), (staged, bytes)).is_some() {
             return Err(Error::DuplicateId { id: m.id.clone() });
         }
     }
@@ -375,9 +376,19 @@ fn publish_with(
         metadata::check_keys(&root, Role::Targets, &targets_keys, "--targets-key")?;
     }
     let snapshot_keys = role_keys(layout, config, Role::Snapshot)?;
-    metadata::check_keys(&root, Role::Snapshot, &snapshot_keys, "--snapshot-key at init or rotate-key")?;
+    metadata::check_keys(
+        &root,
+        Role::Snapshot,
+        &snapshot_keys,
+        "--snapshot-key at init or rotate-key",
+    )?;
     let timestamp_keys = role_keys(layout, config, Role::Timestamp)?;
-    metadata::check_keys(&root, Role::Timestamp, &timestamp_keys, "--timestamp-key at init or rotate-key")?;
+    metadata::check_keys(
+        &root,
+        Role::Timestamp,
+        &timestamp_keys,
+        "--timestamp-key at init or rotate-key",
+    )?;
 
     // 2. Sign: targets (if needed), the snapshot naming it, the timestamp naming that.
     let snapshot_version = metadata::next(current.max_snapshot);
@@ -419,7 +430,10 @@ fn publish_with(
     let mut targets_version = None;
     if let Some(t) = &targets {
         let v = t.signed().signed.version;
-        write_public(&layout.metadata.join(format!("{v}.targets.json")), t.buffer())?;
+        write_public(
+            &layout.metadata.join(format!("{v}.targets.json")),
+            t.buffer(),
+        )?;
         targets_version = Some(v.get());
     }
     write_public(
@@ -508,7 +522,10 @@ pub fn rotate_key(dir: &Path, opts: &RotateOptions) -> Result<u64> {
             Ok::<_, Error>((both, new_paths))
         } else {
             let new_paths: Vec<PathBuf> = new_keys.iter().map(|k| k.path().to_owned()).collect();
-            Ok((metadata::sign(root.clone(), &root, old_keys).await?, new_paths))
+            Ok((
+                metadata::sign(root.clone(), &root, old_keys).await?,
+                new_paths,
+            ))
         }
     })??;
     let (signed, new_paths) = signed;
