@@ -109,15 +109,17 @@ impl Fx {
 fn load(
     repo: &Path,
     enforcement: ExpirationEnforcement,
-) -> tough::error::Result<tough::Repository> {
+) -> Result<tough::Repository, Box<tough::error::Error>> {
     let root = fs::read(repo.join("public/metadata/1.root.json")).expect("1.root.json");
     let url = |d: &str| Url::from_directory_path(repo.join("public").join(d)).expect("file url");
-    runtime().block_on(
-        RepositoryLoader::new(&root, url("metadata"), url("targets"))
-            .transport(FilesystemTransport)
-            .expiration_enforcement(enforcement)
-            .load(),
-    )
+    runtime()
+        .block_on(
+            RepositoryLoader::new(&root, url("metadata"), url("targets"))
+                .transport(FilesystemTransport)
+                .expiration_enforcement(enforcement)
+                .load(),
+        )
+        .map_err(Box::new)
 }
 
 fn load_ok(repo: &Path) -> tough::Repository {
@@ -693,7 +695,7 @@ fn repo_short_timestamp_expiry_gives_an_expired_repository() {
     while time::OffsetDateTime::now_utc() <= expires {
         std::thread::sleep(std::time::Duration::from_millis(250));
     }
-    match load(&repo, ExpirationEnforcement::Safe) {
+    match load(&repo, ExpirationEnforcement::Safe).map_err(|e| *e) {
         Err(tough::error::Error::ExpiredMetadata { role, .. }) => {
             assert_eq!(role, tough::schema::RoleType::Timestamp)
         }

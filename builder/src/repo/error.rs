@@ -121,8 +121,9 @@ pub enum Error {
     #[error("{what}: {source}")]
     Tuf {
         what: String,
+        /// Boxed: tough's errors carry backtraces and are large.
         #[source]
-        source: tough::error::Error,
+        source: Box<tough::error::Error>,
     },
 
     /// tough's verifier refused metadata this command just signed.
@@ -130,15 +131,7 @@ pub enum Error {
     Verify {
         what: String,
         #[source]
-        source: tough::schema::Error,
-    },
-
-    /// tough's key source failed.
-    #[error("{path}: {source}")]
-    KeySource {
-        path: PathBuf,
-        #[source]
-        source: KeyError,
+        source: Box<tough::schema::Error>,
     },
 }
 
@@ -152,7 +145,10 @@ impl Error {
     /// Attach a description to a tough error.
     pub(crate) fn tuf(what: impl Into<String>) -> impl FnOnce(tough::error::Error) -> Error {
         let what = what.into();
-        move |source| Error::Tuf { what, source }
+        move |source| Error::Tuf {
+            what,
+            source: Box::new(source),
+        }
     }
 
     /// 1: I/O, runtime, unreadable metadata or tough failures; 2: refused input
@@ -163,10 +159,33 @@ impl Error {
             | Error::Runtime(_)
             | Error::Metadata { .. }
             | Error::Tuf { .. }
-            | Error::KeySource { .. }
             | Error::Verify { .. }
             | Error::Config { .. } => 1,
             _ => 2,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refusals_exit_2_and_failures_exit_1() {
+        let conflict = Error::Conflict {
+            id: "fix-1".into(),
+            existing: "a".into(),
+            offered: "b".into(),
+        };
+        assert_eq!(conflict.exit_code(), 2);
+        let missing = Error::MissingKeys {
+            role: "targets",
+            have: 0,
+            threshold: 1,
+            hint: "--targets-key",
+        };
+        assert_eq!(missing.exit_code(), 2);
+        let io = Error::io("/x")(std::io::Error::other("disk"));
+        assert_eq!(io.exit_code(), 1);
     }
 }

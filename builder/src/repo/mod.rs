@@ -533,12 +533,12 @@ pub fn rotate_key(dir: &Path, opts: &RotateOptions) -> Result<u64> {
         .verify_role(signed.signed())
         .map_err(|source| Error::Verify {
             what: "the new root under the old root's keys".into(),
-            source,
+            source: Box::new(source),
         })?;
     root.verify_role(signed.signed())
         .map_err(|source| Error::Verify {
             what: "the new root under its own keys".into(),
-            source,
+            source: Box::new(source),
         })?;
     write_public(
         &layout.metadata.join(format!("{new_version}.root.json")),
