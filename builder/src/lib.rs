@@ -5,7 +5,8 @@
 //! `tree` (prepared pre and post trees, kbuild compiling single objects),
 //! `diff` (the object differ, a crate of its own), `module` (the update
 //! module), and `create`, which runs them in order and packages the result;
-//! `target` is what the build knows of the kernel it builds for.
+//! `target` is what the build knows of the kernel it builds for. `repo` is the
+//! publishing end: a TUF repository of packages for mirrors (docs/fleet.md).
 #![forbid(unsafe_code)]
 
 pub mod checkout;
@@ -15,6 +16,7 @@ pub mod create;
 pub use ksplice_diff as diff;
 pub mod error;
 pub mod module;
+pub mod repo;
 pub mod summary;
 pub mod target;
 pub mod tree;

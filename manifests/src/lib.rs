@@ -31,8 +31,8 @@ pub use manifest::{
     TargetKernel, FORMAT,
 };
 pub use package::{
-    open_package, open_package_bytes, read_package_file, verify_package, verify_package_bytes,
-    write_package, OpenedPackage, VerifiedPackage,
+    inspect_package_bytes, open_package, open_package_bytes, read_package_file, verify_package,
+    verify_package_bytes, write_package, InspectedPackage, OpenedPackage, VerifiedPackage,
 };
 pub use signature::{sign_manifest, verify_manifest, MANIFEST_DOMAIN};
 pub use verified::Verified;

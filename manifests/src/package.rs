@@ -22,9 +22,9 @@ use sha2::{Digest, Sha256};
 use crate::entry_name::{EntryName, NameProblem};
 use crate::error::{Error, Result};
 use crate::file;
-use crate::keys::{SigningKey, TrustPolicy};
+use crate::keys::{KeyId, SigningKey, TrustPolicy};
 use crate::manifest::{Manifest, PayloadFile};
-use crate::signature::{sign_manifest, verify_manifest};
+use crate::signature::{parse_signature_file, sign_manifest, verify_manifest};
 use crate::ustar;
 use crate::verified::Verified;
 
@@ -235,7 +235,48 @@ pub fn read_package_from(mut opened: fs::File, path: &Path) -> Result<Vec<u8>> {
 /// Verifies package bytes without writing anything: signatures, manifest, archive
 /// structure, and the length and sha256 of every payload file (streamed).
 pub fn verify_package_bytes(bytes: &[u8], policy: &TrustPolicy) -> Result<VerifiedPackage> {
-    read_package(bytes, policy, &mut Sink::Discard)
+    let read = read_package(bytes, verifier(policy), &mut Sink::Discard)?;
+    Ok(VerifiedPackage {
+        manifest: read.manifest,
+        manifest_bytes: read.manifest_bytes,
+        signature_bytes: read.signature_bytes,
+    })
+}
+
+/// A package checked by everything but its signers' keys: what a repository that
+/// publishes packages (docs/fleet.md) knows without the hosts' trust policies.
+#[derive(Debug)]
+pub struct InspectedPackage {
+    /// The valid, but NOT signature-verified, manifest: never install from it.
+    pub manifest: Manifest,
+    /// The key ids `manifest.sig` names (their signatures are not checked).
+    pub signer_ids: Vec<KeyId>,
+}
+
+/// Reads package bytes as [`verify_package_bytes`] does — caps, gzip and archive
+/// structure, a well-formed `manifest.sig` with at least one signature, a valid
+/// manifest, every payload file's length and sha256 — except that the signatures
+/// are not checked against any trust policy: hosts do that.
+pub fn inspect_package_bytes(bytes: &[u8]) -> Result<InspectedPackage> {
+    let read = read_package(
+        bytes,
+        |manifest_bytes, signature_bytes| {
+            // Parsing refuses a file without any signature line.
+            let lines = parse_signature_file(signature_bytes)?;
+            let manifest = Manifest::from_signed_bytes(manifest_bytes)?;
+            Ok(InspectedPackage {
+                manifest,
+                signer_ids: lines.into_iter().map(|l| l.key_id).collect(),
+            })
+        },
+        &mut Sink::Discard,
+    )?;
+    Ok(read.manifest)
+}
+
+/// The signature step of [`read_package`] for hosts: the trust policy decides.
+fn verifier(policy: &TrustPolicy) -> impl FnOnce(&[u8], &[u8]) -> Result<Verified<Manifest>> + '_ {
+    move |manifest_bytes, signature_bytes| verify_manifest(manifest_bytes, signature_bytes, policy)
 }
 
 /// Verifies package bytes and extracts the payload into a fresh directory under `parent`
@@ -253,7 +294,7 @@ pub fn open_package_bytes(
     };
     // On any error (or unwinding) `sink` is dropped still holding the directory,
     // and its Drop removes it; only success takes the directory out.
-    let read = read_package(bytes, policy, &mut sink)?;
+    let read = read_package(bytes, verifier(policy), &mut sink)?;
     let dir = match &mut sink {
         Sink::Extract { dir, .. } => dir.take(),
         Sink::Discard => None,
@@ -639,7 +680,20 @@ fn read_metadata<R: Read>(
     Ok(bytes)
 }
 
-fn read_package(bytes: &[u8], policy: &TrustPolicy, sink: &mut Sink) -> Result<VerifiedPackage> {
+/// What [`read_package`] read: the manifest as the signature step returned it.
+struct ReadPackage<M> {
+    manifest: M,
+    manifest_bytes: Vec<u8>,
+    signature_bytes: Vec<u8>,
+}
+
+/// `check` is the signature step (3.): it gets the exact manifest and signature
+/// bytes and returns the manifest, verified ([`verifier`]) or only inspected.
+fn read_package<M: AsManifest>(
+    bytes: &[u8],
+    check: impl FnOnce(&[u8], &[u8]) -> Result<M>,
+    sink: &mut Sink,
+) -> Result<ReadPackage<M>> {
     // 1. Caps, the fixed gzip header, the gzip CRC, nothing after the gzip member.
     check_container(bytes)?;
     let mut tar = TarReader {
@@ -654,7 +708,8 @@ fn read_package(bytes: &[u8], policy: &TrustPolicy, sink: &mut Sink) -> Result<V
 
     // 3. Signatures over the exact bytes, then the manifest's own rules — before any
     //    payload byte is read or anything is created on disk.
-    let manifest = verify_manifest(&manifest_bytes, &signature_bytes, policy)?;
+    let checked = check(&manifest_bytes, &signature_bytes)?;
+    let manifest = checked.manifest();
     let listed: BTreeMap<&str, &PayloadFile> = manifest
         .files
         .iter()
@@ -717,11 +772,28 @@ fn read_package(bytes: &[u8], policy: &TrustPolicy, sink: &mut Sink) -> Result<V
         });
     }
 
-    Ok(VerifiedPackage {
-        manifest,
+    Ok(ReadPackage {
+        manifest: checked,
         manifest_bytes,
         signature_bytes,
     })
+}
+
+/// What the signature step of [`read_package`] returns: something holding the manifest.
+trait AsManifest {
+    fn manifest(&self) -> &Manifest;
+}
+
+impl AsManifest for Verified<Manifest> {
+    fn manifest(&self) -> &Manifest {
+        self
+    }
+}
+
+impl AsManifest for InspectedPackage {
+    fn manifest(&self) -> &Manifest {
+        &self.manifest
+    }
 }
 
 /// The tar stream ended inside an entry's data (the gzip layer itself was complete).

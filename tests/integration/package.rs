@@ -57,7 +57,7 @@ fn signed(files: &[(&str, &[u8])], keys: &[&SigningKey]) -> (Vec<u8>, Vec<u8>) {
 
 /// One raw ustar entry: header with `name` written verbatim (no sanitizing), then data;
 /// every other field as `write_package` writes it.
-fn entry_sized(name: &[u8], typeflag: u8, data: &[u8], size: u64) -> Vec<u8> {
+pub(crate) fn entry_sized(name: &[u8], typeflag: u8, data: &[u8], size: u64) -> Vec<u8> {
     let mut header = tar::Header::new_ustar();
     header.set_size(size);
     header.set_mode(0o644);
@@ -78,23 +78,23 @@ fn entry_sized(name: &[u8], typeflag: u8, data: &[u8], size: u64) -> Vec<u8> {
     out
 }
 
-fn entry(name: &str, typeflag: u8, data: &[u8]) -> Vec<u8> {
+pub(crate) fn entry(name: &str, typeflag: u8, data: &[u8]) -> Vec<u8> {
     entry_sized(name.as_bytes(), typeflag, data, data.len() as u64)
 }
 
-fn file(name: &str, data: &[u8]) -> Vec<u8> {
+pub(crate) fn file(name: &str, data: &[u8]) -> Vec<u8> {
     entry(name, b'0', data)
 }
 
 /// Tar stream of `entries` plus the end marker.
-fn tar(entries: &[Vec<u8>]) -> Vec<u8> {
+pub(crate) fn tar(entries: &[Vec<u8>]) -> Vec<u8> {
     let mut out: Vec<u8> = entries.concat();
     out.extend_from_slice(&[0; 1024]);
     out
 }
 
 /// Gzip with ksplice's canonical header (what `write_package` produces).
-fn gz(data: &[u8]) -> Vec<u8> {
+pub(crate) fn gz(data: &[u8]) -> Vec<u8> {
     let mut enc = GzEncoder::new(Vec::new(), Compression::default());
     enc.write_all(data).expect("gzip");
     enc.finish().expect("gzip")
@@ -382,6 +382,41 @@ fn signed_but_invalid_manifest_is_refused_after_the_signature() {
         matches!(err, Error::InvalidId { ref id, .. } if id == "Not/An/Id"),
         "{err}"
     );
+}
+
+#[test]
+fn inspect_reads_without_trust_and_refuses_all_but_unknown_signers() {
+    // A package by a key nobody trusts: inspect names the signer, verify refuses it.
+    let (m, s) = signed(&[("m.ko", KO)], &[&key(9)]);
+    let pkg = gz(&tar(&[
+        file("manifest.toml", &m),
+        file("manifest.sig", &s),
+        file("m.ko", KO),
+    ]));
+    let inspected = manifests::inspect_package_bytes(&pkg).expect("inspect");
+    assert_eq!(inspected.manifest.id, "t-1");
+    assert_eq!(inspected.signer_ids, vec![key(9).public().key_id()]);
+    assert!(manifests::verify_package_bytes(&pkg, &policy(&[&key(1)], 1)).is_err());
+    // No signature at all.
+    let pkg = gz(&tar(&[
+        file("manifest.toml", &m),
+        file("manifest.sig", b"ksplice-signatures-v1\n"),
+        file("m.ko", KO),
+    ]));
+    assert!(matches!(
+        manifests::inspect_package_bytes(&pkg),
+        Err(Error::MalformedSignatureFile { .. })
+    ));
+    // A payload that does not match its digest.
+    let pkg = gz(&tar(&[
+        file("manifest.toml", &m),
+        file("manifest.sig", &s),
+        file("m.ko", &KO.iter().map(|b| b ^ 1).collect::<Vec<_>>()),
+    ]));
+    assert!(matches!(
+        manifests::inspect_package_bytes(&pkg),
+        Err(Error::DigestMismatch { .. })
+    ));
 }
 
 #[test]

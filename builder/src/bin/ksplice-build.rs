@@ -38,6 +38,11 @@ enum Command {
     /// Diff two builds of one kernel object; write the patch object (exit 0 patch,
     /// 3 no functional change, 2 refused, 1 malformed input or I/O error).
     Diff(DiffArgs),
+    /// A TUF repository of packages for mirrors (docs/fleet.md "Publishing"):
+    /// exit 0 done, 2 refused (invalid package, id conflict, bad option, missing or
+    /// unreadable key, threshold), 1 I/O or metadata error.
+    #[command(subcommand)]
+    Repo(RepoCommand),
 }
 
 fn main() -> ExitCode {
@@ -55,6 +60,7 @@ fn main() -> ExitCode {
         Command::Keygen(args) => finish(keygen(&args)),
         Command::Pack(args) => finish(pack(&args)),
         Command::Diff(args) => diff(&args),
+        Command::Repo(command) => finish(repo(command)),
     }
 }
 
@@ -73,6 +79,15 @@ impl From<manifests::Error> for Failure {
         };
         Failure {
             code,
+            error: error.into(),
+        }
+    }
+}
+
+impl From<builder::repo::Error> for Failure {
+    fn from(error: builder::repo::Error) -> Self {
+        Failure {
+            code: error.exit_code(),
             error: error.into(),
         }
     }
@@ -332,4 +347,225 @@ fn diff_inner(args: &DiffArgs) -> anyhow::Result<u8> {
         }
         Err(e) => Err(e.into()),
     }
+}
+
+// ---- repo ------------------------------------------------------------------------------------
+
+#[derive(Debug, Subcommand)]
+enum RepoCommand {
+    /// Create a repository in DIR: keys (new development keys for roles given none),
+    /// 1.root.json and an empty signed targets, snapshot and timestamp.
+    Init(RepoInitArgs),
+    /// Stage packages as targets (`ksplice-<id>.tar.gz`) for the next publish.
+    Add(RepoAddArgs),
+    /// Sign and write new metadata: targets if the staged set changed, then snapshot
+    /// and timestamp (run at least daily: the timestamp expires after 1 day).
+    Publish(RepoPublishArgs),
+    /// Write a new root version giving ROLE new keys, signed by the old and new root keys.
+    RotateKey(RepoRotateArgs),
+    /// List the targets and their custom metadata.
+    Show(RepoShowArgs),
+    /// Create a new ed25519 TUF key (PKCS#8 DER, mode 0600) for a role.
+    Keygen(RepoKeygenArgs),
+}
+
+#[derive(Debug, Args)]
+struct RepoInitArgs {
+    dir: PathBuf,
+    /// Root key file, kept offline (repeat for several); given again to rotate-key.
+    #[arg(long = "root-key", value_name = "FILE")]
+    root_keys: Vec<PathBuf>,
+    #[arg(long, value_name = "N")]
+    root_threshold: Option<u64>,
+    /// Targets key file, kept offline (repeat for several); given again to publish.
+    #[arg(long = "targets-key", value_name = "FILE")]
+    targets_keys: Vec<PathBuf>,
+    #[arg(long, value_name = "N")]
+    targets_threshold: Option<u64>,
+    /// Snapshot key file, online: its path is kept in repo.toml.
+    #[arg(long, value_name = "FILE")]
+    snapshot_key: Option<PathBuf>,
+    /// Timestamp key file, online: its path is kept in repo.toml.
+    #[arg(long, value_name = "FILE")]
+    timestamp_key: Option<PathBuf>,
+    /// Metadata lifetime per role, kept in repo.toml (defaults root=365d, targets=90d,
+    /// snapshot=7d, timestamp=1d; units s, m, h, d, w).
+    #[arg(long = "expires", value_name = "ROLE=DURATION")]
+    expires: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+struct RepoAddArgs {
+    dir: PathBuf,
+    #[arg(value_name = "PKG", required = true)]
+    packages: Vec<PathBuf>,
+    /// Release channel of the targets.
+    #[arg(long, default_value = manifests::fleet::DEFAULT_CHANNEL)]
+    channel: String,
+    /// Staged rollout, e.g. `205@+0h,1024@+24h,2048@+48h` (BOUND@TIME, TIME RFC 3339
+    /// UTC or +<hours>h after publication).
+    #[arg(long, value_name = "SPEC")]
+    waves: Option<String>,
+    /// Publication time, RFC 3339 UTC (default: now).
+    #[arg(long, value_name = "TIME")]
+    published: Option<String>,
+    /// Replace an update already in the repository with other bytes.
+    #[arg(long)]
+    replace: bool,
+}
+
+#[derive(Debug, Args)]
+struct RepoPublishArgs {
+    dir: PathBuf,
+    /// Targets key file (repeat for several), when the targets keys are offline.
+    #[arg(long = "targets-key", value_name = "FILE")]
+    targets_keys: Vec<PathBuf>,
+    /// Metadata lifetime for this publish only (targets, snapshot or timestamp).
+    #[arg(long = "expires", value_name = "ROLE=DURATION")]
+    expires: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+struct RepoRotateArgs {
+    dir: PathBuf,
+    /// root, targets, snapshot or timestamp.
+    #[arg(long)]
+    role: String,
+    /// The role's new key file (repeat for several): its whole new key set.
+    #[arg(long = "new-key", value_name = "FILE", required = true)]
+    new_keys: Vec<PathBuf>,
+    /// Current root key file (repeat), when the root keys are offline.
+    #[arg(long = "old-key", value_name = "FILE")]
+    old_keys: Vec<PathBuf>,
+    /// The role's new threshold (default: the old one, at most the number of new keys).
+    #[arg(long, value_name = "N")]
+    threshold: Option<u64>,
+}
+
+#[derive(Debug, Args)]
+struct RepoShowArgs {
+    dir: PathBuf,
+    /// Print the targets as JSON (a list of `{"name", "sha256", "length", "ksplice"}`).
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Args)]
+struct RepoKeygenArgs {
+    /// The new key file; refused if it exists.
+    file: PathBuf,
+}
+
+fn repo(command: RepoCommand) -> Result<(), Failure> {
+    use builder::repo;
+    match command {
+        RepoCommand::Init(a) => {
+            let opts = repo::InitOptions {
+                root_keys: a.root_keys,
+                root_threshold: a.root_threshold,
+                targets_keys: a.targets_keys,
+                targets_threshold: a.targets_threshold,
+                snapshot_key: a.snapshot_key,
+                timestamp_key: a.timestamp_key,
+                expires: a.expires,
+            };
+            let published = repo::init(&a.dir, &opts)?;
+            println!(
+                "initialized {} (root 1, targets {}, snapshot {}, timestamp {})",
+                a.dir.display(),
+                published.targets_version.unwrap_or(1),
+                published.snapshot_version,
+                published.timestamp_version
+            );
+            println!("serve {}", a.dir.join("public").display());
+        }
+        RepoCommand::Add(a) => {
+            let opts = repo::AddOptions {
+                channel: a.channel,
+                waves: a.waves,
+                published: a.published,
+                replace: a.replace,
+            };
+            for (info, staged) in repo::add(&a.dir, &a.packages, &opts)? {
+                let what = match staged {
+                    repo::Staged::New => "staged",
+                    repo::Staged::Replaced => "replaced",
+                    repo::Staged::Unchanged => "unchanged",
+                };
+                println!("{what} {} (channel {})", info.target_name(), info.channel);
+            }
+        }
+        RepoCommand::Publish(a) => {
+            let opts = repo::PublishOptions {
+                targets_keys: a.targets_keys,
+                expires: a.expires,
+            };
+            let p = repo::publish(&a.dir, &opts)?;
+            let targets = match p.targets_version {
+                Some(v) => format!("targets {v} ({} target(s))", p.targets),
+                None => format!("targets unchanged ({} target(s))", p.targets),
+            };
+            println!(
+                "published {targets}, snapshot {}, timestamp {}",
+                p.snapshot_version, p.timestamp_version
+            );
+        }
+        RepoCommand::RotateKey(a) => {
+            let role =
+                repo::config::Role::parse(&a.role).ok_or_else(|| repo::Error::InvalidOption {
+                    option: "--role",
+                    value: a.role.clone(),
+                    reason: "must be root, targets, snapshot or timestamp",
+                })?;
+            let opts = repo::RotateOptions {
+                role,
+                new_keys: a.new_keys,
+                old_keys: a.old_keys,
+                threshold: a.threshold,
+            };
+            let version = repo::rotate_key(&a.dir, &opts)?;
+            println!("wrote {version}.root.json; run ksplice-build repo publish next");
+        }
+        RepoCommand::Show(a) => {
+            let config = repo::show(&a.dir)?;
+            if a.json {
+                let json = serde_json::to_string_pretty(&config.targets)
+                    .context("serializing the targets")?;
+                println!("{json}");
+            } else {
+                for t in &config.targets {
+                    let k = &t.ksplice;
+                    let stream = k
+                        .stream
+                        .as_ref()
+                        .map(|s| format!(" stream {} level {}", s.name, s.level))
+                        .unwrap_or_default();
+                    println!(
+                        "{} channel {} published {} kernel {} {} build-id {}{stream}",
+                        t.name,
+                        k.channel,
+                        k.published,
+                        k.kernel.release,
+                        k.kernel.arch,
+                        k.kernel.build_id
+                    );
+                    if !k.cves.is_empty() {
+                        println!("  cves {}", k.cves.join(" "));
+                    }
+                    for w in &k.waves {
+                        println!("  wave seeds < {} from {}", w.seeds_below, w.start);
+                    }
+                }
+            }
+        }
+        RepoCommand::Keygen(a) => {
+            let key = repo::keys::generate(&a.file)?;
+            println!(
+                "key id {} in {}",
+                hex::encode(&**key.key_id()),
+                a.file.display()
+            );
+        }
+    }
+    Ok(())
 }

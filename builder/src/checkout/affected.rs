@@ -393,11 +393,7 @@ fn is_included_c(tree: &Path, c: &str) -> bool {
     };
     rd.flatten().any(|e| {
         std::fs::read(e.path())
-            .map(|b| {
-                scan_includes(&b)
-                    .iter()
-                    .any(|i| i.name.ends_with(name.as_ref()))
-            })
+            .map(|b| scan_includes(&b).iter().any(|i| i.name.ends_with(&*name)))
             .unwrap_or(false)
     })
 }
