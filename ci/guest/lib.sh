@@ -136,3 +136,25 @@ net_up() {
 	ip link set eth0 up
 	ip -4 addr show dev eth0 | grep -q 10.0.2.15/ || ip addr add 10.0.2.15/24 dev eth0
 }
+
+# exits_with NAME CODE TEXT CMD...: CMD must exit with CODE and its output contain
+# TEXT (empty TEXT: any output). For commands whose success has several codes.
+exits_with() {
+	_name=$1
+	_code=$2
+	_text=$3
+	shift 3
+	_t0=$(now)
+	"$@" > /tmp/step.out 2>&1
+	_rc=$?
+	_t1=$(now)
+	sed 's/^/  | /' /tmp/step.out
+	_dur=$(awk "BEGIN { printf \"%.2f\", $_t1 - $_t0 }")
+	if [ $_rc -eq "$_code" ] && { [ -z "$_text" ] || grep -qF -- "$_text" /tmp/step.out; }; then
+		echo "@@KSPLICE scenario=$SCENARIO event=step step=$_name result=ok rc=$_rc dur=$_dur t=$_t1"
+	else
+		echo "  expected exit $_code${_text:+ with: $_text}"
+		echo "@@KSPLICE scenario=$SCENARIO event=step step=$_name result=fail rc=$_rc dur=$_dur t=$_t1"
+		exit 1
+	fi
+}
