@@ -31,6 +31,14 @@ pub mod exit {
     /// `status` and `view`: live ksplice livepatches or installed packages
     /// that the journal does not know (it was lost or replaced).
     pub const NOT_IN_JOURNAL: u8 = 10;
+    /// `update --check`: something would be applied (same value as
+    /// [`PENDING`]: "there is something to do").
+    pub const UPDATE_AVAILABLE: u8 = 1;
+    /// `update`: updates were applied.
+    pub const UPDATED: u8 = 11;
+    /// `update`: every mirror was unreachable or answered errors (network
+    /// or HTTP only; a mirror refused by TUF gives [`VERIFICATION`]).
+    pub const MIRRORS_FAILED: u8 = 12;
 }
 
 /// Everything the client can refuse or fail at.
@@ -141,6 +149,18 @@ pub enum Error {
     Journal { path: PathBuf, reason: String },
     #[error("interrupted at {step}")]
     Interrupted { step: String },
+    #[error("client configuration {path}: {source}")]
+    ConfigParse {
+        path: PathBuf,
+        #[source]
+        source: Box<toml::de::Error>,
+    },
+    #[error("client configuration {path}: {field}: {reason}")]
+    ConfigInvalid {
+        path: PathBuf,
+        field: &'static str,
+        reason: String,
+    },
 }
 
 fn fmt_tasks(tasks: &[BlockingTask]) -> String {
@@ -181,7 +201,9 @@ impl Error {
             | Error::Journal { .. }
             | Error::UnsafePermissions { .. }
             | Error::JournalFull { .. }
-            | Error::Interrupted { .. } => exit::STATE,
+            | Error::Interrupted { .. }
+            | Error::ConfigParse { .. }
+            | Error::ConfigInvalid { .. } => exit::STATE,
         }
     }
 
