@@ -7,3 +7,4 @@ mod create;
 mod differ;
 mod module;
 mod package;
+mod tuf_repo;

@@ -200,13 +200,18 @@ pub fn update(
     let trusted = host.state("tuf");
     // --check loads into a copy in the system temp directory and never
     // writes back: it changes nothing, not even the trusted metadata.
+    // Otherwise the copies live in the private downloads directory (not
+    // the state directory itself, whose temporary files other commands
+    // clean up as files).
     let check_scratch;
+    let downloads = host.state("downloads");
     let scratch: &Path = if opts.mode == Mode::Check {
         check_scratch = tempfile::tempdir().map_err(|e| Error::io(std::env::temp_dir(), e))?;
         check_scratch.path()
     } else {
         fsutil::create_private_dir(&host.state_dir)?;
-        &host.state_dir
+        fsutil::create_private_dir(&downloads)?;
+        &downloads
     };
     let policy = Policy {
         channel: cfg.channel.clone(),
@@ -258,8 +263,22 @@ pub fn update(
             report.fail(mirror, f);
             continue;
         }
+        // The inner layer: a package valid in TUF but not signed by the
+        // keys of trust.toml is refused before anything is kept.
+        if !files.is_empty() {
+            let checked = ops::load_policy(host).and_then(|policy| {
+                files
+                    .iter()
+                    .try_for_each(|f| ops::verify(f, &policy).map(drop))
+            });
+            if let Err(e) = checked {
+                remove_all(&files);
+                return Err(e);
+            }
+        }
         // This mirror passed: its metadata becomes the trusted metadata.
         store.commit(&trusted)?;
+        drop(store);
         if plan.apply.is_empty() {
             report.outcome = Outcome::UpToDate;
             return Ok(report);

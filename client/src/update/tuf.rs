@@ -235,7 +235,7 @@ impl Datastore {
     pub fn copy_of(trusted: &Path, scratch: &Path) -> Result<Datastore> {
         let dir = tempfile::Builder::new()
             .prefix(".tuf.")
-            .suffix(fsutil::TMP_SUFFIX)
+            .suffix(".scratch")
             .tempdir_in(scratch)
             .map_err(|e| Error::io(scratch, e))?;
         for name in DATASTORE_FILES {
