@@ -879,3 +879,85 @@ fn http_failing_mirror_falls_back_to_the_next() {
     assert_eq!(r.outcome.exit_code(), 12);
     assert_eq!(r.errors.len(), 2);
 }
+
+// ---- repositories written by python-tuf -----------------------------------------------------
+
+/// The python of the venv `ci/setup-python` makes (python-tuf and
+/// securesystemslib); a missing venv fails the test, never skips it.
+fn python_tuf() -> PathBuf {
+    let cache = std::env::var_os("KSPLICE_CACHE")
+        .filter(|c| !c.is_empty())
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/var/cache/ksplice-ci"));
+    let python = cache.join("pyenv/bin/python");
+    assert!(
+        python.is_file(),
+        "{} is missing: run ci/setup-python (a venv with python-tuf)",
+        python.display()
+    );
+    python
+}
+
+/// Repositories for `fix-1` written by tests/interop/python_tuf_repo.py, and
+/// a host trusting the chosen variant's root.
+fn python_fleet(variant: &str) -> (Fleet, PathBuf) {
+    let fleet = Fleet::new();
+    let out = fleet._tmp.path().join("python-tuf");
+    let pkg = fleet.fx.package("py-fix", |_| {});
+    let info_path = fleet._tmp.path().join("info.json");
+    fs::write(
+        &info_path,
+        serde_json::to_vec(&info("py-fix", None)).expect("json"),
+    )
+    .expect("info");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("interop/python_tuf_repo.py");
+    let status = std::process::Command::new(python_tuf())
+        .arg(&script)
+        .arg(&out)
+        .arg(&pkg)
+        .arg(&info_path)
+        .status()
+        .expect("run python_tuf_repo.py");
+    assert!(status.success(), "python_tuf_repo.py failed: {status}");
+    let repo = out.join(variant);
+    fs::write(
+        fleet.fx.root.join("etc/ksplice/root.json"),
+        fs::read(repo.join("metadata/1.root.json")).expect("root"),
+    )
+    .expect("install root");
+    fleet.config(&[format!("file://{}/", repo.display())], "");
+    (fleet, repo)
+}
+
+#[test]
+fn interop_python_tuf_valid_repository_is_applied_and_its_rollback_refused() {
+    let (fleet, repo) = python_fleet("valid");
+    let r = fleet.report();
+    assert_eq!(r.outcome, Outcome::Applied, "{r:#?}");
+    assert_eq!(r.applied, ["py-fix"]);
+    // python-tuf's older, correctly signed timestamp: a rollback.
+    fs::copy(
+        repo.join("rollback-timestamp.json"),
+        repo.join("metadata/timestamp.json"),
+    )
+    .expect("replay");
+    assert_refused(
+        &fleet,
+        |r| matches!(r, Refusal::Rollback { role, .. } if role.starts_with("timestamp")),
+    );
+}
+
+#[test]
+fn interop_python_tuf_expired_timestamp_is_refused() {
+    let (fleet, _) = python_fleet("expired-timestamp");
+    assert_refused(&fleet, |r| matches!(r, Refusal::Expired { .. }));
+}
+
+#[test]
+fn interop_python_tuf_bad_signature_is_refused() {
+    let (fleet, _) = python_fleet("bad-signature");
+    assert_refused(
+        &fleet,
+        |r| matches!(r, Refusal::Signature { role, .. } if role == "timestamp metadata"),
+    );
+}
