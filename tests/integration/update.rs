@@ -561,6 +561,8 @@ enum Act {
 }
 
 type Rule = dyn Fn(&str, usize) -> Act + Send + Sync;
+/// `(path, Range header)` of each request the server read.
+type RequestLog = Arc<Mutex<Vec<(String, Option<String>)>>>;
 
 /// A file server for one repository directory on 127.0.0.1, written for
 /// these tests because they need what a well-behaved server never does:
@@ -569,7 +571,7 @@ type Rule = dyn Fn(&str, usize) -> Act + Send + Sync;
 struct Server {
     addr: SocketAddr,
     /// `(path, range header)` of each request, in order.
-    log: Arc<Mutex<Vec<(String, Option<String>)>>>,
+    log: RequestLog,
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
 }
@@ -579,7 +581,7 @@ impl Server {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1");
         listener.set_nonblocking(true).expect("nonblocking");
         let addr = listener.local_addr().expect("addr");
-        let log = Arc::new(Mutex::new(Vec::new()));
+        let log: RequestLog = Arc::new(Mutex::new(Vec::new()));
         let stop = Arc::new(AtomicBool::new(false));
         let (root, log2, stop2) = (root.to_owned(), log.clone(), stop.clone());
         let thread = std::thread::spawn(move || {
@@ -960,4 +962,30 @@ fn interop_python_tuf_bad_signature_is_refused() {
         &fleet,
         |r| matches!(r, Refusal::Signature { role, .. } if role == "timestamp metadata"),
     );
+}
+
+/// Not a test: writes a repository for the client's benchmarks with
+/// `KSPLICE_BENCH_TARGETS` targets (default 1000), all for another kernel,
+/// into `KSPLICE_BENCH_REPO`. Run with `--ignored`.
+#[test]
+#[ignore]
+fn bench_write_repository() {
+    let Some(dir) = std::env::var_os("KSPLICE_BENCH_REPO") else {
+        return;
+    };
+    let n: usize = std::env::var("KSPLICE_BENCH_TARGETS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1000);
+    let mut repo = Repo::new(Path::new(&dir));
+    let fx = Fixture::new();
+    let pkg = fx.package("bench", |_| {});
+    for i in 0..n {
+        let mut i_info = info(&format!("bench-{i}"), Some(i as u32 + 1));
+        i_info.kernel.build_id = "ab".repeat(20);
+        let mut bytes = fs::read(&pkg).expect("pkg");
+        bytes.extend(i.to_le_bytes());
+        repo.add_bytes(&i_info.target_name(), bytes, Some(i_info));
+    }
+    repo.publish();
 }
