@@ -148,8 +148,9 @@ pub fn classify(err: &tough::error::Error) -> Failure {
                 }),
                 T::HashMismatch { context, .. } => {
                     // Metadata hashes come from the role above it; target
-                    // hashes from the targets role.
-                    if context.contains("/metadata/") || context.ends_with(".json") {
+                    // hashes from the targets role (ksplice targets are
+                    // never `.json`).
+                    if context.ends_with(".json") {
                         Some(Refusal::MixAndMatch {
                             role: context.rsplit('/').next().unwrap_or(context).to_owned(),
                             detail: t.to_string(),
@@ -280,6 +281,9 @@ impl Datastore {
             let src = self.dir.path().join(name);
             let dst = trusted.join(name);
             match std::fs::read(&src) {
+                // Unchanged files are not rewritten (a refresh with nothing
+                // new would otherwise fsync the whole targets metadata).
+                Ok(bytes) if std::fs::read(&dst).is_ok_and(|old| old == bytes) => {}
                 Ok(bytes) => fsutil::write_atomic(&dst, &bytes, fsutil::PRIVATE_FILE)?,
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => fsutil::remove_durable(&dst)?,
                 Err(e) => return Err(Error::io(&src, e)),
