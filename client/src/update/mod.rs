@@ -429,3 +429,52 @@ fn download(
     fsutil::write_atomic(&dest, &bytes, fsutil::PRIVATE_FILE)?;
     Ok(Ok(dest))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn outcomes_map_to_the_documented_exit_codes() {
+        let codes: Vec<u8> = [
+            Outcome::UpToDate,
+            Outcome::AutoOff,
+            Outcome::WouldApply,
+            Outcome::Applied,
+            Outcome::Refused,
+            Outcome::Unreachable,
+        ]
+        .iter()
+        .map(|o| o.exit_code())
+        .collect();
+        assert_eq!(codes, [0, 0, 1, 11, 3, 12]);
+    }
+
+    #[test]
+    fn json_report_is_versioned_and_names_refusals() {
+        let mut r = Report::new(7);
+        let mirror = Url::parse("https://m.example/k/").expect("url");
+        r.fail(
+            &mirror,
+            Failure::Refused(Refusal::Expired {
+                role: "timestamp metadata".into(),
+            }),
+        );
+        r.waiting.push(Waiting {
+            id: "l3".into(),
+            from: manifests::fleet::parse_utc("t", "2026-12-01T00:00:00Z").expect("t"),
+        });
+        r.outcome = Outcome::Refused;
+        let v = serde_json::to_value(&r).expect("json");
+        assert_eq!(v["format"], 1);
+        assert_eq!(v["outcome"], "refused");
+        assert_eq!(v["errors"][0]["kind"], "refused");
+        assert_eq!(v["errors"][0]["refusal"], "expired");
+        assert_eq!(v["errors"][0]["role"], "timestamp metadata");
+        assert_eq!(
+            v["errors"][0]["error"],
+            "refused: timestamp metadata expired (freeze attack?)"
+        );
+        assert_eq!(v["waiting"][0]["from"], "2026-12-01T00:00:00Z");
+    }
+}
