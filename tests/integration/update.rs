@@ -989,3 +989,49 @@ fn bench_write_repository() {
     }
     repo.publish();
 }
+
+#[test]
+fn http_configured_proxy_is_used() {
+    let fleet = Fleet::new();
+    // The "proxy" is the test server: it sees the tunnel request for the
+    // mirror, refuses it, and the mirror counts as unreachable.
+    let proxy = Server::start(&fleet.repo.dir, Arc::new(|_: &str, _: usize| Act::Fail));
+    let mirror = "http://127.0.0.1:9/".to_owned();
+    fleet.config(
+        &[mirror],
+        &format!(
+            "proxy = \"http://{}\"\n[timeouts]\nconnect = \"3s\"\nread = \"3s\"",
+            proxy.addr
+        ),
+    );
+    let r = fleet.report();
+    assert_eq!(r.outcome, Outcome::Unreachable, "{r:#?}");
+    let seen: Vec<String> = proxy.requests().into_iter().map(|(p, _)| p).collect();
+    assert!(
+        seen.iter().any(|p| p.contains("127.0.0.1:9")),
+        "the proxy saw {seen:?}"
+    );
+}
+
+#[test]
+fn http_ca_file_without_certificates_is_a_configuration_error() {
+    let fleet = Fleet::new();
+    let ca = fleet.fx.root.join("etc/ksplice/mirror-ca.pem");
+    fs::write(&ca, "not a certificate\n").expect("ca");
+    fleet.config(
+        &["https://127.0.0.1:9/".to_owned()],
+        "ca_file = \"/etc/ksplice/mirror-ca.pem\"",
+    );
+    let err = fleet.run(Run::Apply).expect_err("refused");
+    assert!(
+        matches!(
+            err,
+            Error::ConfigInvalid {
+                field: "ca_file",
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert_eq!(err.exit_code(), 7);
+}
