@@ -247,6 +247,11 @@ impl Repo {
         self.targets.push((name.to_owned(), bytes, info));
     }
 
+    /// Drops target `name` from the next publication.
+    pub fn remove(&mut self, name: &str) {
+        self.targets.retain(|(n, _, _)| n != name);
+    }
+
     /// Publishes a new version of targets, snapshot and timestamp, valid
     /// for a day (timestamp) or more.
     pub fn publish(&mut self) {

@@ -276,6 +276,49 @@ fn update_wave_not_started_waits_and_says_when() {
     assert_eq!(r.applied, ["late"]);
 }
 
+#[test]
+fn update_applies_the_highest_stream_level_and_never_goes_below_the_applied_one() {
+    let mut fleet = Fleet::new();
+    for level in [1, 2] {
+        let id = format!("main-{level}");
+        let pkg = fleet.fx.package(&id, |m| {
+            m.stream = Some(Stream {
+                name: "main".into(),
+                level,
+                replaces: vec![],
+            })
+        });
+        fleet.repo.add(&pkg, &info(&id, Some(level)));
+    }
+    fleet.repo.publish();
+    let r = fleet.report();
+    assert_eq!(r.applied, ["fix-1", "main-2"], "{r:#?}");
+    // The repository stops listing level 2: level 1 is not a way forward.
+    fleet.repo.remove("ksplice-main-2.tar.gz");
+    fleet.repo.publish();
+    let before = files_only(fleet.host_files());
+    let r = fleet.report();
+    assert_eq!(r.outcome, Outcome::UpToDate, "{r:#?}");
+    let main1 = r
+        .considered
+        .iter()
+        .find(|c| c.id == "main-1")
+        .expect("main-1");
+    assert_eq!(main1.decision, client::update::select::Decision::Superseded);
+    let after = files_only(fleet.host_files());
+    // Only the trusted metadata moved on.
+    let changed: Vec<&PathBuf> = after
+        .keys()
+        .filter(|p| before.get(*p) != after.get(*p))
+        .collect();
+    assert!(
+        changed
+            .iter()
+            .all(|p| p.to_string_lossy().contains("/tuf/")),
+        "{changed:?}"
+    );
+}
+
 // ---- the TUF attack suite --------------------------------------------------------------------
 
 #[test]

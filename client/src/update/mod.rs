@@ -30,7 +30,7 @@ use crate::identity::Running;
 use crate::ops::{self, Event};
 use crate::state::{Phase, State};
 use config::Config;
-use select::{Candidate, Considered, Decision, Installed, Plan, Policy};
+use select::{Candidate, Considered, Decision, Installed, Journal, Plan, Policy};
 use tuf::{Datastore, Failure, Refusal};
 
 /// The version of the `--json` object.
@@ -298,21 +298,36 @@ pub fn update(
     Ok(report)
 }
 
-/// Every id in the journal and whether it is applied (read only).
-fn read_journal(host: &Host<'_>) -> Result<BTreeMap<String, Installed>> {
+/// Every id in the journal and whether it is applied, and the stream
+/// levels the applied packages' verified manifests name (read only; a
+/// package that no longer verifies adds no level).
+fn read_journal(host: &Host<'_>) -> Result<Journal> {
     let state = State::peek(host)?;
-    Ok(state
-        .entries()
-        .iter()
-        .map(|e| {
-            let i = if e.phase == Phase::Applied {
-                Installed::Applied
-            } else {
-                Installed::NotApplied
-            };
-            (e.id.clone(), i)
-        })
-        .collect())
+    let mut journal = Journal::default();
+    let mut policy = None;
+    for e in state.entries() {
+        let applied = e.phase == Phase::Applied;
+        let i = if applied {
+            Installed::Applied
+        } else {
+            Installed::NotApplied
+        };
+        journal.ids.insert(e.id.clone(), i);
+        if !applied {
+            continue;
+        }
+        if policy.is_none() {
+            policy = Some(ops::load_policy(host)?);
+        }
+        let Some(policy) = &policy else { continue };
+        if let Ok(m) = ops::verify(&host.package_path(&e.id), policy) {
+            if let Some(s) = &m.stream {
+                let l = journal.applied_levels.entry(s.name.clone()).or_default();
+                *l = (*l).max(s.level);
+            }
+        }
+    }
+    Ok(journal)
 }
 
 /// The repository's ksplice targets (custom key `ksplice`), validated; the

@@ -111,15 +111,26 @@ pub fn eligible_from(info: &TargetInfo, policy: &Policy) -> Option<OffsetDateTim
     Some(wave.max(delayed))
 }
 
+/// What the host has: each journal id, and the stream levels applied as
+/// the installed packages' own manifests say (for levels the repository
+/// no longer lists: never go below them).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Journal {
+    pub ids: BTreeMap<String, Installed>,
+    pub applied_levels: BTreeMap<String, u32>,
+}
+
 /// Chooses what to apply now among `candidates` (already validated), for
 /// the `running` kernel, given what the journal holds and the time `now`.
 pub fn plan(
     candidates: &[Candidate],
     running: &TargetKernel,
-    journal: &BTreeMap<String, Installed>,
+    journal: &Journal,
     policy: &Policy,
     now: OffsetDateTime,
 ) -> Plan {
+    let applied_levels = &journal.applied_levels;
+    let journal = &journal.ids;
     let mut decisions: BTreeMap<&str, Decision> = BTreeMap::new();
     // 1. Only the running kernel's targets in our channel are ours at all.
     let mut ours = Vec::new();
@@ -140,7 +151,10 @@ pub fn plan(
     }
     // 2. The level each stream has applied, read from the journal through
     //    the repository's signed stream metadata.
-    let mut applied_level: BTreeMap<&str, u32> = BTreeMap::new();
+    let mut applied_level: BTreeMap<&str, u32> = applied_levels
+        .iter()
+        .map(|(k, v)| (k.as_str(), *v))
+        .collect();
     for c in &ours {
         if let Some(s) = &c.info.stream {
             if journal.get(&c.info.id) == Some(&Installed::Applied) {
@@ -305,15 +319,21 @@ mod tests {
             cand("l2", Some(2), "2026-11-10T00:00:00Z", vec![]),
             cand("l3", Some(3), "2026-11-29T11:00:00Z", vec![]),
         ];
-        let p = plan(&cs, &kernel(), &BTreeMap::new(), &policy(), t(NOW));
+        let p = plan(&cs, &kernel(), &Journal::default(), &policy(), t(NOW));
         assert_eq!(ids(&p), ["l3"]);
         assert_eq!(decision(&p, "l1"), &Decision::Superseded);
         // With l2 applied, l1 is below it and l3 above.
-        let journal = BTreeMap::from([("l2".to_owned(), Installed::Applied)]);
+        let journal = Journal {
+            ids: BTreeMap::from([("l2".to_owned(), Installed::Applied)]),
+            ..Journal::default()
+        };
         let p = plan(&cs, &kernel(), &journal, &policy(), t(NOW));
         assert_eq!(ids(&p), ["l3"]);
         assert_eq!(decision(&p, "l2"), &Decision::AlreadyApplied);
-        let journal = BTreeMap::from([("l3".to_owned(), Installed::Applied)]);
+        let journal = Journal {
+            ids: BTreeMap::from([("l3".to_owned(), Installed::Applied)]),
+            ..Journal::default()
+        };
         let p = plan(&cs, &kernel(), &journal, &policy(), t(NOW));
         assert!(p.apply.is_empty());
     }
@@ -326,7 +346,7 @@ mod tests {
         ];
         let mut pol = policy();
         pol.delay = Duration::from_secs(24 * 3600);
-        let p = plan(&cs, &kernel(), &BTreeMap::new(), &pol, t(NOW));
+        let p = plan(&cs, &kernel(), &Journal::default(), &pol, t(NOW));
         assert_eq!(ids(&p), ["l1"]);
         assert_eq!(
             decision(&p, "l2"),
@@ -338,7 +358,7 @@ mod tests {
         let p = plan(
             &cs,
             &kernel(),
-            &BTreeMap::new(),
+            &Journal::default(),
             &pol,
             t("2026-11-30T00:00:00Z"),
         );
@@ -354,9 +374,26 @@ mod tests {
         ];
         let mut pol = policy();
         pol.pin = Some(2);
-        let p = plan(&cs, &kernel(), &BTreeMap::new(), &pol, t(NOW));
+        let p = plan(&cs, &kernel(), &Journal::default(), &pol, t(NOW));
         assert_eq!(ids(&p), ["l2"]);
         assert_eq!(decision(&p, "l3"), &Decision::AbovePin { pin: 2 });
+    }
+
+    /// A level applied from a repository that no longer lists it still
+    /// bounds the stream from below: no downgrade to what is listed.
+    #[test]
+    fn applied_level_known_only_from_the_host_is_never_undercut() {
+        let cs = [
+            cand("l1", Some(1), "2026-11-01T00:00:00Z", vec![]),
+            cand("l2", Some(2), "2026-11-02T00:00:00Z", vec![]),
+        ];
+        let journal = Journal {
+            ids: BTreeMap::from([("l3".to_owned(), Installed::Applied)]),
+            applied_levels: BTreeMap::from([("main".to_owned(), 3)]),
+        };
+        let p = plan(&cs, &kernel(), &journal, &policy(), t(NOW));
+        assert!(p.apply.is_empty());
+        assert_eq!(decision(&p, "l2"), &Decision::Superseded);
     }
 
     #[test]
@@ -366,10 +403,10 @@ mod tests {
         let cs = [cand("fix", None, &format_utc(published), waves)];
         let mut pol = policy();
         pol.seed = 50;
-        let p = plan(&cs, &kernel(), &BTreeMap::new(), &pol, t(NOW));
+        let p = plan(&cs, &kernel(), &Journal::default(), &pol, t(NOW));
         assert_eq!(ids(&p), ["fix"]);
         pol.seed = 500;
-        let p = plan(&cs, &kernel(), &BTreeMap::new(), &pol, t(NOW));
+        let p = plan(&cs, &kernel(), &Journal::default(), &pol, t(NOW));
         assert!(p.apply.is_empty());
         assert_eq!(
             p.waiting()
@@ -381,7 +418,7 @@ mod tests {
         let p = plan(
             &cs,
             &kernel(),
-            &BTreeMap::new(),
+            &Journal::default(),
             &pol,
             t("2026-11-30T23:59:59Z"),
         );
@@ -389,7 +426,7 @@ mod tests {
         let p = plan(
             &cs,
             &kernel(),
-            &BTreeMap::new(),
+            &Journal::default(),
             &pol,
             t("2026-12-01T00:00:00Z"),
         );
@@ -410,10 +447,13 @@ mod tests {
             cand("new-b", None, "2026-11-02T00:00:00Z", vec![]),
             cand("new-a", None, "2026-11-03T00:00:00Z", vec![]),
         ];
-        let journal = BTreeMap::from([
-            ("done".to_owned(), Installed::Applied),
-            ("held".to_owned(), Installed::NotApplied),
-        ]);
+        let journal = Journal {
+            ids: BTreeMap::from([
+                ("done".to_owned(), Installed::Applied),
+                ("held".to_owned(), Installed::NotApplied),
+            ]),
+            ..Journal::default()
+        };
         let p = plan(&cs, &kernel(), &journal, &policy(), t(NOW));
         // Oldest publication first.
         assert_eq!(ids(&p), ["new-b", "new-a"]);
