@@ -15,7 +15,6 @@ pub mod select;
 pub mod transport;
 pub mod tuf;
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use manifests::fleet::{TargetInfo, CUSTOM_KEY, SEED_RANGE};
