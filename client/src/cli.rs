@@ -82,6 +82,23 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Fetch, verify and apply the updates due for this kernel from the
+    /// configured TUF mirrors (exit 0 nothing to do, 1 --check: something
+    /// would be applied, 11 applied, 3 refused, 12 mirrors unreachable).
+    Update {
+        /// Say what would be applied; change nothing.
+        #[arg(long)]
+        check: bool,
+        /// One versioned JSON object on standard output.
+        #[arg(long)]
+        json: bool,
+        /// Run by ksplice-update.timer: apply only when `auto = true`.
+        #[arg(long, conflicts_with = "check")]
+        timer: bool,
+        /// Client configuration [env KSPLICE_CLIENT_CONFIG; default /etc/ksplice/client.toml].
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+    },
     /// Write this host's kernel profile (System.map, config, build-id, ...) for ksplice-create.
     Profile {
         #[arg(value_name = "DIR")]
@@ -309,6 +326,12 @@ fn run(host: &Host<'_>, command: Command) -> client::Result<u8> {
             }
             Ok(s.exit_code())
         }
+        Command::Update {
+            check,
+            json,
+            timer,
+            config,
+        } => update(host, check, json, timer, config),
         Command::ConfirmBoot => {
             match client::boot::confirm(host)? {
                 boot::Confirmed::Confirmed(a) => say(&format!(
@@ -335,6 +358,75 @@ fn run(host: &Host<'_>, command: Command) -> client::Result<u8> {
     }
 }
 
+fn update(
+    host: &Host<'_>,
+    check: bool,
+    json: bool,
+    timer: bool,
+    config: Option<PathBuf>,
+) -> client::Result<u8> {
+    use client::update::{self, config::Config, Mode, Options, Outcome};
+    let path = config
+        .or_else(|| env_path("KSPLICE_CLIENT_CONFIG"))
+        .unwrap_or_else(|| host.root.join(update::config::DEFAULT_CONFIG));
+    let mode = match (check, timer) {
+        (true, _) => Mode::Check,
+        (false, true) => Mode::Timer,
+        (false, false) => Mode::Apply,
+    };
+    let now = time::OffsetDateTime::now_utc();
+    let result = Config::load(host, &path).and_then(|cfg| {
+        update::update(host, &cfg, Options { mode, now }, &mut |e| {
+            if !json {
+                print_event(e);
+            }
+        })
+    });
+    let report = match result {
+        Ok(r) => r,
+        Err(e) => {
+            if json {
+                let value = serde_json::json!({
+                    "format": update::REPORT_FORMAT,
+                    "outcome": "error",
+                    "error": e.to_string(),
+                    "exit": e.exit_code(),
+                });
+                say(&format!("{value}\n"));
+            }
+            return Err(e);
+        }
+    };
+    if json {
+        let text = serde_json::to_string_pretty(&report).unwrap_or_default();
+        say(&format!("{text}\n"));
+        return Ok(report.outcome.exit_code());
+    }
+    for e in &report.errors {
+        say_err(&format!("ksplice: mirror {}: {}", e.mirror, e.error));
+    }
+    if let Some(m) = &report.mirror {
+        say(&format!("mirror {}\n", escape(m)));
+    }
+    for w in &report.waiting {
+        say(&format!(
+            "{}: waits for its rollout wave or the delay until {}\n",
+            escape(&w.id),
+            manifests::fleet::format_utc(w.from)
+        ));
+    }
+    let line = match report.outcome {
+        Outcome::AutoOff => "automatic updates are off (auto = false): nothing done".to_owned(),
+        Outcome::UpToDate => "up to date: nothing to apply now".to_owned(),
+        Outcome::WouldApply => format!("would apply: {}", escape(&report.chosen.join(", "))),
+        Outcome::Applied => format!("applied: {}", escape(&report.applied.join(", "))),
+        Outcome::Refused => "refused: no mirror passed verification".to_owned(),
+        Outcome::Unreachable => "no mirror could be reached".to_owned(),
+    };
+    say(&format!("{line}\n"));
+    Ok(report.outcome.exit_code())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -356,5 +448,12 @@ mod tests {
         assert!(Cli::try_parse_from(["ksplice", "apply", "--installed", "x.tar.gz"]).is_err());
         assert!(Cli::try_parse_from(["ksplice", "apply", "--installed"]).is_ok());
         assert!(Cli::try_parse_from(["ksplice", "undo", "--all", "a"]).is_err());
+    }
+
+    #[test]
+    fn update_check_and_timer_exclude_each_other() {
+        assert!(Cli::try_parse_from(["ksplice", "update", "--check", "--timer"]).is_err());
+        assert!(Cli::try_parse_from(["ksplice", "update", "--check", "--json"]).is_ok());
+        assert!(Cli::try_parse_from(["ksplice", "update", "--config", "/x", "--timer"]).is_ok());
     }
 }

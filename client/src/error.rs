@@ -34,6 +34,14 @@ pub mod exit {
     /// `apply --installed --boot`: automatic re-apply is held because an
     /// earlier boot that re-applied updates was never confirmed.
     pub const HELD: u8 = 13;
+    /// `update --check`: something would be applied (same value as
+    /// [`PENDING`]: "there is something to do").
+    pub const UPDATE_AVAILABLE: u8 = 1;
+    /// `update`: updates were applied.
+    pub const UPDATED: u8 = 11;
+    /// `update`: every mirror was unreachable or answered errors (network
+    /// or HTTP only; a mirror refused by TUF gives [`VERIFICATION`]).
+    pub const MIRRORS_FAILED: u8 = 12;
 }
 
 /// Everything the client can refuse or fail at.
@@ -146,6 +154,18 @@ pub enum Error {
     BootMarker { path: PathBuf, reason: String },
     #[error("interrupted at {step}")]
     Interrupted { step: String },
+    #[error("client configuration {path}: {source}")]
+    ConfigParse {
+        path: PathBuf,
+        #[source]
+        source: Box<toml::de::Error>,
+    },
+    #[error("client configuration {path}: {field}: {reason}")]
+    ConfigInvalid {
+        path: PathBuf,
+        field: &'static str,
+        reason: String,
+    },
 }
 
 fn fmt_tasks(tasks: &[BlockingTask]) -> String {
@@ -187,7 +207,9 @@ impl Error {
             | Error::BootMarker { .. }
             | Error::UnsafePermissions { .. }
             | Error::JournalFull { .. }
-            | Error::Interrupted { .. } => exit::STATE,
+            | Error::Interrupted { .. }
+            | Error::ConfigParse { .. }
+            | Error::ConfigInvalid { .. } => exit::STATE,
         }
     }
 

@@ -19,6 +19,7 @@ mod pkgfile;
 pub mod profile;
 pub mod state;
 pub mod sys;
+pub mod update;
 
 pub use error::{exit, Error, Result};
 pub use host::{Host, Timeouts};

@@ -1958,3 +1958,8 @@ fn client_patch_freed_while_enabling_is_not_reported_applied() {
     let host = fx.host(&sys);
     assert!(State::peek(&host).expect("peek").entries().is_empty());
 }
+
+// The fleet client against these fixtures; a child module, so that it uses
+// the simulated kernel and fixture host above.
+#[path = "update.rs"]
+mod update;

@@ -8,3 +8,4 @@ mod differ;
 mod module;
 mod package;
 mod repo;
+mod tuf_repo;

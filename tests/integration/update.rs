@@ -1,0 +1,1080 @@
+//! `ksplice update` against TUF repositories written by tough's editor and
+//! served from file:// and from an HTTP server on 127.0.0.1: the TUF attack
+//! suite (each refusal named, the host unchanged), the HTTP failure modes,
+//! and the selection end to end.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use client::error::Error;
+use client::update::config::Config;
+use client::update::tuf::Refusal;
+use client::update::{self, Mode as Run, Options, Outcome, Report};
+use manifests::fleet::{format_utc, TargetInfo, DEFAULT_CHANNEL};
+use manifests::{SigningKey, Stream};
+use time::OffsetDateTime;
+
+use super::{FakeKernel, Fixture, Mode};
+use crate::tuf_repo::{in_hours, Repo, Roles, TestKey};
+
+// ---- the fleet fixture ---------------------------------------------------------------------
+
+struct Fleet {
+    fx: Fixture,
+    _tmp: tempfile::TempDir,
+    repo: Repo,
+}
+
+fn info(id: &str, stream: Option<u32>) -> TargetInfo {
+    let mut m = Fixture::manifest(id);
+    m.stream = stream.map(|level| Stream {
+        name: "main".into(),
+        level,
+        replaces: vec![],
+    });
+    TargetInfo::from_manifest(
+        &m,
+        DEFAULT_CHANNEL,
+        OffsetDateTime::now_utc() - time::Duration::hours(1),
+        vec![],
+    )
+    .expect("target info")
+}
+
+impl Fleet {
+    /// A host trusting root 1 of a repository that holds `fix-1`, with a
+    /// client.toml naming `mirrors` (the repository's file:// URL if empty).
+    fn new() -> Fleet {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let repo = Repo::new(&tmp.path().join("repo"));
+        Fleet::with_repo(tmp, repo)
+    }
+
+    fn with_repo(tmp: tempfile::TempDir, mut repo: Repo) -> Fleet {
+        let fx = Fixture::new();
+        let fleet_pkg = fx.package("fix-1", |_| {});
+        repo.add(&fleet_pkg, &info("fix-1", None));
+        repo.publish();
+        fs::write(fx.root.join("etc/ksplice/root.json"), repo.root_bytes(1)).expect("root");
+        fs::write(
+            fx.root.join("etc/machine-id"),
+            "0123456789abcdef0123456789abcdef\n",
+        )
+        .expect("machine-id");
+        let fleet = Fleet {
+            fx,
+            _tmp: tmp,
+            repo,
+        };
+        let url = fleet.file_url();
+        fleet.config(&[url], "");
+        fleet
+    }
+
+    fn file_url(&self) -> String {
+        format!("file://{}/", self.repo.dir.display())
+    }
+
+    fn config(&self, mirrors: &[String], extra: &str) {
+        let list: Vec<String> = mirrors.iter().map(|m| format!("{m:?}")).collect();
+        fs::write(
+            self.fx.root.join("etc/ksplice/client.toml"),
+            format!("mirrors = [{}]\n{extra}\n", list.join(", ")),
+        )
+        .expect("client.toml");
+    }
+
+    fn run_at(&self, mode: Run, now: OffsetDateTime) -> Result<Report, Error> {
+        let sys = FakeKernel::new(&self.fx.root, Mode::Normal);
+        let host = self.fx.host(&sys);
+        let cfg = Config::load(&host, &self.fx.root.join("etc/ksplice/client.toml"))?;
+        update::update(&host, &cfg, Options { mode, now }, &mut |_| {})
+    }
+
+    fn run(&self, mode: Run) -> Result<Report, Error> {
+        self.run_at(mode, OffsetDateTime::now_utc())
+    }
+
+    fn report(&self) -> Report {
+        self.run(Run::Apply).expect("update")
+    }
+
+    /// Every file of the host that an update could change: the state
+    /// directory (journal, packages, TUF metadata, downloads), the loaded
+    /// modules and livepatches, and the simulated kernel's log.
+    fn host_files(&self) -> BTreeMap<PathBuf, Vec<u8>> {
+        let mut out = BTreeMap::new();
+        for d in ["var/lib/ksplice", "sys/module", "sys/kernel/livepatch"] {
+            walk(&self.fx.root.join(d), &mut out);
+        }
+        let log = self.fx.root.join("kernel.log");
+        out.insert(log.clone(), fs::read(&log).unwrap_or_default());
+        out
+    }
+
+    fn trusted(&self, file: &str) -> Option<serde_json::Value> {
+        let p = self.fx.state_dir().join("tuf").join(file);
+        fs::read(p)
+            .ok()
+            .map(|b| serde_json::from_slice(&b).expect("json"))
+    }
+}
+
+fn walk(dir: &Path, out: &mut BTreeMap<PathBuf, Vec<u8>>) {
+    let Ok(rd) = fs::read_dir(dir) else { return };
+    for e in rd.flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.insert(p.clone(), Vec::new());
+            walk(&p, out);
+        } else {
+            out.insert(p.clone(), fs::read(&p).unwrap_or_default());
+        }
+    }
+}
+
+/// Files only: a refused run may leave the empty directories it created.
+fn files_only(m: BTreeMap<PathBuf, Vec<u8>>) -> BTreeMap<PathBuf, Vec<u8>> {
+    m.into_iter().filter(|(p, _)| !p.is_dir()).collect()
+}
+
+/// Runs an update that must be refused with `expect`, and checks that the
+/// host is exactly as before.
+fn assert_refused(fleet: &Fleet, expect: impl Fn(&Refusal) -> bool) -> Report {
+    let before = files_only(fleet.host_files());
+    let r = fleet.report();
+    assert_eq!(r.outcome, Outcome::Refused, "{r:#?}");
+    assert_eq!(r.outcome.exit_code(), 3);
+    let refusal = r.errors[0].refusal.as_ref().expect("a named refusal");
+    assert!(expect(refusal), "wrong refusal: {refusal:?}");
+    assert!(r.applied.is_empty());
+    assert_eq!(files_only(fleet.host_files()), before, "the host changed");
+    r
+}
+
+fn journal_ids(fleet: &Fleet) -> Vec<String> {
+    let sys = FakeKernel::new(&fleet.fx.root, Mode::Normal);
+    let host = fleet.fx.host(&sys);
+    client::state::State::peek(&host)
+        .expect("journal")
+        .entries()
+        .iter()
+        .map(|e| e.id.clone())
+        .collect()
+}
+
+// ---- the normal flow -----------------------------------------------------------------------
+
+#[test]
+fn update_applies_then_is_up_to_date_and_check_changes_nothing() {
+    let mut fleet = Fleet::new();
+    // --check first: says what it would apply, writes nothing at all.
+    let before = fleet.host_files();
+    let r = fleet.run(Run::Check).expect("check");
+    assert_eq!(r.outcome, Outcome::WouldApply);
+    assert_eq!(r.outcome.exit_code(), 1);
+    assert_eq!(r.chosen, ["fix-1"]);
+    assert_eq!(fleet.host_files(), before);
+    assert!(!fleet.fx.state_dir().exists());
+
+    let r = fleet.report();
+    assert_eq!(r.outcome, Outcome::Applied, "{r:#?}");
+    assert_eq!(r.outcome.exit_code(), 11);
+    assert_eq!(r.applied, ["fix-1"]);
+    assert_eq!(r.mirror.as_deref(), Some(fleet.file_url().as_str()));
+    assert_eq!(journal_ids(&fleet), ["fix-1"]);
+    assert!(fleet.fx.loads().iter().any(|l| l == "load ksplice_fix_1"));
+    // Trusted metadata persisted, private.
+    let tuf = fleet.fx.state_dir().join("tuf");
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        fs::metadata(&tuf).expect("tuf").permissions().mode() & 0o777,
+        0o700
+    );
+    assert_eq!(
+        fleet.trusted("timestamp.json").expect("ts")["signed"]["version"],
+        1
+    );
+    // Downloads are not left behind.
+    let leftovers: Vec<_> = fs::read_dir(fleet.fx.state_dir().join("downloads"))
+        .expect("downloads")
+        .flatten()
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+
+    let r = fleet.report();
+    assert_eq!(r.outcome, Outcome::UpToDate);
+    assert_eq!(r.outcome.exit_code(), 0);
+
+    // A new stand-alone update: --check sees it and leaves the trusted
+    // metadata at version 1.
+    let pkg = fleet.fx.package("fix-2", |_| {});
+    fleet.repo.add(&pkg, &info("fix-2", None));
+    fleet.repo.publish();
+    let before = fleet.host_files();
+    let r = fleet.run(Run::Check).expect("check");
+    assert_eq!(r.chosen, ["fix-2"]);
+    assert_eq!(fleet.host_files(), before);
+    assert_eq!(fleet.report().applied, ["fix-2"]);
+    assert_eq!(
+        fleet.trusted("timestamp.json").expect("ts")["signed"]["version"],
+        2
+    );
+}
+
+#[test]
+fn update_timer_does_nothing_with_auto_off() {
+    let fleet = Fleet::new();
+    let before = fleet.host_files();
+    let r = fleet.run(Run::Timer).expect("timer");
+    assert_eq!(r.outcome, Outcome::AutoOff);
+    assert_eq!(r.outcome.exit_code(), 0);
+    assert_eq!(fleet.host_files(), before);
+    let url = fleet.file_url();
+    fleet.config(&[url], "auto = true");
+    assert_eq!(
+        fleet.run(Run::Timer).expect("timer").outcome,
+        Outcome::Applied
+    );
+}
+
+#[test]
+fn update_wave_not_started_waits_and_says_when() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let mut repo = Repo::new(&tmp.path().join("repo"));
+    let fx = Fixture::new();
+    let pkg = fx.package("late", |_| {});
+    let mut late = info("late", None);
+    let start = OffsetDateTime::now_utc() + time::Duration::days(3);
+    // One wave for every seed, in three days.
+    late.waves = vec![manifests::fleet::Wave {
+        seeds_below: manifests::fleet::SEED_RANGE,
+        start: format_utc(start),
+    }];
+    repo.add(&pkg, &late);
+    drop(fx);
+    let fleet = Fleet::with_repo(tmp, repo);
+    let before = files_only(fleet.host_files());
+    let r = fleet.report();
+    assert_eq!(r.outcome, Outcome::Applied, "fix-1 has no wave");
+    assert_eq!(r.applied, ["fix-1"]);
+    assert_eq!(r.waiting.len(), 1);
+    assert_eq!(r.waiting[0].id, "late");
+    assert_eq!(format_utc(r.waiting[0].from), format_utc(start));
+    assert_ne!(files_only(fleet.host_files()), before);
+    // After the wave started (an injected clock), it is applied.
+    let r = fleet
+        .run_at(Run::Apply, start + time::Duration::seconds(1))
+        .expect("later");
+    assert_eq!(r.applied, ["late"]);
+}
+
+#[test]
+fn update_applies_the_highest_stream_level_and_never_goes_below_the_applied_one() {
+    let mut fleet = Fleet::new();
+    for level in [1, 2] {
+        let id = format!("main-{level}");
+        let pkg = fleet.fx.package(&id, |m| {
+            m.stream = Some(Stream {
+                name: "main".into(),
+                level,
+                replaces: vec![],
+            })
+        });
+        fleet.repo.add(&pkg, &info(&id, Some(level)));
+    }
+    fleet.repo.publish();
+    let r = fleet.report();
+    assert_eq!(r.applied, ["fix-1", "main-2"], "{r:#?}");
+    // The repository stops listing level 2: level 1 is not a way forward.
+    fleet.repo.remove("ksplice-main-2.tar.gz");
+    fleet.repo.publish();
+    let before = files_only(fleet.host_files());
+    let r = fleet.report();
+    assert_eq!(r.outcome, Outcome::UpToDate, "{r:#?}");
+    let main1 = r
+        .considered
+        .iter()
+        .find(|c| c.id == "main-1")
+        .expect("main-1");
+    assert_eq!(main1.decision, client::update::select::Decision::Superseded);
+    let after = files_only(fleet.host_files());
+    // Only the trusted metadata moved on.
+    let changed: Vec<&PathBuf> = after
+        .keys()
+        .filter(|p| before.get(*p) != after.get(*p))
+        .collect();
+    assert!(
+        changed
+            .iter()
+            .all(|p| p.to_string_lossy().contains("/tuf/")),
+        "{changed:?}"
+    );
+}
+
+// ---- the TUF attack suite --------------------------------------------------------------------
+
+#[test]
+fn tuf_arbitrary_package_is_refused() {
+    let fleet = Fleet::new();
+    let file = fleet.repo.target_file("ksplice-fix-1.tar.gz");
+    let mut bytes = fs::read(&file).expect("target");
+    let n = bytes.len();
+    bytes[n / 2] ^= 0xff;
+    fs::write(&file, bytes).expect("tamper");
+    assert_refused(&fleet, |r| matches!(r, Refusal::TargetHash { .. }));
+}
+
+#[test]
+fn tuf_rollback_of_timestamp_is_refused() {
+    let mut fleet = Fleet::new();
+    let v1 = fleet.repo.save();
+    fleet.repo.publish();
+    fleet.report();
+    fleet.repo.replay(&v1, "timestamp.json");
+    assert_refused(
+        &fleet,
+        |r| matches!(r, Refusal::Rollback { role, .. } if role.starts_with("timestamp")),
+    );
+}
+
+#[test]
+fn tuf_rollback_of_snapshot_is_refused() {
+    let mut fleet = Fleet::new();
+    fleet.repo.publish();
+    fleet.report();
+    // A fresh timestamp (version 3) pointing at snapshot version 1.
+    fleet.repo.publish_with(|p| p.versions = Some((3, 1, 3)));
+    assert_refused(
+        &fleet,
+        |r| matches!(r, Refusal::Rollback { role, .. } if role.starts_with("snapshot")),
+    );
+}
+
+#[test]
+fn tuf_rollback_of_targets_is_refused() {
+    let mut fleet = Fleet::new();
+    fleet.repo.publish();
+    fleet.report();
+    // Fresh timestamp and snapshot listing targets version 1.
+    fleet.repo.publish_with(|p| p.versions = Some((3, 3, 1)));
+    assert_refused(
+        &fleet,
+        |r| matches!(r, Refusal::Rollback { role, .. } if role.starts_with("targets")),
+    );
+}
+
+#[test]
+fn tuf_freeze_expired_timestamp_is_refused() {
+    let mut fleet = Fleet::new();
+    fleet
+        .repo
+        .publish_with(|p| p.timestamp_expires = in_hours(-1));
+    let r = assert_refused(
+        &fleet,
+        |r| matches!(r, Refusal::Expired { role } if role == "timestamp metadata"),
+    );
+    assert!(
+        r.errors[0].error.contains("timestamp metadata expired"),
+        "{}",
+        r.errors[0].error
+    );
+}
+
+#[test]
+fn tuf_mix_and_match_snapshot_is_refused() {
+    let mut fleet = Fleet::new();
+    let v1 = fleet.repo.save();
+    let pkg = fleet.fx.package("fix-2", |_| {});
+    fleet.repo.add(&pkg, &info("fix-2", None));
+    fleet.repo.publish();
+    // Snapshot 2 replaced by snapshot 1's bytes: what timestamp 2 signed
+    // for is another file.
+    fs::write(
+        fleet.repo.metadata().join("2.snapshot.json"),
+        &v1["1.snapshot.json"],
+    )
+    .expect("mix");
+    assert_refused(&fleet, |r| matches!(r, Refusal::MixAndMatch { .. }));
+}
+
+#[test]
+fn tuf_fast_forward_attack_recovers_after_timestamp_key_rotation() {
+    let mut fleet = Fleet::new();
+    // The attacker holds the timestamp key and fast-forwards the host to
+    // timestamp version 1000.
+    fleet.repo.publish_with(|p| p.versions = Some((1000, 1, 1)));
+    assert_eq!(fleet.report().outcome, Outcome::Applied);
+    assert_eq!(
+        fleet.trusted("timestamp.json").expect("ts")["signed"]["version"],
+        1000
+    );
+    // The honest repository's next timestamp is now a "rollback".
+    fleet.repo.publish();
+    assert_refused(&fleet, |r| matches!(r, Refusal::Rollback { .. }));
+    // The repository rotates the timestamp key: the host drops the
+    // fast-forwarded timestamp and follows the repository again.
+    fleet
+        .repo
+        .rotate(|roles| roles.timestamp = (vec![TestKey(5)], 1));
+    let pkg = fleet.fx.package("fix-2", |_| {});
+    fleet.repo.add(&pkg, &info("fix-2", None));
+    fleet.repo.publish();
+    let r = fleet.report();
+    assert_eq!(r.outcome, Outcome::Applied, "{r:#?}");
+    assert_eq!(r.applied, ["fix-2"]);
+    assert_eq!(
+        fleet.trusted("timestamp.json").expect("ts")["signed"]["version"],
+        3
+    );
+    assert_eq!(
+        fleet.trusted("root.json").expect("root")["signed"]["version"],
+        2
+    );
+}
+
+#[test]
+fn tuf_endless_data_target_longer_than_signed_is_refused() {
+    let fleet = Fleet::new();
+    let file = fleet.repo.target_file("ksplice-fix-1.tar.gz");
+    let mut bytes = fs::read(&file).expect("target");
+    bytes.extend(vec![0u8; 1 << 20]);
+    fs::write(&file, bytes).expect("grow");
+    assert_refused(&fleet, |r| matches!(r, Refusal::TooLarge { .. }));
+}
+
+#[test]
+fn tuf_endless_data_metadata_over_limit_is_refused() {
+    let fleet = Fleet::new();
+    // Valid JSON, valid signature, 2 MiB: over the 1 MiB timestamp limit.
+    let path = fleet.repo.metadata().join("timestamp.json");
+    let mut bytes = fs::read(&path).expect("timestamp");
+    bytes.extend(vec![b' '; 2 << 20]);
+    fs::write(&path, bytes).expect("pad");
+    assert_refused(
+        &fleet,
+        |r| matches!(r, Refusal::TooLarge { what, max } if what.contains("timestamp") && *max == 1 << 20),
+    );
+}
+
+#[test]
+fn tuf_threshold_not_met_is_refused() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let roles = Roles {
+        timestamp: (vec![TestKey(4), TestKey(5)], 2),
+        ..Roles::default()
+    };
+    let repo = Repo::with_roles(&tmp.path().join("repo"), roles);
+    let fleet = Fleet::with_repo(tmp, repo);
+    fleet.repo.tamper_json("timestamp.json", |v| {
+        v["signatures"]
+            .as_array_mut()
+            .expect("signatures")
+            .truncate(1);
+    });
+    let r = assert_refused(
+        &fleet,
+        |r| matches!(r, Refusal::Signature { role, .. } if role == "timestamp metadata"),
+    );
+    assert!(
+        r.errors[0].error.contains("threshold"),
+        "{}",
+        r.errors[0].error
+    );
+}
+
+#[test]
+fn tuf_root_rotation_chain_valid_is_followed() {
+    let mut fleet = Fleet::new();
+    fleet
+        .repo
+        .rotate(|roles| roles.root = (vec![TestKey(6)], 1));
+    fleet
+        .repo
+        .rotate(|roles| roles.targets = (vec![TestKey(7)], 1));
+    fleet.repo.publish();
+    let r = fleet.report();
+    assert_eq!(r.outcome, Outcome::Applied, "{r:#?}");
+    assert_eq!(
+        fleet.trusted("root.json").expect("root")["signed"]["version"],
+        3
+    );
+    // The next run starts from the persisted root 3, not the installed 1:
+    // a later 2.root.json forged with root 1's key is never read.
+    fs::write(fleet.repo.metadata().join("2.root.json"), b"not json").expect("break 2");
+    assert_eq!(fleet.report().outcome, Outcome::UpToDate);
+}
+
+#[test]
+fn tuf_root_rotation_chain_broken_is_refused() {
+    let mut fleet = Fleet::new();
+    fleet
+        .repo
+        .rotate_unsigned_by_old(|roles| roles.root = (vec![TestKey(6)], 1));
+    fleet.repo.publish();
+    assert_refused(
+        &fleet,
+        |r| matches!(r, Refusal::Signature { role, .. } if role == "root metadata"),
+    );
+}
+
+#[test]
+fn tuf_bad_first_mirror_then_good_second_applies_from_the_second() {
+    let fleet = Fleet::new();
+    // Mirror 1: a copy of the repository with its package replaced.
+    let bad = fleet._tmp.path().join("bad-mirror");
+    copy_dir(&fleet.repo.dir, &bad);
+    let name = fleet
+        .repo
+        .target_file("ksplice-fix-1.tar.gz")
+        .file_name()
+        .expect("name")
+        .to_owned();
+    let target = bad.join("targets").join(name);
+    let mut bytes = fs::read(&target).expect("target");
+    bytes[0] ^= 1;
+    fs::write(&target, bytes).expect("tamper");
+    let bad_url = format!("file://{}/", bad.display());
+    let good_url = fleet.file_url();
+    fleet.config(&[bad_url.clone(), good_url.clone()], "");
+    let r = fleet.report();
+    assert_eq!(r.outcome, Outcome::Applied, "{r:#?}");
+    assert_eq!(r.mirror.as_deref(), Some(good_url.as_str()));
+    assert_eq!(r.errors.len(), 1);
+    assert_eq!(r.errors[0].mirror, bad_url);
+    assert!(matches!(
+        r.errors[0].refusal,
+        Some(Refusal::TargetHash { .. })
+    ));
+}
+
+#[test]
+fn tuf_valid_package_not_signed_by_trusted_keys_is_refused() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let mut repo = Repo::new(&tmp.path().join("repo"));
+    let fx = Fixture::new();
+    let stranger = SigningKey::from_seed(&[9; 32]);
+    let pkg = fx.package_signed("rogue", |_| {}, &stranger);
+    repo.add(&pkg, &info("rogue", None));
+    let fleet = Fleet::with_repo(tmp, repo);
+    let before = files_only(fleet.host_files());
+    let err = fleet.run(Run::Apply).expect_err("refused");
+    assert!(matches!(err, Error::Package { .. }), "{err}");
+    assert_eq!(err.exit_code(), 3);
+    assert_eq!(files_only(fleet.host_files()), before);
+    drop(fx);
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    fs::create_dir_all(to).expect("mkdir");
+    for e in fs::read_dir(from).expect("read").flatten() {
+        let dest = to.join(e.file_name());
+        if e.path().is_dir() {
+            copy_dir(&e.path(), &dest);
+        } else {
+            fs::copy(e.path(), dest).expect("copy");
+        }
+    }
+}
+
+// ---- HTTP on 127.0.0.1 ----------------------------------------------------------------------
+
+/// What the test server does with one request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Act {
+    /// The file, honouring `Range: bytes=N-`.
+    Serve,
+    /// The file's headers, then only this many body bytes, then close.
+    Cut(usize),
+    /// Never answers (until the server stops).
+    Stall,
+    /// The file followed by this many more bytes (Content-Length says so).
+    More(usize),
+    /// The whole file with 200, whatever the Range header says.
+    IgnoreRange,
+    /// HTTP 500.
+    Fail,
+}
+
+type Rule = dyn Fn(&str, usize) -> Act + Send + Sync;
+/// `(path, Range header)` of each request the server read.
+type RequestLog = Arc<Mutex<Vec<(String, Option<String>)>>>;
+
+/// A file server for one repository directory on 127.0.0.1, written for
+/// these tests because they need what a well-behaved server never does:
+/// cut a body short and close, stall, ignore Range. One request per
+/// connection (`Connection: close`).
+struct Server {
+    addr: SocketAddr,
+    /// `(path, range header)` of each request, in order.
+    log: RequestLog,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Server {
+    fn start(root: &Path, rule: Arc<Rule>) -> Server {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1");
+        listener.set_nonblocking(true).expect("nonblocking");
+        let addr = listener.local_addr().expect("addr");
+        let log: RequestLog = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (root, log2, stop2) = (root.to_owned(), log.clone(), stop.clone());
+        let thread = std::thread::spawn(move || {
+            let mut counts: BTreeMap<String, usize> = BTreeMap::new();
+            let mut workers = Vec::new();
+            // Bounded: the test ends the server; a forgotten one ends itself.
+            let deadline = Instant::now() + Duration::from_secs(300);
+            while !stop2.load(Ordering::Relaxed) && Instant::now() < deadline {
+                match listener.accept() {
+                    Ok((stream, _)) => {
+                        let Some((path, range)) = read_request(&stream) else {
+                            continue;
+                        };
+                        let n = counts.entry(path.clone()).or_default();
+                        let act = rule(&path, *n);
+                        *n += 1;
+                        log2.lock()
+                            .expect("log")
+                            .push((path.clone(), range.clone()));
+                        let (root, stop3) = (root.clone(), stop2.clone());
+                        workers.push(std::thread::spawn(move || {
+                            respond(stream, &root, &path, range, act, &stop3)
+                        }));
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(10)),
+                }
+            }
+            for w in workers {
+                let _ = w.join();
+            }
+        });
+        Server {
+            addr,
+            log,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}/", self.addr)
+    }
+
+    fn requests(&self) -> Vec<(String, Option<String>)> {
+        self.log.lock().expect("log").clone()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn read_request(mut stream: &TcpStream) -> Option<(String, Option<String>)> {
+    stream.set_nonblocking(false).ok()?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .ok()?;
+    let mut buf = Vec::new();
+    let mut byte = [0u8; 1];
+    while !buf.ends_with(b"\r\n\r\n") && buf.len() < 16 * 1024 {
+        if stream.read(&mut byte).ok()? == 0 {
+            return None;
+        }
+        buf.push(byte[0]);
+    }
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let mut lines = text.lines();
+    let path = lines.next()?.split_whitespace().nth(1)?.to_owned();
+    let range = lines
+        .filter_map(|l| l.split_once(':'))
+        .find(|(k, _)| k.eq_ignore_ascii_case("range"))
+        .map(|(_, v)| v.trim().to_owned());
+    Some((path, range))
+}
+
+fn respond(
+    mut stream: TcpStream,
+    root: &Path,
+    path: &str,
+    range: Option<String>,
+    act: Act,
+    stop: &AtomicBool,
+) {
+    if act == Act::Stall {
+        let until = Instant::now() + Duration::from_secs(120);
+        while !stop.load(Ordering::Relaxed) && Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        return;
+    }
+    let head = |s: &mut TcpStream, status: &str, len: usize, extra: &str| {
+        let _ = write!(
+            s,
+            "HTTP/1.1 {status}\r\nContent-Length: {len}\r\nConnection: close\r\n{extra}\r\n"
+        );
+    };
+    let file = root.join(path.trim_start_matches('/'));
+    let body = match (act, fs::read(&file)) {
+        (Act::Fail, _) => {
+            head(&mut stream, "500 Internal Server Error", 0, "");
+            return;
+        }
+        (_, Ok(b)) => b,
+        (_, Err(_)) => {
+            head(&mut stream, "404 Not Found", 0, "");
+            return;
+        }
+    };
+    let from = range
+        .as_deref()
+        .and_then(|r| r.strip_prefix("bytes="))
+        .and_then(|r| r.strip_suffix('-'))
+        .and_then(|n| n.parse::<usize>().ok());
+    match (act, from) {
+        (Act::Serve, Some(from)) if from < body.len() => {
+            let extra = format!(
+                "Content-Range: bytes {from}-{}/{}\r\n",
+                body.len() - 1,
+                body.len()
+            );
+            head(
+                &mut stream,
+                "206 Partial Content",
+                body.len() - from,
+                &extra,
+            );
+            let _ = stream.write_all(&body[from..]);
+        }
+        (Act::Cut(n), _) => {
+            head(&mut stream, "200 OK", body.len(), "");
+            let _ = stream.write_all(&body[..n.min(body.len())]);
+            let _ = stream.flush();
+            let _ = stream.shutdown(std::net::Shutdown::Both);
+        }
+        (Act::More(n), _) => {
+            head(&mut stream, "200 OK", body.len() + n, "");
+            let _ = stream.write_all(&body);
+            let _ = stream.write_all(&vec![b'x'; n]);
+        }
+        _ => {
+            head(&mut stream, "200 OK", body.len(), "");
+            let _ = stream.write_all(&body);
+        }
+    }
+}
+
+fn is_target(path: &str) -> bool {
+    path.starts_with("/targets/")
+}
+
+/// A fleet whose only mirror is the test server, with short timeouts.
+fn http_fleet(rule: Arc<Rule>) -> (Fleet, Server) {
+    let fleet = Fleet::new();
+    let server = Server::start(&fleet.repo.dir, rule);
+    fleet.config(
+        &[server.url()],
+        "[timeouts]\nconnect = \"3s\"\nread = \"3s\"\ntotal = \"60s\"",
+    );
+    (fleet, server)
+}
+
+#[test]
+fn http_normal_fetch_applies() {
+    let (fleet, server) = http_fleet(Arc::new(|_: &str, _: usize| Act::Serve));
+    let r = fleet.report();
+    assert_eq!(r.outcome, Outcome::Applied, "{r:#?}");
+    let paths: Vec<String> = server.requests().into_iter().map(|(p, _)| p).collect();
+    assert!(
+        paths.contains(&"/metadata/timestamp.json".to_owned()),
+        "{paths:?}"
+    );
+    assert!(paths.contains(&"/metadata/1.snapshot.json".to_owned()));
+    assert!(paths.iter().any(|p| p.ends_with(".ksplice-fix-1.tar.gz")));
+}
+
+#[test]
+fn http_truncated_body_is_a_network_error_and_changes_nothing_but_the_partial() {
+    let (fleet, _server) = http_fleet(Arc::new(|p: &str, _: usize| {
+        if is_target(p) {
+            Act::Cut(100)
+        } else {
+            Act::Serve
+        }
+    }));
+    let before = files_only(fleet.host_files());
+    let r = fleet.report();
+    assert_eq!(r.outcome, Outcome::Unreachable, "{r:#?}");
+    assert_eq!(r.outcome.exit_code(), 12);
+    assert_eq!(r.errors[0].kind, "network");
+    assert!(journal_ids(&fleet).is_empty());
+    // Only the partial download is new.
+    let after = files_only(fleet.host_files());
+    let new: Vec<&PathBuf> = after.keys().filter(|p| !before.contains_key(*p)).collect();
+    assert_eq!(new.len(), 1, "{new:?}");
+    assert!(new[0].to_string_lossy().ends_with(".part"));
+    assert_eq!(after[new[0]].len(), 100);
+}
+
+#[test]
+fn http_stalled_server_times_out() {
+    let (fleet, _server) = http_fleet(Arc::new(|_: &str, _: usize| Act::Stall));
+    let before = files_only(fleet.host_files());
+    let r = fleet.report();
+    assert_eq!(r.outcome, Outcome::Unreachable, "{r:#?}");
+    assert_eq!(r.errors[0].kind, "network");
+    assert_eq!(files_only(fleet.host_files()), before);
+}
+
+#[test]
+fn http_more_bytes_than_the_length_is_refused() {
+    let (fleet, _server) = http_fleet(Arc::new(|p: &str, _: usize| {
+        if is_target(p) {
+            Act::More(300 * 1024)
+        } else {
+            Act::Serve
+        }
+    }));
+    let before = files_only(fleet.host_files());
+    let r = fleet.report();
+    assert_eq!(r.outcome, Outcome::Refused, "{r:#?}");
+    assert!(matches!(
+        r.errors[0].refusal,
+        Some(Refusal::TooLarge { .. })
+    ));
+    assert_eq!(files_only(fleet.host_files()), before);
+}
+
+#[test]
+fn http_interrupted_download_resumes_with_a_range_request() {
+    let (fleet, server) = http_fleet(Arc::new(|p: &str, n: usize| {
+        if is_target(p) && n == 0 {
+            Act::Cut(300)
+        } else {
+            Act::Serve
+        }
+    }));
+    assert_eq!(fleet.report().outcome, Outcome::Unreachable);
+    let r = fleet.report();
+    assert_eq!(r.outcome, Outcome::Applied, "{r:#?}");
+    let ranges: Vec<Option<String>> = server
+        .requests()
+        .into_iter()
+        .filter(|(p, _)| is_target(p))
+        .map(|(_, r)| r)
+        .collect();
+    assert_eq!(ranges, [None, Some("bytes=300-".to_owned())]);
+    assert_eq!(journal_ids(&fleet), ["fix-1"]);
+}
+
+#[test]
+fn http_resume_ignored_by_the_server_restarts_from_zero() {
+    let (fleet, server) = http_fleet(Arc::new(|p: &str, n: usize| match (is_target(p), n) {
+        (true, 0) => Act::Cut(300),
+        (true, _) => Act::IgnoreRange,
+        _ => Act::Serve,
+    }));
+    assert_eq!(fleet.report().outcome, Outcome::Unreachable);
+    let r = fleet.report();
+    assert_eq!(r.outcome, Outcome::Applied, "{r:#?}");
+    // The second request asked for the rest, got the whole file with 200,
+    // and the download started over from byte 0.
+    let ranges: Vec<Option<String>> = server
+        .requests()
+        .into_iter()
+        .filter(|(p, _)| is_target(p))
+        .map(|(_, r)| r)
+        .collect();
+    assert_eq!(ranges, [None, Some("bytes=300-".to_owned())]);
+    assert_eq!(journal_ids(&fleet), ["fix-1"]);
+}
+
+#[test]
+fn http_failing_mirror_falls_back_to_the_next() {
+    let fleet = Fleet::new();
+    let bad = Server::start(&fleet.repo.dir, Arc::new(|_: &str, _: usize| Act::Fail));
+    let good = Server::start(&fleet.repo.dir, Arc::new(|_: &str, _: usize| Act::Serve));
+    fleet.config(&[bad.url(), good.url()], "");
+    let r = fleet.report();
+    assert_eq!(r.outcome, Outcome::Applied, "{r:#?}");
+    assert_eq!(r.mirror.as_deref(), Some(good.url().as_str()));
+    assert_eq!(r.errors.len(), 1);
+    assert_eq!(r.errors[0].kind, "network");
+    assert!(r.errors[0].error.contains("500"), "{}", r.errors[0].error);
+    // Both unreachable: exit 12.
+    drop(good);
+    let dead = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let dead_url = format!("http://{}/", dead.local_addr().expect("addr"));
+    drop(dead);
+    fleet.config(&[bad.url(), dead_url], "");
+    let r = fleet.report();
+    assert_eq!(r.outcome, Outcome::Unreachable);
+    assert_eq!(r.outcome.exit_code(), 12);
+    assert_eq!(r.errors.len(), 2);
+}
+
+// ---- repositories written by python-tuf -----------------------------------------------------
+
+/// The python of the venv `ci/setup-python` makes (python-tuf and
+/// securesystemslib); a missing venv fails the test, never skips it.
+fn python_tuf() -> PathBuf {
+    let cache = std::env::var_os("KSPLICE_CACHE")
+        .filter(|c| !c.is_empty())
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/var/cache/ksplice-ci"));
+    let python = cache.join("pyenv/bin/python");
+    assert!(
+        python.is_file(),
+        "{} is missing: run ci/setup-python (a venv with python-tuf)",
+        python.display()
+    );
+    python
+}
+
+/// Repositories for `fix-1` written by tests/interop/python_tuf_repo.py, and
+/// a host trusting the chosen variant's root.
+fn python_fleet(variant: &str) -> (Fleet, PathBuf) {
+    let fleet = Fleet::new();
+    let out = fleet._tmp.path().join("python-tuf");
+    let pkg = fleet.fx.package("py-fix", |_| {});
+    let info_path = fleet._tmp.path().join("info.json");
+    fs::write(
+        &info_path,
+        serde_json::to_vec(&info("py-fix", None)).expect("json"),
+    )
+    .expect("info");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("interop/python_tuf_repo.py");
+    let status = std::process::Command::new(python_tuf())
+        .arg(&script)
+        .arg(&out)
+        .arg(&pkg)
+        .arg(&info_path)
+        .status()
+        .expect("run python_tuf_repo.py");
+    assert!(status.success(), "python_tuf_repo.py failed: {status}");
+    let repo = out.join(variant);
+    fs::write(
+        fleet.fx.root.join("etc/ksplice/root.json"),
+        fs::read(repo.join("metadata/1.root.json")).expect("root"),
+    )
+    .expect("install root");
+    fleet.config(&[format!("file://{}/", repo.display())], "");
+    (fleet, repo)
+}
+
+#[test]
+fn interop_python_tuf_valid_repository_is_applied_and_its_rollback_refused() {
+    let (fleet, repo) = python_fleet("valid");
+    let r = fleet.report();
+    assert_eq!(r.outcome, Outcome::Applied, "{r:#?}");
+    assert_eq!(r.applied, ["py-fix"]);
+    // python-tuf's older, correctly signed timestamp: a rollback.
+    fs::copy(
+        repo.join("rollback-timestamp.json"),
+        repo.join("metadata/timestamp.json"),
+    )
+    .expect("replay");
+    assert_refused(
+        &fleet,
+        |r| matches!(r, Refusal::Rollback { role, .. } if role.starts_with("timestamp")),
+    );
+}
+
+#[test]
+fn interop_python_tuf_expired_timestamp_is_refused() {
+    let (fleet, _) = python_fleet("expired-timestamp");
+    assert_refused(&fleet, |r| matches!(r, Refusal::Expired { .. }));
+}
+
+#[test]
+fn interop_python_tuf_bad_signature_is_refused() {
+    let (fleet, _) = python_fleet("bad-signature");
+    assert_refused(
+        &fleet,
+        |r| matches!(r, Refusal::Signature { role, .. } if role == "timestamp metadata"),
+    );
+}
+
+/// Not a test: writes a repository for the client's benchmarks with
+/// `KSPLICE_BENCH_TARGETS` targets (default 1000), all for another kernel,
+/// into `KSPLICE_BENCH_REPO`. Run with `--ignored`.
+#[test]
+#[ignore]
+fn bench_write_repository() {
+    let Some(dir) = std::env::var_os("KSPLICE_BENCH_REPO") else {
+        return;
+    };
+    let n: usize = std::env::var("KSPLICE_BENCH_TARGETS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1000);
+    let mut repo = Repo::new(Path::new(&dir));
+    let fx = Fixture::new();
+    let pkg = fx.package("bench", |_| {});
+    for i in 0..n {
+        let mut i_info = info(&format!("bench-{i}"), Some(i as u32 + 1));
+        i_info.kernel.build_id = "ab".repeat(20);
+        let mut bytes = fs::read(&pkg).expect("pkg");
+        bytes.extend(i.to_le_bytes());
+        repo.add_bytes(&i_info.target_name(), bytes, Some(i_info));
+    }
+    repo.publish();
+}
+
+#[test]
+fn http_configured_proxy_is_used() {
+    let fleet = Fleet::new();
+    // The "proxy" is the test server: it sees the tunnel request for the
+    // mirror, refuses it, and the mirror counts as unreachable.
+    let proxy = Server::start(&fleet.repo.dir, Arc::new(|_: &str, _: usize| Act::Fail));
+    let mirror = "http://127.0.0.1:9/".to_owned();
+    fleet.config(
+        &[mirror],
+        &format!(
+            "proxy = \"http://{}\"\n[timeouts]\nconnect = \"3s\"\nread = \"3s\"",
+            proxy.addr
+        ),
+    );
+    let r = fleet.report();
+    assert_eq!(r.outcome, Outcome::Unreachable, "{r:#?}");
+    let seen: Vec<String> = proxy.requests().into_iter().map(|(p, _)| p).collect();
+    assert!(
+        seen.iter().any(|p| p.contains("127.0.0.1:9")),
+        "the proxy saw {seen:?}"
+    );
+}
+
+#[test]
+fn http_ca_file_without_certificates_is_a_configuration_error() {
+    let fleet = Fleet::new();
+    let ca = fleet.fx.root.join("etc/ksplice/mirror-ca.pem");
+    fs::write(&ca, "not a certificate\n").expect("ca");
+    fleet.config(
+        &["https://127.0.0.1:9/".to_owned()],
+        "ca_file = \"/etc/ksplice/mirror-ca.pem\"",
+    );
+    let err = fleet.run(Run::Apply).expect_err("refused");
+    assert!(
+        matches!(
+            err,
+            Error::ConfigInvalid {
+                field: "ca_file",
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert_eq!(err.exit_code(), 7);
+}
