@@ -417,6 +417,7 @@ fn update(
     }
     let line = match report.outcome {
         Outcome::AutoOff => "automatic updates are off (auto = false): nothing done".to_owned(),
+        Outcome::Held => "automatic apply is held (see `ksplice status`): nothing done".to_owned(),
         Outcome::UpToDate => "up to date: nothing to apply now".to_owned(),
         Outcome::WouldApply => format!("would apply: {}", escape(&report.chosen.join(", "))),
         Outcome::Applied => format!("applied: {}", escape(&report.applied.join(", "))),

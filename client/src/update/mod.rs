@@ -72,12 +72,16 @@ pub enum Outcome {
     Unreachable,
     /// `--timer` with `auto = false`.
     AutoOff,
+    /// `--timer` while automatic apply is held (client/src/boot.rs): a
+    /// boot that re-applied updates was never confirmed.
+    Held,
 }
 
 impl Outcome {
     pub fn exit_code(self) -> u8 {
         match self {
             Outcome::UpToDate | Outcome::AutoOff => exit::OK,
+            Outcome::Held => exit::HELD,
             Outcome::WouldApply => exit::UPDATE_AVAILABLE,
             Outcome::Applied => exit::UPDATED,
             Outcome::Refused => exit::VERIFICATION,
@@ -187,6 +191,10 @@ pub fn update(
     let mut report = Report::new(seed(host));
     if opts.mode == Mode::Timer && !cfg.auto {
         report.outcome = Outcome::AutoOff;
+        return Ok(report);
+    }
+    if opts.mode == Mode::Timer && crate::boot::held(host)?.is_some() {
+        report.outcome = Outcome::Held;
         return Ok(report);
     }
     let running = Running::read(host)?;
@@ -457,11 +465,12 @@ mod tests {
             Outcome::Applied,
             Outcome::Refused,
             Outcome::Unreachable,
+            Outcome::Held,
         ]
         .iter()
         .map(|o| o.exit_code())
         .collect();
-        assert_eq!(codes, [0, 0, 1, 11, 3, 12]);
+        assert_eq!(codes, [0, 0, 1, 11, 3, 12, 13]);
     }
 
     #[test]
