@@ -162,6 +162,7 @@ fn build(fixture: &str, name: &str, tweak: impl FnOnce(&mut RunPre)) -> Result<B
         kernel_tree: kernel().headers.clone(),
         release: kernel().release.clone(),
         work_dir: root.join("module"),
+        patching: Default::default(),
         objects: vec![PatchObject {
             target: "vmlinux".into(),
             path: patch,
@@ -412,6 +413,7 @@ fn missing_replacement_function_is_refused() {
         kernel_tree: kernel().headers.clone(),
         release: kernel().release.clone(),
         work_dir: root.join("module"),
+        patching: Default::default(),
         objects: vec![PatchObject {
             target: "vmlinux".into(),
             path: patch,
@@ -621,6 +623,7 @@ fn build_differ_cmdline_update() -> PathBuf {
         kernel_tree: kernel().headers.clone(),
         release: kernel().release.clone(),
         work_dir: root.join("module"),
+        patching: Default::default(),
         objects: vec![pobj],
     };
     module::build(&inputs).expect("build")
@@ -660,6 +663,7 @@ fn build_cross_update() -> PathBuf {
         kernel_tree: kernel().headers.clone(),
         release: kernel().release.clone(),
         work_dir: root.join("module"),
+        patching: Default::default(),
         objects: vec![
             PatchObject {
                 target: "vmlinux".into(),
@@ -811,6 +815,7 @@ fn build_xfs_update() -> PathBuf {
         kernel_tree: kernel().headers.clone(),
         release: kernel().release.clone(),
         work_dir: root.join("module"),
+        patching: Default::default(),
         objects: vec![pobj],
     })
     .expect("build")
@@ -941,6 +946,7 @@ fn module_symbol_in_a_load_time_section_is_refused() {
         kernel_tree: kernel().headers.clone(),
         release: kernel().release.clone(),
         work_dir: root.join("module"),
+        patching: Default::default(),
         objects: vec![PatchObject {
             target: "xfs".into(),
             path: patch,
