@@ -81,6 +81,18 @@ enum Command {
         #[arg(value_name = "DIR")]
         dir: PathBuf,
     },
+    /// The effective kernel version, like uname (default -r): base release plus applied levels.
+    Uname {
+        /// The effective release: `uname -r` plus `+ksplice.<stream>.<level>` and stand-alone ids.
+        #[arg(short = 'r', group = "field")]
+        release: bool,
+        /// `uname -v` plus ` ksplice:` and the applied levels.
+        #[arg(short = 'v', group = "field")]
+        version: bool,
+        /// Like `uname -a`, with the effective release and version.
+        #[arg(short = 'a', group = "field")]
+        all: bool,
+    },
 }
 
 /// The subcommand an alias name stands for.
@@ -234,10 +246,7 @@ fn run(host: &Host<'_>, command: Command) -> client::Result<u8> {
                 view.not_in_journal = Default::default();
             }
             if json {
-                let value = serde_json::json!({
-                    "updates": view.updates,
-                    "not_in_journal": view.not_in_journal,
-                });
+                let value = client::report::ViewJson::new(&view);
                 let text = serde_json::to_string_pretty(&value).unwrap_or_default();
                 say(&format!("{text}\n"));
             } else {
@@ -263,12 +272,28 @@ fn run(host: &Host<'_>, command: Command) -> client::Result<u8> {
         Command::Status { json } => {
             let s = ops::status(host)?;
             if json {
-                let text = serde_json::to_string(&s).unwrap_or_default();
+                let text = serde_json::to_string(&client::report::StatusJson::new(&s))
+                    .unwrap_or_default();
                 say(&format!("{text}\n"));
             } else {
                 say(&format!("{}\n", escape(&s.to_string())));
             }
             Ok(s.exit_code())
+        }
+        Command::Uname {
+            release: _,
+            version,
+            all,
+        } => {
+            use client::report::UnameField;
+            let field = match (version, all) {
+                (true, _) => UnameField::Version,
+                (_, true) => UnameField::All,
+                _ => UnameField::Release,
+            };
+            let s = ops::status(host)?;
+            say(&format!("{}\n", escape(&client::report::uname(host, &s, field)?)));
+            Ok(exit::OK)
         }
         Command::Profile { dir } => {
             let files = client::profile::profile(host, &dir)?;
@@ -303,5 +328,14 @@ mod tests {
         assert!(Cli::try_parse_from(["ksplice", "apply", "--installed", "x.tar.gz"]).is_err());
         assert!(Cli::try_parse_from(["ksplice", "apply", "--installed"]).is_ok());
         assert!(Cli::try_parse_from(["ksplice", "undo", "--all", "a"]).is_err());
+    }
+
+    #[test]
+    fn uname_takes_one_of_r_v_a() {
+        for ok in [&["ksplice", "uname"][..], &["ksplice", "uname", "-r"], &["ksplice", "uname", "-a"]] {
+            assert!(Cli::try_parse_from(ok).is_ok(), "{ok:?}");
+        }
+        assert!(Cli::try_parse_from(["ksplice", "uname", "-r", "-v"]).is_err());
+        assert!(Cli::try_parse_from(["ksplice", "uname", "-x"]).is_err());
     }
 }

@@ -16,6 +16,7 @@ pub mod ops;
 pub mod output;
 mod pkgfile;
 pub mod profile;
+pub mod report;
 pub mod state;
 pub mod sys;
 
