@@ -272,8 +272,8 @@ fn run(host: &Host<'_>, command: Command) -> client::Result<u8> {
         Command::Status { json } => {
             let s = ops::status(host)?;
             if json {
-                let text = serde_json::to_string(&client::report::StatusJson::new(&s))
-                    .unwrap_or_default();
+                let text =
+                    serde_json::to_string(&client::report::StatusJson::new(&s)).unwrap_or_default();
                 say(&format!("{text}\n"));
             } else {
                 say(&format!("{}\n", escape(&s.to_string())));
@@ -292,7 +292,10 @@ fn run(host: &Host<'_>, command: Command) -> client::Result<u8> {
                 _ => UnameField::Release,
             };
             let s = ops::status(host)?;
-            say(&format!("{}\n", escape(&client::report::uname(host, &s, field)?)));
+            say(&format!(
+                "{}\n",
+                escape(&client::report::uname(host, &s, field)?)
+            ));
             Ok(exit::OK)
         }
         Command::Profile { dir } => {
@@ -332,7 +335,11 @@ mod tests {
 
     #[test]
     fn uname_takes_one_of_r_v_a() {
-        for ok in [&["ksplice", "uname"][..], &["ksplice", "uname", "-r"], &["ksplice", "uname", "-a"]] {
+        for ok in [
+            &["ksplice", "uname"][..],
+            &["ksplice", "uname", "-r"],
+            &["ksplice", "uname", "-a"],
+        ] {
             assert!(Cli::try_parse_from(ok).is_ok(), "{ok:?}");
         }
         assert!(Cli::try_parse_from(["ksplice", "uname", "-r", "-v"]).is_err());

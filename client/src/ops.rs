@@ -275,7 +275,10 @@ fn live_patches(host: &Host<'_>) -> Result<Vec<String>> {
 fn describe_live(state: &State<'_, '_>, module: &str) -> String {
     match state.entries().iter().find(|e| e.module == module) {
         Some(e) => match &e.manifest.stream {
-            Some(s) => format!("{} (update {}, stream {} level {})", module, e.id, s.name, s.level),
+            Some(s) => format!(
+                "{} (update {}, stream {} level {})",
+                module, e.id, s.name, s.level
+            ),
             None => format!("{} (stand-alone update {})", module, e.id),
         },
         None => format!("{module} (not installed by ksplice)"),
@@ -892,8 +895,11 @@ impl Status {
     /// Streams first (by name, `<stream>.<level>`), then stand-alone ids in
     /// application order.
     fn applied_items(&self) -> Vec<Item> {
-        let mut streams: Vec<&StreamLevel> =
-            self.applied.iter().filter_map(|a| a.stream.as_ref()).collect();
+        let mut streams: Vec<&StreamLevel> = self
+            .applied
+            .iter()
+            .filter_map(|a| a.stream.as_ref())
+            .collect();
         streams.sort_by(|a, b| a.name.cmp(&b.name));
         let mut items: Vec<Item> = streams
             .iter()

@@ -318,7 +318,11 @@ fn validate(j: &Journal) -> std::result::Result<(), String> {
                 // replaces, no builds_on).
                 s.validate(&e.id, &e.manifest.builds_on)
                     .map_err(|err| format!("update {}: {err}", e.id))?;
-                if !levels.insert((s.name.as_str(), e.manifest.target.build_id.as_str(), s.level)) {
+                if !levels.insert((
+                    s.name.as_str(),
+                    e.manifest.target.build_id.as_str(),
+                    s.level,
+                )) {
                     return Err(format!(
                         "update {}: level {} of stream {} is listed twice",
                         e.id, s.level, s.name
@@ -420,12 +424,10 @@ fn read_journal(host: &Host<'_>) -> Result<Journal> {
     // written by a client.
     if format == 2 {
         if let Some(e) = j.updates.iter().find(|e| {
-            e.manifest.stream.is_some() || matches!(e.phase, Phase::Superseded | Phase::SteppingBack)
+            e.manifest.stream.is_some()
+                || matches!(e.phase, Phase::Superseded | Phase::SteppingBack)
         }) {
-            return Err(bad(format!(
-                "update {}: format 2 has no streams",
-                e.id
-            )));
+            return Err(bad(format!("update {}: format 2 has no streams", e.id)));
         }
     }
     j.format = JOURNAL_FORMAT;

@@ -210,7 +210,10 @@ mod tests {
             v.extend_from_slice(args);
             Cli::try_parse_from(v)
         };
-        assert!(parse(&["--level", "2"]).is_err(), "--level without --cumulative");
+        assert!(
+            parse(&["--level", "2"]).is_err(),
+            "--level without --cumulative"
+        );
         assert!(parse(&["--replaces", "a"]).is_err());
         assert_eq!(cumulative(&parse(&[]).expect("plain")), None);
         let c = cumulative(&parse(&["--cumulative", "--replaces", "main-1"]).expect("short form"))

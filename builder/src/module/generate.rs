@@ -353,11 +353,17 @@ mod tests {
             let c = update_c(&inputs, &targets, &[Hooks::default()]);
             let lines: Vec<&str> = c.lines().collect();
             assert_eq!(
-                lines.iter().filter(|l| l.contains("ksplice_replace")).count(),
+                lines
+                    .iter()
+                    .filter(|l| l.contains("ksplice_replace"))
+                    .count(),
                 1,
                 "{c}"
             );
-            assert!(lines.contains(&want), "{patching:?}: missing {want:?} in:\n{c}");
+            assert!(
+                lines.contains(&want),
+                "{patching:?}: missing {want:?} in:\n{c}"
+            );
             assert!(!lines.contains(&other), "{patching:?}");
         }
         // The template reads the generated flag into its klp_patch.
