@@ -149,6 +149,7 @@ impl Harness {
                         | Build::CreateDiffext { .. }
                         | Build::RunPreMismatch { .. }
                         | Build::CreateMany { .. }
+                        | Build::Cumulative { .. }
                 )
         });
         let mut prof = None;
