@@ -872,10 +872,15 @@ impl Status {
     /// stand-alone update in application order:
     /// `6.1.0-57-amd64+ksplice.main.2+fix-a`.
     pub fn effective_version(&self) -> String {
+        let (streams, standalone) = self.applied_items();
         let mut v = self.running.release.clone();
-        for item in self.applied_items() {
+        for s in streams {
+            v.push_str("+ksplice.");
+            v.push_str(&s);
+        }
+        for id in standalone {
             v.push('+');
-            v.push_str(&item.replace_prefix());
+            v.push_str(&id);
         }
         v
     }
@@ -884,7 +889,8 @@ impl Status {
     /// applied items (`main.2`, stand-alone ids) joined by `,` when any is
     /// applied.
     pub fn effective_uname_v(&self) -> String {
-        let items: Vec<String> = self.applied_items().iter().map(|i| i.0.clone()).collect();
+        let (mut items, standalone) = self.applied_items();
+        items.extend(standalone);
         if items.is_empty() {
             self.running.version.clone()
         } else {
@@ -892,26 +898,26 @@ impl Status {
         }
     }
 
-    /// Streams first (by name, `<stream>.<level>`), then stand-alone ids in
-    /// application order.
-    fn applied_items(&self) -> Vec<Item> {
+    /// The applied streams (by name, as `<stream>.<level>`) and the applied
+    /// stand-alone ids (in application order).
+    fn applied_items(&self) -> (Vec<String>, Vec<String>) {
         let mut streams: Vec<&StreamLevel> = self
             .applied
             .iter()
             .filter_map(|a| a.stream.as_ref())
             .collect();
         streams.sort_by(|a, b| a.name.cmp(&b.name));
-        let mut items: Vec<Item> = streams
+        let streams = streams
             .iter()
-            .map(|s| Item(format!("{}.{}", s.name, s.level), true))
+            .map(|s| format!("{}.{}", s.name, s.level))
             .collect();
-        items.extend(
-            self.applied
-                .iter()
-                .filter(|a| a.stream.is_none())
-                .map(|a| Item(a.id.clone(), false)),
-        );
-        items
+        let standalone = self
+            .applied
+            .iter()
+            .filter(|a| a.stream.is_none())
+            .map(|a| a.id.clone())
+            .collect();
+        (streams, standalone)
     }
 
     /// Every CVE the applied updates fix, sorted, once each.
@@ -1024,19 +1030,6 @@ pub fn status(host: &Host<'_>) -> Result<Status> {
         superseded,
         not_in_journal,
     })
-}
-
-/// One part of the effective version: text, and whether it is a stream.
-struct Item(String, bool);
-
-impl Item {
-    fn replace_prefix(&self) -> String {
-        if self.1 {
-            format!("ksplice.{}", self.0)
-        } else {
-            self.0.clone()
-        }
-    }
 }
 
 /// What `ksplice verify` prints for a good package.
