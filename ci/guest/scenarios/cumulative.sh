@@ -17,7 +17,7 @@ one_line() { tr '\n' ' ' | sed 's/ $//'; }
 mark() { dmesg > "$1"; }
 since() { dmesg | tail -n +$(($(wc -l < "$1") + 1)); }
 # transitions FILE: the livepatch transitions started since FILE, one a line.
-transitions() { since "$1" | grep -oE "'[a-z0-9_]+': starting (un)?patching transition" | sed 's/^.//; s/. starting / /; s/ transition$//'; }
+transitions() { since "$1" | grep -oE "'[a-z0-9_]+': starting (un)?patching transition" | sed "s/^'//; s/': starting / /; s/ transition\$//"; }
 dmesg -r > /tmp/dmesg.before
 
 step unchanged-before kernel_unchanged
