@@ -3,8 +3,13 @@
  * The template every ksplice update module is built from.
  *
  * It registers one livepatch (Documentation/livepatch/livepatch.rst) whose
- * objects and functions the builder generates into ksplice_update.c.  Updates
- * stack (replace = false): each one only adds its own functions.
+ * objects and functions the builder generates into ksplice_update.c.  A
+ * stand-alone update stacks (replace = false): it only adds its own
+ * functions.  A cumulative (stream) update sets replace = true
+ * (ksplice_replace, generated): once its transition completes the livepatch
+ * core disables and frees every other livepatch, and functions that only
+ * those patched return to the original code
+ * (Documentation/livepatch/cumulative-patches.rst).
  *
  * Before an object is patched, its pre_patch callback does run-pre matching:
  * the live code of every function being replaced must equal the code of the
@@ -44,7 +49,11 @@
 
 static const struct ksplice_object *ksplice_object_of(struct klp_object *obj)
 {
-	/* With replace = false the core never makes dynamic objects. */
+	/*
+	 * With replace = true the core adds dynamic objects (no-op functions
+	 * for what older patches changed); they get no callbacks from
+	 * ksplice_init(), so only the static objects reach this lookup.
+	 */
 	if (obj < ksplice_klp_objects ||
 	    obj >= ksplice_klp_objects + ksplice_nr_objects)
 		return NULL;
@@ -226,7 +235,6 @@ static void ksplice_post_unpatch(struct klp_object *obj)
 static struct klp_patch ksplice_patch = {
 	.mod = THIS_MODULE,
 	.objs = ksplice_klp_objects,
-	.replace = false,
 };
 
 static int __init ksplice_init(void)
@@ -240,6 +248,7 @@ static int __init ksplice_init(void)
 		obj->callbacks.pre_unpatch = ksplice_pre_unpatch;
 		obj->callbacks.post_unpatch = ksplice_post_unpatch;
 	}
+	ksplice_patch.replace = ksplice_replace;
 	return klp_enable_patch(&ksplice_patch);
 }
 

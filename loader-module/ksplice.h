@@ -81,5 +81,7 @@ extern struct klp_object ksplice_klp_objects[];
 /* Generated: ksplice_nr_objects entries, index i describes object i. */
 extern const struct ksplice_object ksplice_objects[];
 extern const unsigned int ksplice_nr_objects;
+/* Generated: true for a cumulative update (klp_patch.replace). */
+extern const bool ksplice_replace;
 
 #endif /* _KSPLICE_H */

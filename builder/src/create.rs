@@ -40,6 +40,52 @@ pub struct Options {
     pub cache: PathBuf,
     /// `/etc/ksplice` (tests point it elsewhere).
     pub etc_dir: PathBuf,
+    /// `--cumulative`: a level of a stream, loaded with the livepatch
+    /// `replace` flag; `None` builds a stand-alone (stacking) update.
+    pub cumulative: Option<Cumulative>,
+}
+
+/// The stream an update joins when none is named (`--cumulative` alone).
+pub const DEFAULT_STREAM: &str = "main";
+
+/// `ksplice-create --cumulative [--stream NAME] [--level N] [--replaces ID]...`
+/// (docs/builder.md "Cumulative updates").
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Cumulative {
+    /// `--stream`; [`DEFAULT_STREAM`] when `None`.
+    pub stream: Option<String>,
+    /// `--level`; when `None`, one more than the number of `replaces` (level
+    /// N of a stream normally replaces levels 1..N-1).
+    pub level: Option<u32>,
+    /// `--replaces`: ids of the updates this level supersedes.
+    pub replaces: Vec<String>,
+}
+
+impl Cumulative {
+    /// The manifest's `stream` for update `id`, checked by the manifest's
+    /// own stream rules (the package writer checks them again).
+    pub fn resolve(&self, id: &str) -> Result<manifests::Stream> {
+        let level = match self.level {
+            Some(l) => l,
+            None => u32::try_from(self.replaces.len())
+                .ok()
+                .and_then(|n| n.checked_add(1))
+                .ok_or_else(|| Error::InvalidOption {
+                    option: "replaces",
+                    reason: "too many ids".into(),
+                })?,
+        };
+        let stream = manifests::Stream {
+            name: self
+                .stream
+                .clone()
+                .unwrap_or_else(|| DEFAULT_STREAM.to_owned()),
+            level,
+            replaces: self.replaces.clone(),
+        };
+        stream.validate(id, &[])?;
+        Ok(stream)
+    }
 }
 
 /// One object to compile and compare.
@@ -96,6 +142,16 @@ pub fn create(opts: &Options, summary: &mut Summary) -> Result<PathBuf> {
         option: "id",
         reason: e.to_string(),
     })?;
+    // Refused before any build work: a bad stream option is a usage error.
+    let stream = opts
+        .cumulative
+        .as_ref()
+        .map(|c| c.resolve(&id))
+        .transpose()?;
+    let patching = match stream {
+        Some(_) => module::Patching::Replace,
+        None => module::Patching::Stack,
+    };
     let make = Make {
         jobs: opts.jobs.max(1),
         release: profile.release.clone(),
@@ -270,6 +326,7 @@ pub fn create(opts: &Options, summary: &mut Summary) -> Result<PathBuf> {
             release: profile.release.clone(),
             work_dir: work.join("module"),
             objects: patch_objects,
+            patching,
         })
         .map_err(Error::Module)
     })?;
@@ -293,7 +350,7 @@ pub fn create(opts: &Options, summary: &mut Summary) -> Result<PathBuf> {
             created: now_rfc3339(),
             builder_version: env!("CARGO_PKG_VERSION").to_string(),
             builds_on: Vec::new(),
-            stream: None,
+            stream: stream.clone(),
             target: manifests::TargetKernel {
                 release: profile.release.clone(),
                 version: profile.version.clone(),
@@ -689,6 +746,38 @@ fn write_trust(etc: &Path, trust: &Path, policy: &manifests::TrustPolicy) -> Res
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `--cumulative` defaults: stream "main", level = 1 + replaced ids;
+    /// explicit options win; the manifest's stream rules refuse bad values.
+    #[test]
+    fn cumulative_options_resolve_to_a_stream() {
+        let c = |stream: Option<&str>, level: Option<u32>, replaces: &[&str]| Cumulative {
+            stream: stream.map(str::to_owned),
+            level,
+            replaces: replaces.iter().map(|s| s.to_string()).collect(),
+        };
+        let s = c(None, None, &[]).resolve("main-1").expect("level 1");
+        assert_eq!((s.name.as_str(), s.level), ("main", 1));
+        assert!(s.replaces.is_empty());
+        let s = c(None, None, &["main-1", "main-2"])
+            .resolve("main-3")
+            .expect("level 3");
+        assert_eq!((s.name.as_str(), s.level), ("main", 3));
+        assert_eq!(s.replaces, vec!["main-1", "main-2"]);
+        let s = c(Some("cve"), Some(7), &["cve-6"])
+            .resolve("cve-7")
+            .expect("explicit");
+        assert_eq!((s.name.as_str(), s.level), ("cve", 7));
+        for (bad, id, field) in [
+            (c(None, Some(0), &[]), "x", "stream.level"),
+            (c(Some("Main"), None, &[]), "x", "stream.name"),
+            (c(None, None, &["x"]), "x", "stream.replaces"),
+            (c(None, None, &["a", "a"]), "x", "stream.replaces"),
+        ] {
+            let e = bad.resolve(id).expect_err(field);
+            assert!(e.to_string().contains(field), "{field}: {e}");
+        }
+    }
 
     #[test]
     fn default_ids_come_from_names_or_the_change() {

@@ -104,6 +104,18 @@ enum Command {
         #[arg(value_name = "DIR")]
         dir: PathBuf,
     },
+    /// The effective kernel version, like uname (default -r): base release plus applied levels.
+    Uname {
+        /// The effective release: `uname -r` plus `+ksplice.<stream>.<level>` and stand-alone ids.
+        #[arg(short = 'r', group = "field")]
+        release: bool,
+        /// `uname -v` plus ` ksplice:` and the applied levels.
+        #[arg(short = 'v', group = "field")]
+        version: bool,
+        /// Like `uname -a`, with the effective release and version.
+        #[arg(short = 'a', group = "field")]
+        all: bool,
+    },
 }
 
 /// The subcommand an alias name stands for.
@@ -290,10 +302,7 @@ fn run(host: &Host<'_>, command: Command) -> client::Result<u8> {
                 view.not_in_journal = Default::default();
             }
             if json {
-                let value = serde_json::json!({
-                    "updates": view.updates,
-                    "not_in_journal": view.not_in_journal,
-                });
+                let value = client::report::ViewJson::new(&view);
                 let text = serde_json::to_string_pretty(&value).unwrap_or_default();
                 say(&format!("{text}\n"));
             } else {
@@ -318,13 +327,19 @@ fn run(host: &Host<'_>, command: Command) -> client::Result<u8> {
         }
         Command::Status { json } => {
             let s = ops::status(host)?;
+            let hold = boot::held(host)?;
+            let code = client::report::status_code(&s, hold.as_ref());
             if json {
-                let text = serde_json::to_string(&s).unwrap_or_default();
+                let j = client::report::StatusJson::new(&s).with_hold(hold);
+                let text = serde_json::to_string(&j).unwrap_or_default();
                 say(&format!("{text}\n"));
             } else {
                 say(&format!("{}\n", escape(&s.to_string())));
+                if let Some(h) = &hold {
+                    say(&format!("held: {}\n", escape(&h.to_string())));
+                }
             }
-            Ok(s.exit_code())
+            Ok(code)
         }
         Command::Update {
             check,
@@ -344,6 +359,24 @@ fn run(host: &Host<'_>, command: Command) -> client::Result<u8> {
                     a.boot_id
                 )),
             }
+            Ok(exit::OK)
+        }
+        Command::Uname {
+            release: _,
+            version,
+            all,
+        } => {
+            use client::report::UnameField;
+            let field = match (version, all) {
+                (true, _) => UnameField::Version,
+                (_, true) => UnameField::All,
+                _ => UnameField::Release,
+            };
+            let s = ops::status(host)?;
+            say(&format!(
+                "{}\n",
+                escape(&client::report::uname(host, &s, field)?)
+            ));
             Ok(exit::OK)
         }
         Command::Profile { dir } => {
@@ -456,5 +489,18 @@ mod tests {
         assert!(Cli::try_parse_from(["ksplice", "update", "--check", "--timer"]).is_err());
         assert!(Cli::try_parse_from(["ksplice", "update", "--check", "--json"]).is_ok());
         assert!(Cli::try_parse_from(["ksplice", "update", "--config", "/x", "--timer"]).is_ok());
+    }
+
+    #[test]
+    fn uname_takes_one_of_r_v_a() {
+        for ok in [
+            &["ksplice", "uname"][..],
+            &["ksplice", "uname", "-r"],
+            &["ksplice", "uname", "-a"],
+        ] {
+            assert!(Cli::try_parse_from(ok).is_ok(), "{ok:?}");
+        }
+        assert!(Cli::try_parse_from(["ksplice", "uname", "-r", "-v"]).is_err());
+        assert!(Cli::try_parse_from(["ksplice", "uname", "-x"]).is_err());
     }
 }

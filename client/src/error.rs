@@ -26,7 +26,9 @@ pub mod exit {
     pub const STATE: u8 = 7;
     /// The update id is not installed / not applied.
     pub const UNKNOWN_UPDATE: u8 = 8;
-    /// Refused because of update dependencies (`builds_on`).
+    /// Refused because of update dependencies (`builds_on`) or stream rules
+    /// (another livepatch is live that a cumulative update would replace; a
+    /// level not above the applied one).
     pub const DEPENDENCY: u8 = 9;
     /// `status` and `view`: live ksplice livepatches or installed packages
     /// that the journal does not know (it was lost or replaced).
@@ -111,6 +113,30 @@ pub enum Error {
     UndoBlocked { id: String, by: String },
     #[error("refused: {id} builds on {missing}, which is not applied; apply {missing} first")]
     MissingBase { id: String, missing: String },
+    /// Atomic replace frees every other enabled livepatch, not only the
+    /// lower levels of the stream: loading would silently drop these.
+    #[error("refused: {id} is level {level} of stream {stream}; loading it would replace every other live patch, and these are live: {}; undo them first", .live.join(", "))]
+    StreamBlocked {
+        id: String,
+        stream: String,
+        level: u32,
+        live: Vec<String>,
+    },
+    #[error("refused: stream {stream} is already at level {applied} ({applied_id}); {id} is level {level}")]
+    StreamLevel {
+        id: String,
+        stream: String,
+        level: u32,
+        applied: u32,
+        applied_id: String,
+    },
+    /// Undo back to a lower level loads it with replace: the same rule.
+    #[error("refused: undoing {id} loads {to}, which would replace every other live patch, and these are live: {}; undo them first", .live.join(", "))]
+    StepBackBlocked {
+        id: String,
+        to: String,
+        live: Vec<String>,
+    },
     #[error(
         "refused: {id} uses livepatch name {module}, already used by installed update {other}"
     )]
@@ -195,9 +221,12 @@ impl Error {
             | Error::PatchVanished { .. } => exit::KERNEL_REFUSED,
             Error::TransitionTimeout { .. } => exit::TRANSITION_TIMEOUT,
             Error::UnknownUpdate { .. } => exit::UNKNOWN_UPDATE,
-            Error::UndoBlocked { .. } | Error::MissingBase { .. } | Error::ModuleClash { .. } => {
-                exit::DEPENDENCY
-            }
+            Error::UndoBlocked { .. }
+            | Error::MissingBase { .. }
+            | Error::ModuleClash { .. }
+            | Error::StreamBlocked { .. }
+            | Error::StreamLevel { .. }
+            | Error::StepBackBlocked { .. } => exit::DEPENDENCY,
             Error::NoBuildId { .. }
             | Error::KallsymsHidden { .. }
             | Error::NoKernelConfig { .. }

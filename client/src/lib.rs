@@ -17,6 +17,7 @@ pub mod ops;
 pub mod output;
 mod pkgfile;
 pub mod profile;
+pub mod report;
 pub mod state;
 pub mod sys;
 pub mod update;

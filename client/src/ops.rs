@@ -39,6 +39,18 @@ pub enum Event {
     },
     /// `apply --installed` found `ksplice=off` on the kernel command line.
     DisabledByCmdline,
+    /// `by`, a higher level of the stream, replaced `id` in its transition;
+    /// `id`'s module was unloaded, its package kept for undo.
+    Superseded {
+        id: String,
+        by: String,
+    },
+    /// `id` was undone by loading `to`, a lower level of its stream, in one
+    /// transition; `id` was unloaded and removed.
+    SteppedBack {
+        id: String,
+        to: String,
+    },
 }
 
 impl std::fmt::Display for Event {
@@ -51,6 +63,13 @@ impl std::fmt::Display for Event {
             Event::Removed { id } => write!(f, "removed {id} (installed, was not applied)"),
             Event::DisabledByCmdline => {
                 f.write_str("skipped: ksplice=off on the kernel command line")
+            }
+            Event::Superseded { id, by } => write!(
+                f,
+                "superseded {id} by {by} (one transition; {id} unloaded, kept installed for undo)"
+            ),
+            Event::SteppedBack { id, to } => {
+                write!(f, "undone {id}: back to {to} in one transition")
             }
         }
     }
@@ -152,6 +171,14 @@ fn apply_one(
             on(Event::AlreadyApplied { id });
             return Ok(());
         }
+    }
+    // 4a. A cumulative update replaces every live patch: only lower levels of
+    //     its own stream may be live, and it must be above the applied level.
+    if let Some(stream) = &m.stream {
+        check_stream(state, &id, &m.module.name, stream, &m.target.build_id)?;
+    }
+    if let Some(i) = state.index(&id) {
+        let e = state.entry(i);
         if e.package_sha256 != sha {
             // Another build under the same id, not applied: replace it.
             state.remove(i)?;
@@ -194,8 +221,8 @@ fn apply_one(
     drop(bytes);
     match load(state, i, policy) {
         Ok(()) => {
-            on(Event::Applied { id });
-            Ok(())
+            on(Event::Applied { id: id.clone() });
+            supersede(state, i, on)
         }
         // A crash leaves everything for the next command to resolve.
         Err(e @ Error::Interrupted { .. }) => Err(e),
@@ -211,6 +238,113 @@ fn apply_one(
             Err(e)
         }
     }
+}
+
+/// After stream level `i` was applied: the lower levels it replaced.
+fn supersede(state: &mut State<'_, '_>, i: usize, on: &mut dyn FnMut(Event)) -> Result<()> {
+    let by = state.entry(i).id.clone();
+    for id in state.supersede_lower(i)? {
+        on(Event::Superseded { id, by: by.clone() });
+    }
+    Ok(())
+}
+
+/// Every livepatch present in the kernel (enabled, or in a transition),
+/// by name; a patch being freed is not.
+fn live_patches(host: &Host<'_>) -> Result<Vec<String>> {
+    let dir = host.path("/sys/kernel/livepatch");
+    let mut names: Vec<String> = match std::fs::read_dir(&dir) {
+        Ok(rd) => rd
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+        Err(e) => return Err(Error::io(dir, e)),
+    };
+    names.sort();
+    let mut live = Vec::new();
+    for name in names {
+        if PatchState::read(host, &name)? != PatchState::Absent {
+            live.push(name);
+        }
+    }
+    Ok(live)
+}
+
+/// How a live patch is named in a refusal.
+fn describe_live(state: &State<'_, '_>, module: &str) -> String {
+    match state.entries().iter().find(|e| e.module == module) {
+        Some(e) => match &e.manifest.stream {
+            Some(s) => format!(
+                "{} (update {}, stream {} level {})",
+                module, e.id, s.name, s.level
+            ),
+            None => format!("{} (stand-alone update {})", module, e.id),
+        },
+        None => format!("{module} (not installed by ksplice)"),
+    }
+}
+
+/// The rules of a cumulative update `id` (its module, stream and kernel
+/// build), checked before anything changes:
+/// 1. its stream's applied level is below its level ("already at level X");
+/// 2. the only live patches are lower levels of its stream: the kernel's
+///    atomic replace would disable and free every other one, whoever loaded
+///    it (kernel/livepatch/transition.c, klp_free_replaced_patches_async).
+fn check_stream(
+    state: &State<'_, '_>,
+    id: &str,
+    module: &str,
+    stream: &manifests::Stream,
+    build_id: &str,
+) -> Result<()> {
+    let same = |e: &Entry| {
+        e.manifest
+            .stream
+            .as_ref()
+            .is_some_and(|s| s.name == stream.name)
+            && e.manifest.target.build_id == build_id
+    };
+    // 1. Not at or below the applied level.
+    if let Some(top) = state
+        .entries()
+        .iter()
+        .filter(|e| e.id != id && same(e) && e.phase == Phase::Applied)
+        .max_by_key(|e| e.level())
+    {
+        if top.level() >= stream.level {
+            return Err(Error::StreamLevel {
+                id: id.to_owned(),
+                stream: stream.name.clone(),
+                level: stream.level,
+                applied: top.level(),
+                applied_id: top.id.clone(),
+            });
+        }
+    }
+    // 2. Nothing live but lower levels of the stream.
+    let mut others = Vec::new();
+    for name in live_patches(state.host)? {
+        if name == module {
+            continue;
+        }
+        let lower_level = state
+            .entries()
+            .iter()
+            .any(|e| e.module == name && same(e) && e.level() < stream.level);
+        if !lower_level {
+            others.push(describe_live(state, &name));
+        }
+    }
+    if !others.is_empty() {
+        return Err(Error::StreamBlocked {
+            id: id.to_owned(),
+            stream: stream.name.clone(),
+            level: stream.level,
+            live: others,
+        });
+    }
+    Ok(())
 }
 
 fn check_bases(state: &State<'_, '_>, m: &Manifest) -> Result<()> {
@@ -272,7 +406,8 @@ fn load(state: &mut State<'_, '_>, i: usize, policy: &TrustPolicy) -> Result<()>
         let mark = kmsg::Mark::now(host);
         if let Err(err) = host.sys.finit_module(&file) {
             let lines = kmsg::run_pre_lines(&mark.messages(), &e.module);
-            state.set_phase(i, Phase::Installed)?;
+            let rest = state.resting_phase(i)?;
+            state.set_phase(i, rest)?;
             if !lines.is_empty() {
                 return Err(Error::RunPre {
                     module: e.module.clone(),
@@ -297,9 +432,12 @@ fn load(state: &mut State<'_, '_>, i: usize, policy: &TrustPolicy) -> Result<()>
     result
 }
 
-/// `ksplice apply --installed` (at boot): apply, in install order, every
-/// installed update built for the running kernel; skip the others with a
-/// message. Goes on after a failure and returns the first one.
+/// `ksplice apply --installed` (at boot): apply every installed update built
+/// for the running kernel; skip the others with a message. Of each stream only
+/// the highest installed level is applied (it contains the lower ones), and
+/// streams come first: a cumulative update replaces every live patch, so the
+/// stand-alone updates (in install order) go on top of it. Goes on after a
+/// failure and returns the first one.
 pub fn apply_installed(host: &Host<'_>, on: &mut dyn FnMut(Event)) -> Result<()> {
     if host.disabled_on_cmdline() {
         on(Event::DisabledByCmdline);
@@ -308,7 +446,12 @@ pub fn apply_installed(host: &Host<'_>, on: &mut dyn FnMut(Event)) -> Result<()>
     let policy = load_policy(host)?;
     let running = Running::read(host)?;
     let mut state = State::open(host)?;
-    let ids: Vec<String> = state.entries().iter().map(|e| e.id.clone()).collect();
+    let (mut ids, standalone): (Vec<&Entry>, Vec<&Entry>) = state
+        .entries()
+        .iter()
+        .partition(|e| e.manifest.stream.is_some());
+    ids.extend(standalone);
+    let ids: Vec<String> = ids.iter().map(|e| e.id.clone()).collect();
     let mut first_err = None;
     for id in ids {
         let Some(i) = state.index(&id) else { continue };
@@ -324,10 +467,34 @@ pub fn apply_installed(host: &Host<'_>, on: &mut dyn FnMut(Event)) -> Result<()>
             });
             continue;
         }
+        if let Some(top) = state
+            .entries()
+            .iter()
+            .filter(|o| e.same_stream(o) && o.level() > e.level())
+            .max_by_key(|o| o.level())
+        {
+            let reason = format!(
+                "superseded by {} (level {} of stream {})",
+                top.id,
+                top.level(),
+                e.manifest.stream.as_ref().map_or("", |s| s.name.as_str())
+            );
+            on(Event::Skipped { id, reason });
+            continue;
+        }
         let r = check_bases_of(&state, &e.id, &e.manifest.builds_on)
+            .and_then(|()| match &e.manifest.stream {
+                Some(s) => check_stream(&state, &e.id, &e.module, s, &e.manifest.target.build_id),
+                None => Ok(()),
+            })
             .and_then(|()| load(&mut state, i, &policy));
         match r {
-            Ok(()) => on(Event::Applied { id }),
+            Ok(()) => {
+                on(Event::Applied { id });
+                if let Err(err) = supersede(&mut state, i, on) {
+                    first_err.get_or_insert(err);
+                }
+            }
             Err(err @ Error::Interrupted { .. }) => return Err(err),
             Err(err) => {
                 on(Event::Skipped {
@@ -355,30 +522,111 @@ pub fn undo(host: &Host<'_>, targets: &Targets, on: &mut dyn FnMut(Event)) -> Re
     let ids = match targets {
         Targets::Ids(ids) => ids.clone(),
         Targets::All => {
+            // Superseded levels first: with nothing below it, a stream's
+            // applied level is then undone by a plain disable, not by
+            // stepping back through every level.
+            let mut ids: Vec<String> = state
+                .entries()
+                .iter()
+                .filter(|e| e.phase == Phase::Superseded)
+                .map(|e| e.id.clone())
+                .collect();
             let mut applied: Vec<&Entry> = state
                 .entries()
                 .iter()
                 .filter(|e| e.phase == Phase::Applied)
                 .collect();
             applied.sort_by_key(|e| std::cmp::Reverse(e.applied_seq));
-            let mut ids: Vec<String> = applied.iter().map(|e| e.id.clone()).collect();
+            ids.extend(applied.iter().map(|e| e.id.clone()));
             ids.extend(
                 state
                     .entries()
                     .iter()
-                    .filter(|e| e.phase != Phase::Applied)
+                    .filter(|e| !matches!(e.phase, Phase::Applied | Phase::Superseded))
                     .map(|e| e.id.clone()),
             );
             ids
         }
     };
+    let mut policy = None;
     for id in ids {
-        undo_one(&mut state, &id, on)?;
+        undo_one(&mut state, &id, &mut policy, on)?;
     }
     Ok(())
 }
 
-fn undo_one(state: &mut State<'_, '_>, id: &str, on: &mut dyn FnMut(Event)) -> Result<()> {
+/// The level undo of applied stream level `i` returns to: the highest lower
+/// level of its stream still installed (its package is in packages/).
+fn step_back_target(state: &State<'_, '_>, i: usize) -> Option<usize> {
+    let e = state.entry(i);
+    let to = state
+        .entries()
+        .iter()
+        .filter(|o| e.same_stream(o) && o.level() < e.level() && o.phase.at_rest())
+        .max_by_key(|o| o.level())?;
+    state.index(&to.id)
+}
+
+/// Undo applied stream level `i` by loading lower level `to` (it carries the
+/// replace flag): one transition from `i`'s code to `to`'s, never a moment
+/// without `to`'s fixes. Then `i`, replaced and freed by the kernel, is
+/// unloaded and removed.
+fn step_back(
+    state: &mut State<'_, '_>,
+    i: usize,
+    to: usize,
+    policy: &TrustPolicy,
+    on: &mut dyn FnMut(Event),
+) -> Result<()> {
+    let e = state.entry(i).clone();
+    let target = state.entry(to).clone();
+    // 1. Loading `to` replaces every live patch: only `i` may be live.
+    let others: Vec<String> = live_patches(state.host)?
+        .into_iter()
+        .filter(|m| *m != e.module)
+        .map(|m| describe_live(state, &m))
+        .collect();
+    if !others.is_empty() {
+        return Err(Error::StepBackBlocked {
+            id: e.id,
+            to: target.id,
+            live: others,
+        });
+    }
+    // 2. Journal first: a crash from here on is finished by recovery once
+    //    it knows whether `to` took over.
+    state.set_phase(i, Phase::SteppingBack)?;
+    if let Err(err) = load(state, to, policy) {
+        // `to` is back at rest (superseded); `i` was never touched.
+        if !matches!(err, Error::Interrupted { .. }) {
+            if let Some(i) = state.index(&e.id) {
+                state.set_phase(i, Phase::Applied)?;
+            }
+        }
+        return Err(err);
+    }
+    // 3. The kernel replaced `i`: unload and remove it.
+    let i = state
+        .index(&e.id)
+        .expect("invariant: only this command changes the journal");
+    state.set_phase(i, Phase::Unloading)?;
+    state.finish_undo(i)?;
+    on(Event::SteppedBack {
+        id: e.id,
+        to: target.id.clone(),
+    });
+    if let Some(to) = state.index(&target.id) {
+        supersede(state, to, on)?;
+    }
+    Ok(())
+}
+
+fn undo_one(
+    state: &mut State<'_, '_>,
+    id: &str,
+    policy: &mut Option<TrustPolicy>,
+    on: &mut dyn FnMut(Event),
+) -> Result<()> {
     let i = state
         .index(id)
         .ok_or_else(|| Error::UnknownUpdate { id: id.to_owned() })?;
@@ -393,6 +641,14 @@ fn undo_one(state: &mut State<'_, '_>, id: &str, on: &mut dyn FnMut(Event)) -> R
     }
     let e = state.entry(i).clone();
     if e.phase == Phase::Applied {
+        if let Some(to) = step_back_target(state, i) {
+            // The lower level is verified again before it is loaded.
+            if policy.is_none() {
+                *policy = Some(load_policy(state.host)?);
+            }
+            let policy = policy.as_ref().expect("invariant: loaded just above");
+            return step_back(state, i, to, policy, on);
+        }
         state.set_phase(i, Phase::Disabling)?;
         state.finish_undo(i)?;
         on(Event::Undone { id: e.id });
@@ -417,6 +673,8 @@ pub struct UpdateView {
     pub installed_at: String,
     pub applied_at: Option<String>,
     pub builds_on: Vec<String>,
+    /// A cumulative update's stream: name, level, replaced ids.
+    pub stream: Option<manifests::Stream>,
     pub target: manifests::manifest::TargetKernel,
     pub for_running_kernel: bool,
     pub objects: Vec<crate::state::ObjectSummary>,
@@ -544,6 +802,7 @@ pub fn view(host: &Host<'_>) -> Result<View> {
             installed_at: e.installed_at.clone(),
             applied_at: e.applied_at.clone(),
             builds_on: e.manifest.builds_on.clone(),
+            stream: e.manifest.stream.clone(),
             target: e.manifest.target.clone(),
             for_running_kernel: running.matches(&e.manifest.target),
             objects: e.manifest.objects.clone(),
@@ -569,27 +828,103 @@ fn open_for_reading<'h, 's>(host: &'h Host<'s>) -> Result<State<'h, 's>> {
     }
 }
 
-/// `ksplice status`
+/// One applied update as `status` sees it.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct AppliedUpdate {
+    pub id: String,
+    /// Stream name and level of a cumulative update.
+    pub stream: Option<StreamLevel>,
+    pub cves: Vec<String>,
+    pub applied_at: Option<String>,
+}
+
+/// A stream and the level of it that is applied.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct StreamLevel {
+    pub name: String,
+    pub level: u32,
+}
+
+/// `ksplice status`
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Status {
-    pub release: String,
+    pub running: Running,
     /// Applied updates, in application order.
-    pub applied: Vec<String>,
+    pub applied: Vec<AppliedUpdate>,
     /// Installed for this kernel, not applied (or interrupted).
     pub pending: Vec<String>,
+    /// Lower stream levels a higher applied level replaced (installed, kept
+    /// for undo, not pending).
+    pub superseded: Vec<String>,
     /// Live livepatches and package files the journal does not know.
     pub not_in_journal: NotInJournal,
 }
 
 impl Status {
-    /// Base release plus applied updates: `6.1.0-56-amd64+fix-a+fix-b`.
+    /// The applied ids, in application order.
+    pub fn applied_ids(&self) -> Vec<String> {
+        self.applied.iter().map(|a| a.id.clone()).collect()
+    }
+
+    /// The effective release (`ksplice uname -r`, docs/client.md "Effective
+    /// kernel version"): the base release, then `+ksplice.<stream>.<level>`
+    /// per applied stream (by stream name), then `+<id>` per applied
+    /// stand-alone update in application order:
+    /// `6.1.0-57-amd64+ksplice.main.2+fix-a`.
     pub fn effective_version(&self) -> String {
-        let mut v = self.release.clone();
-        for id in &self.applied {
+        let (streams, standalone) = self.applied_items();
+        let mut v = self.running.release.clone();
+        for s in streams {
+            v.push_str("+ksplice.");
+            v.push_str(&s);
+        }
+        for id in standalone {
             v.push('+');
-            v.push_str(id);
+            v.push_str(&id);
         }
         v
+    }
+
+    /// `ksplice uname -v`: the running `uname -v`, then ` ksplice:` and the
+    /// applied items (`main.2`, stand-alone ids) joined by `,` when any is
+    /// applied.
+    pub fn effective_uname_v(&self) -> String {
+        let (mut items, standalone) = self.applied_items();
+        items.extend(standalone);
+        if items.is_empty() {
+            self.running.version.clone()
+        } else {
+            format!("{} ksplice:{}", self.running.version, items.join(","))
+        }
+    }
+
+    /// The applied streams (by name, as `<stream>.<level>`) and the applied
+    /// stand-alone ids (in application order).
+    fn applied_items(&self) -> (Vec<String>, Vec<String>) {
+        let mut streams: Vec<&StreamLevel> = self
+            .applied
+            .iter()
+            .filter_map(|a| a.stream.as_ref())
+            .collect();
+        streams.sort_by(|a, b| a.name.cmp(&b.name));
+        let streams = streams
+            .iter()
+            .map(|s| format!("{}.{}", s.name, s.level))
+            .collect();
+        let standalone = self
+            .applied
+            .iter()
+            .filter(|a| a.stream.is_none())
+            .map(|a| a.id.clone())
+            .collect();
+        (streams, standalone)
+    }
+
+    /// Every CVE the applied updates fix, sorted, once each.
+    pub fn cves_fixed(&self) -> Vec<String> {
+        let set: std::collections::BTreeSet<&String> =
+            self.applied.iter().flat_map(|a| &a.cves).collect();
+        set.into_iter().cloned().collect()
     }
 
     /// The exit code for monitoring: 0 up to date, 1 updates pending, 10
@@ -614,6 +949,15 @@ impl std::fmt::Display for Status {
             "effective kernel {}: ",
             escape(&self.effective_version())
         )?;
+        let superseded = if self.superseded.is_empty() {
+            String::new()
+        } else {
+            format!(
+                ", {} superseded: {}",
+                self.superseded.len(),
+                escape_join(&self.superseded, ", ")
+            )
+        };
         let mut parts = Vec::new();
         let nij = &self.not_in_journal;
         if !nij.livepatches.is_empty() {
@@ -638,7 +982,7 @@ impl std::fmt::Display for Status {
             ));
         }
         if parts.is_empty() {
-            write!(f, "up to date ({} applied)", self.applied.len())
+            write!(f, "up to date ({} applied{superseded})", self.applied.len())
         } else {
             f.write_str(&parts.join("; "))
         }
@@ -652,6 +996,7 @@ pub fn status(host: &Host<'_>) -> Result<Status> {
     let state = open_for_reading(host)?;
     let mut applied: Vec<&Entry> = Vec::new();
     let mut pending = Vec::new();
+    let mut superseded = Vec::new();
     for e in state.entries() {
         let live = matches!(
             PatchState::read(host, &e.module)?,
@@ -659,6 +1004,8 @@ pub fn status(host: &Host<'_>) -> Result<Status> {
         );
         if e.phase == Phase::Applied && live {
             applied.push(e);
+        } else if e.phase == Phase::Superseded {
+            superseded.push(e.id.clone());
         } else if running.matches(&e.manifest.target) {
             pending.push(e.id.clone());
         }
@@ -666,9 +1013,21 @@ pub fn status(host: &Host<'_>) -> Result<Status> {
     applied.sort_by_key(|e| e.applied_seq);
     let not_in_journal = NotInJournal::read(host, &state)?;
     Ok(Status {
-        release: running.release,
-        applied: applied.iter().map(|e| e.id.clone()).collect(),
+        running,
+        applied: applied
+            .iter()
+            .map(|e| AppliedUpdate {
+                id: e.id.clone(),
+                stream: e.manifest.stream.as_ref().map(|s| StreamLevel {
+                    name: s.name.clone(),
+                    level: s.level,
+                }),
+                cves: e.manifest.cves.clone(),
+                applied_at: e.applied_at.clone(),
+            })
+            .collect(),
         pending,
+        superseded,
         not_in_journal,
     })
 }
@@ -789,6 +1148,13 @@ impl std::fmt::Display for ViewText<'_> {
         }
         if !u.builds_on.is_empty() {
             writeln!(f, "  builds on: {}", escape_join(&u.builds_on, ", "))?;
+        }
+        if let Some(s) = &u.stream {
+            write!(f, "  stream: {} level {}", escape(&s.name), s.level)?;
+            if !s.replaces.is_empty() {
+                write!(f, " (replaces {})", escape_join(&s.replaces, ", "))?;
+            }
+            writeln!(f)?;
         }
         if !u.for_running_kernel {
             writeln!(

@@ -3,7 +3,7 @@
 //!
 //! Layout of the state directory (default /var/lib/ksplice):
 //! - `journal.json`: every update and its phase, rewritten atomically before
-//!   and after each step that changes the host (compact JSON, format 2: what
+//!   and after each step that changes the host (compact JSON, format 3: what
 //!   view, status, undo and boot need of each manifest, not the manifest);
 //! - `packages/ksplice-<id>.tar.gz`: the installed package, verified again
 //!   each time it is loaded;
@@ -18,7 +18,9 @@ use std::fs::{self, File, OpenOptions};
 use std::io;
 use std::os::unix::fs::OpenOptionsExt;
 
-use manifests::manifest::{check_id, check_update_module_name, ChangeKind, Manifest, TargetKernel};
+use manifests::manifest::{
+    check_id, check_update_module_name, ChangeKind, Manifest, Stream, TargetKernel,
+};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -28,9 +30,11 @@ use crate::host::Host;
 use crate::livepatch::{self, interrupted, PatchState, Wait, Written};
 use crate::sys::Step;
 
-/// Journal format version: 2 keeps a summary of each manifest ([`Recorded`]);
-/// format 1 (whole manifests, pretty-printed) is still read and rewritten as 2.
-const JOURNAL_FORMAT: u32 = 2;
+/// Journal format version: 3 adds each update's stream (name, level,
+/// replaces) and the phases `superseded` and `stepping-back`; format 2 (the
+/// same summary without streams) and format 1 (whole manifests,
+/// pretty-printed) are still read and rewritten as 3.
+pub const JOURNAL_FORMAT: u32 = 3;
 /// A journal larger than this is not ours (the default of
 /// [`Host::max_journal`]); an install that would grow it past this is refused.
 pub const MAX_JOURNAL: u64 = 16 * 1024 * 1024;
@@ -60,12 +64,24 @@ pub enum Phase {
     Unloading,
     /// Undo: the package is being removed from the state directory.
     Removing,
+    /// Installed, not in the kernel: a higher level of its stream replaced
+    /// it (livepatch atomic replace). Kept so that undoing that level can
+    /// return to this one; not pending.
+    Superseded,
+    /// Undo of a stream level: the highest lower level installed is being
+    /// loaded to replace this one (one transition back).
+    SteppingBack,
 }
 
 impl Phase {
     /// Whether the phase is the middle of a step (only a crash leaves one).
     pub fn in_flight(self) -> bool {
-        !matches!(self, Phase::Installed | Phase::Applied)
+        !matches!(self, Phase::Installed | Phase::Applied | Phase::Superseded)
+    }
+
+    /// Whether the update is out of the kernel and stays so until asked.
+    pub fn at_rest(self) -> bool {
+        matches!(self, Phase::Installed | Phase::Superseded)
     }
 
     pub fn name(self) -> &'static str {
@@ -79,6 +95,8 @@ impl Phase {
             Phase::Disabling => "disabling",
             Phase::Unloading => "unloading",
             Phase::Removing => "removing",
+            Phase::Superseded => "superseded",
+            Phase::SteppingBack => "stepping-back",
         }
     }
 }
@@ -115,6 +133,9 @@ pub struct Recorded {
     pub cves: Vec<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub builds_on: Vec<String>,
+    /// A cumulative update's stream, name, level and replaced ids (format 3).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stream: Option<Stream>,
     pub target: TargetKernel,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub objects: Vec<ObjectSummary>,
@@ -152,6 +173,7 @@ impl From<&Manifest> for Recorded {
             description: m.description.clone(),
             cves: m.cves.clone(),
             builds_on: m.builds_on.clone(),
+            stream: m.stream.clone(),
             target: m.target.clone(),
             objects: m
                 .objects
@@ -196,6 +218,7 @@ impl PartialEq<Recorded> for Manifest {
         self.description == r.description
             && self.cves == r.cves
             && self.builds_on == r.builds_on
+            && self.stream == r.stream
             && self.target == r.target
             && objects_match
             && manifest_sha256(self) == r.manifest_sha256
@@ -262,13 +285,59 @@ struct FormatOnly {
     format: u32,
 }
 
+impl Entry {
+    /// Whether `self` and `other` are levels of one stream: same stream name,
+    /// same kernel build (a stream is the series of updates of one build).
+    pub fn same_stream(&self, other: &Entry) -> bool {
+        match (&self.manifest.stream, &other.manifest.stream) {
+            (Some(a), Some(b)) => {
+                a.name == b.name && self.manifest.target.build_id == other.manifest.target.build_id
+            }
+            _ => false,
+        }
+    }
+
+    /// The stream level, 0 for a stand-alone update.
+    pub fn level(&self) -> u32 {
+        self.manifest.stream.as_ref().map_or(0, |s| s.level)
+    }
+}
+
 /// The journal is not trusted more than a package: its ids and module names
-/// become paths and delete_module arguments during recovery.
+/// become paths and delete_module arguments during recovery, its stream
+/// levels decide what undo loads.
 fn validate(j: &Journal) -> std::result::Result<(), String> {
     let mut ids = std::collections::BTreeSet::new();
     let mut modules = std::collections::BTreeSet::new();
+    let mut levels = std::collections::BTreeSet::new();
     for e in &j.updates {
         check_id(&e.id).map_err(|err| format!("update {:?}: {err}", e.id))?;
+        match &e.manifest.stream {
+            Some(s) => {
+                // The manifest's own stream rules (name, level >= 1,
+                // replaces, no builds_on).
+                s.validate(&e.id, &e.manifest.builds_on)
+                    .map_err(|err| format!("update {}: {err}", e.id))?;
+                if !levels.insert((
+                    s.name.as_str(),
+                    e.manifest.target.build_id.as_str(),
+                    s.level,
+                )) {
+                    return Err(format!(
+                        "update {}: level {} of stream {} is listed twice",
+                        e.id, s.level, s.name
+                    ));
+                }
+            }
+            None if matches!(e.phase, Phase::Superseded | Phase::SteppingBack) => {
+                return Err(format!(
+                    "update {}: phase {} needs a stream",
+                    e.id,
+                    e.phase.name()
+                ));
+            }
+            None => {}
+        }
         for base in &e.manifest.builds_on {
             check_id(base).map_err(|err| format!("update {}: builds_on: {err}", e.id))?;
         }
@@ -340,17 +409,28 @@ fn read_journal(host: &Host<'_>) -> Result<Journal> {
     let format = serde_json::from_slice::<FormatOnly>(&bytes)
         .map_err(|e| bad(e.to_string()))?
         .format;
-    let j: Journal = match format {
+    let mut j: Journal = match format {
         1 => serde_json::from_slice::<JournalV1>(&bytes)
             .map_err(|e| bad(e.to_string()))?
             .into(),
-        JOURNAL_FORMAT => serde_json::from_slice(&bytes).map_err(|e| bad(e.to_string()))?,
+        2 | JOURNAL_FORMAT => serde_json::from_slice(&bytes).map_err(|e| bad(e.to_string()))?,
         other => {
             return Err(bad(format!(
-                "format {other} (this client reads 1 and {JOURNAL_FORMAT})"
+                "format {other} (this client reads 1 to {JOURNAL_FORMAT})"
             )))
         }
     };
+    // Format 2 had no streams: a field or phase of format 3 in it was not
+    // written by a client.
+    if format == 2 {
+        if let Some(e) = j.updates.iter().find(|e| {
+            e.manifest.stream.is_some()
+                || matches!(e.phase, Phase::Superseded | Phase::SteppingBack)
+        }) {
+            return Err(bad(format!("update {}: format 2 has no streams", e.id)));
+        }
+    }
+    j.format = JOURNAL_FORMAT;
     validate(&j).map_err(bad)?;
     Ok(j)
 }
@@ -460,7 +540,7 @@ impl<'h, 's> State<'h, 's> {
                 e.applied_at = Some(now_utc());
                 self.journal.next_seq += 1;
             }
-        } else if phase == Phase::Installed {
+        } else if phase.at_rest() {
             let e = &mut self.journal.updates[i];
             e.applied_seq = None;
             e.applied_at = None;
@@ -527,17 +607,74 @@ impl<'h, 's> State<'h, 's> {
         Ok(())
     }
 
-    /// Bring every entry to a phase that agrees with the kernel.
+    /// Bring every entry to a phase that agrees with the kernel. An entry
+    /// stepping back comes last: whether the lower level it was returning to
+    /// took over is known once that level is resolved.
     fn recover(&mut self) -> Result<()> {
-        let mut i = 0;
-        while i < self.journal.updates.len() {
-            let before = self.journal.updates.len();
-            self.recover_one(i)?;
-            if self.journal.updates.len() == before {
-                i += 1;
+        let ids = |stepping: bool| -> Vec<String> {
+            self.journal
+                .updates
+                .iter()
+                .filter(|e| (e.phase == Phase::SteppingBack) == stepping)
+                .map(|e| e.id.clone())
+                .collect()
+        };
+        let mut order = ids(false);
+        order.extend(ids(true));
+        for id in order {
+            if let Some(i) = self.index(&id) {
+                self.recover_one(i)?;
             }
         }
         Ok(())
+    }
+
+    /// Where entry `i` rests when it is not in the kernel: superseded while a
+    /// higher level of its stream is applied (in the journal, or enabled in
+    /// the kernel, which a crash may not have journaled yet), else installed.
+    pub(crate) fn resting_phase(&self, i: usize) -> Result<Phase> {
+        let e = self.entry(i);
+        for o in self.entries() {
+            if o.id == e.id || !e.same_stream(o) || o.level() <= e.level() {
+                continue;
+            }
+            let live = matches!(o.phase, Phase::Applied | Phase::SteppingBack)
+                || matches!(
+                    PatchState::read(self.host, &o.module)?,
+                    PatchState::Present { enabled: true, .. }
+                );
+            if live {
+                return Ok(Phase::Superseded);
+            }
+        }
+        Ok(Phase::Installed)
+    }
+
+    /// Entry `i` (a stream level) is applied: the kernel replaced every lower
+    /// level that was live. Unload their modules (the kernel drops its
+    /// reference once it has freed the replaced patch) and mark them, and the
+    /// lower levels that were only installed, superseded. Returns the ids
+    /// that were applied until now.
+    pub(crate) fn supersede_lower(&mut self, i: usize) -> Result<Vec<String>> {
+        let top = self.entry(i).clone();
+        let lower: Vec<(String, String, Phase)> = self
+            .entries()
+            .iter()
+            .filter(|o| o.id != top.id && top.same_stream(o) && o.level() < top.level())
+            .filter(|o| matches!(o.phase, Phase::Applied | Phase::Installed))
+            .map(|o| (o.id.clone(), o.module.clone(), o.phase))
+            .collect();
+        let mut was_applied = Vec::new();
+        for (id, module, phase) in lower {
+            if phase == Phase::Applied {
+                livepatch::unload(self.host, &module)?;
+                was_applied.push(id.clone());
+            }
+            if let Some(j) = self.index(&id) {
+                self.set_phase(j, Phase::Superseded)?;
+            }
+        }
+        Ok(was_applied)
     }
 
     fn recover_one(&mut self, i: usize) -> Result<()> {
@@ -553,14 +690,26 @@ impl<'h, 's> State<'h, 's> {
                     self.remove(i)
                 }
             }
-            Phase::Installed => Ok(()),
+            Phase::Installed | Phase::Superseded => Ok(()),
             Phase::Applied => match kernel {
                 // Rebooted, or disabled (and freed) or unloaded behind our
-                // back: a disabled patch's module stays loaded until
-                // delete_module, so unload it (not loaded counts as done).
+                // back, or replaced by a higher level of its stream (a crash
+                // before that was journaled): a disabled or replaced patch's
+                // module stays loaded until delete_module, so unload it (not
+                // loaded counts as done). Never an error.
                 PatchState::Absent => {
+                    let rest = self.resting_phase(i)?;
                     livepatch::unload(self.host, &e.module)?;
-                    self.set_phase(i, Phase::Installed)
+                    self.set_phase(i, rest)
+                }
+                // Replaced, not freed yet: `enabled` reads 0 until the
+                // kernel removes the directory.
+                PatchState::Present {
+                    enabled: false,
+                    transition: false,
+                } if self.resting_phase(i)? == Phase::Superseded => {
+                    livepatch::unload(self.host, &e.module)?;
+                    self.set_phase(i, Phase::Superseded)
                 }
                 PatchState::Present { .. } => Ok(()),
             },
@@ -573,6 +722,7 @@ impl<'h, 's> State<'h, 's> {
                     match self.finish_apply(i) {
                         // Reverted to installed: that resolves the entry.
                         Err(Error::PatchVanished { .. }) => Ok(()),
+                        Ok(()) => self.supersede_lower(i).map(drop),
                         r => r,
                     }
                 }
@@ -584,6 +734,20 @@ impl<'h, 's> State<'h, 's> {
             Phase::Reverting => self.finish_revert(i),
             Phase::Disabling | Phase::Unloading => self.finish_undo(i),
             Phase::Removing => self.remove(i),
+            // The lower level took over (this patch was replaced): finish
+            // the undo. Still enabled: it did not (the lower level's load
+            // failed or was reverted), so this level stays applied.
+            Phase::SteppingBack => match kernel {
+                PatchState::Absent
+                | PatchState::Present {
+                    enabled: false,
+                    transition: false,
+                } => {
+                    self.set_phase(i, Phase::Unloading)?;
+                    self.finish_undo(i)
+                }
+                PatchState::Present { .. } => self.set_phase(i, Phase::Applied),
+            },
         }
     }
 
@@ -637,7 +801,8 @@ impl<'h, 's> State<'h, 's> {
             });
         }
         livepatch::unload(self.host, &module)?;
-        self.set_phase(i, Phase::Installed)
+        let rest = self.resting_phase(i)?;
+        self.set_phase(i, rest)
     }
 
     /// From `Disabling`/`Unloading`: disable, wait (re-enabling and reporting

@@ -30,7 +30,7 @@ const BUILD_ID: [u8; 20] = [
 
 /// How the simulated kernel treats an update module.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Mode {
+pub(crate) enum Mode {
     /// Loads; every transition finishes at the next poll.
     Normal,
     /// The run-pre check refuses: one KERN_ERR line in /dev/kmsg, EINVAL.
@@ -54,16 +54,27 @@ enum Mode {
 /// freed: its livepatch directory first answers ENODEV (the kobject is going
 /// away under open files) for `enodev_window` accesses, then disappears
 /// (ENOENT). The module stays loaded until delete_module.
-struct FakeKernel {
+///
+/// A module whose file says `replace` (a cumulative update) models 6.1's
+/// atomic replace (kernel/livepatch/transition.c, klp_complete_transition
+/// and klp_free_replaced_patches_async): when its enabling transition
+/// completes, every other patch is disabled and freed like a disabled one
+/// (its directory vanishes, its module can be unloaded); a reversed replace
+/// transition leaves them alone. Loading while a transition runs is refused
+/// with EBUSY (klp_enable_patch).
+pub(crate) struct FakeKernel {
     root: PathBuf,
-    uname: Uname,
+    pub(crate) uname: Uname,
     mode: Mode,
     /// Fail the n-th checkpoint (0-based), like a SIGKILL there.
     crash_at: Option<usize>,
     checkpoints: Cell<usize>,
-    steps: RefCell<Vec<Step>>,
+    pub(crate) steps: RefCell<Vec<Step>>,
+    /// The enabled, not freed patches at every checkpoint and poll, in
+    /// order: what the kernel ran at each moment.
+    pub(crate) live_history: RefCell<Vec<Vec<String>>>,
     /// Accesses answered ENODEV after a patch is freed, before it vanishes.
-    enodev_window: usize,
+    pub(crate) enodev_window: usize,
     /// Freed patches still answering ENODEV: name -> accesses left.
     dying: RefCell<HashMap<String, usize>>,
     /// After the next successful read of this attribute of a disabling patch,
@@ -76,7 +87,7 @@ struct FakeKernel {
 }
 
 impl FakeKernel {
-    fn new(root: &Path, mode: Mode) -> Self {
+    pub(crate) fn new(root: &Path, mode: Mode) -> Self {
         FakeKernel {
             root: root.to_owned(),
             uname: Uname {
@@ -88,6 +99,7 @@ impl FakeKernel {
             crash_at: None,
             checkpoints: Cell::new(0),
             steps: RefCell::new(Vec::new()),
+            live_history: RefCell::new(Vec::new()),
             enodev_window: 1,
             dying: RefCell::new(HashMap::new()),
             finish_after_read: Cell::new(None),
@@ -137,7 +149,26 @@ impl FakeKernel {
         self.dying.borrow().contains_key(&Self::name_of(dir))
     }
 
-    fn crashing_at(mut self, n: usize) -> Self {
+    /// Snapshot the enabled patches that are not being freed.
+    fn record_live(&self) {
+        let live: Vec<String> = self
+            .patches()
+            .iter()
+            .filter(|d| !self.is_dying(d) && read(&d.join("enabled")) == "1")
+            .map(|d| Self::name_of(d))
+            .collect();
+        self.live_history.borrow_mut().push(live);
+    }
+
+    fn is_replace(&self, name: &str) -> bool {
+        self.root
+            .join("sys/module")
+            .join(name)
+            .join("replace")
+            .exists()
+    }
+
+    pub(crate) fn crashing_at(mut self, n: usize) -> Self {
         self.crash_at = Some(n);
         self
     }
@@ -164,7 +195,7 @@ impl FakeKernel {
     }
 }
 
-fn read(p: &Path) -> String {
+pub(crate) fn read(p: &Path) -> String {
     fs::read_to_string(p).unwrap_or_default().trim().to_owned()
 }
 
@@ -176,13 +207,23 @@ impl Sys for FakeKernel {
     fn finit_module(&self, module: &fs::File) -> io::Result<()> {
         let mut text = String::new();
         (&*module).read_to_string(&mut text)?;
-        let name = text
-            .trim()
-            .strip_prefix("fake-module:")
+        let mut lines = text.lines();
+        let name = lines
+            .next()
+            .and_then(|l| l.trim().strip_prefix("fake-module:"))
             .ok_or_else(|| io::Error::from_raw_os_error(libc::ENOEXEC))?
             .to_owned();
+        let replace = lines.next().map(str::trim) == Some("replace");
         if self.root.join("sys/module").join(&name).exists() {
             return Err(io::Error::from_raw_os_error(libc::EEXIST));
+        }
+        // klp_enable_patch: one transition at a time.
+        if self
+            .patches()
+            .iter()
+            .any(|d| !self.is_dying(d) && read(&d.join("transition")) == "1")
+        {
+            return Err(io::Error::from_raw_os_error(libc::EBUSY));
         }
         if self.mode == Mode::RunPre {
             let mut kmsg = fs::OpenOptions::new()
@@ -196,6 +237,9 @@ impl Sys for FakeKernel {
             return Err(io::Error::from_raw_os_error(libc::EINVAL));
         }
         fs::create_dir_all(self.root.join("sys/module").join(&name))?;
+        if replace {
+            fs::write(self.root.join("sys/module").join(&name).join("replace"), "")?;
+        }
         let dir = self.lp().join(&name);
         fs::create_dir_all(&dir)?;
         fs::write(dir.join("enabled"), "1\n")?;
@@ -289,14 +333,28 @@ impl Sys for FakeKernel {
             };
             match (finishes, enabling) {
                 (true, true) if self.mode == Mode::DisabledWhileEnabling => self.free(&dir),
-                (true, true) => fs::write(dir.join("transition"), "0\n").expect("transition"),
+                (true, true) => {
+                    fs::write(dir.join("transition"), "0\n").expect("transition");
+                    let name = Self::name_of(&dir);
+                    if self.is_replace(&name) {
+                        // Atomic replace: every other patch is disabled and freed.
+                        for other in self.patches() {
+                            if other != dir && !self.is_dying(&other) {
+                                self.log(&format!("replaced {} by {name}", Self::name_of(&other)));
+                                self.free(&other);
+                            }
+                        }
+                    }
+                }
                 (true, false) => self.free(&dir),
                 (false, _) => {}
             }
         }
+        self.record_live();
     }
 
     fn checkpoint(&self, step: Step) -> io::Result<()> {
+        self.record_live();
         self.steps.borrow_mut().push(step);
         let n = self.checkpoints.get();
         self.checkpoints.set(n + 1);
@@ -309,15 +367,15 @@ impl Sys for FakeKernel {
 
 // ---- the fixture host ----------------------------------------------------------------------
 
-struct Fixture {
+pub(crate) struct Fixture {
     _tmp: Option<tempfile::TempDir>,
-    root: PathBuf,
+    pub(crate) root: PathBuf,
     out: PathBuf,
     key: SigningKey,
 }
 
 impl Fixture {
-    fn new() -> Self {
+    pub(crate) fn new() -> Self {
         let tmp = tempfile::tempdir().expect("tempdir");
         let fx = Self::build(tmp.path().to_owned());
         Fixture {
@@ -384,7 +442,7 @@ impl Fixture {
         }
     }
 
-    fn host<'s>(&self, sys: &'s dyn Sys) -> Host<'s> {
+    pub(crate) fn host<'s>(&self, sys: &'s dyn Sys) -> Host<'s> {
         let mut h = Host::new(&self.root, sys);
         h.timeouts.transition = Duration::from_secs(2);
         h.timeouts.signal_after = Duration::from_millis(500);
@@ -393,7 +451,7 @@ impl Fixture {
         h
     }
 
-    fn state_dir(&self) -> PathBuf {
+    pub(crate) fn state_dir(&self) -> PathBuf {
         self.root.join("var/lib/ksplice")
     }
 
@@ -434,7 +492,7 @@ impl Fixture {
     }
 
     /// A package signed by the fixture's trusted key.
-    fn package(&self, id: &str, edit: impl FnOnce(&mut Manifest)) -> PathBuf {
+    pub(crate) fn package(&self, id: &str, edit: impl FnOnce(&mut Manifest)) -> PathBuf {
         self.package_signed(id, edit, &self.key)
     }
 
@@ -447,13 +505,15 @@ impl Fixture {
         let mut m = Self::manifest(id);
         edit(&mut m);
         let ko = self.out.join(format!("{}.ko.src", m.module.name));
-        fs::write(&ko, format!("fake-module:{}\n", m.module.name)).expect("ko");
+        // A cumulative update's module sets klp_patch.replace.
+        let replace = if m.stream.is_some() { "replace\n" } else { "" };
+        fs::write(&ko, format!("fake-module:{}\n{replace}", m.module.name)).expect("ko");
         let dir = self.out.join(format!("{id}-{}", m.target.release));
         fs::create_dir_all(&dir).expect("pkg dir");
         manifests::write_package(&dir, &m, &[key], &[(m.module.file.clone(), ko)]).expect("package")
     }
 
-    fn loads(&self) -> Vec<String> {
+    pub(crate) fn loads(&self) -> Vec<String> {
         read(&self.root.join("kernel.log"))
             .lines()
             .map(str::to_owned)
@@ -461,7 +521,7 @@ impl Fixture {
     }
 
     /// Pretend the machine rebooted: nothing is loaded any more.
-    fn reboot(&self) {
+    pub(crate) fn reboot(&self) {
         for d in ["sys/kernel/livepatch", "sys/module"] {
             let p = self.root.join(d);
             fs::remove_dir_all(&p).expect("clear");
@@ -470,30 +530,38 @@ impl Fixture {
     }
 }
 
-fn apply(fx: &Fixture, sys: &dyn Sys, pkgs: &[PathBuf]) -> (Result<(), Error>, Vec<Event>) {
+pub(crate) fn apply(
+    fx: &Fixture,
+    sys: &dyn Sys,
+    pkgs: &[PathBuf],
+) -> (Result<(), Error>, Vec<Event>) {
     let host = fx.host(sys);
     let mut events = Vec::new();
     let r = ops::apply(&host, pkgs, &mut |e| events.push(e));
     (r, events)
 }
 
-fn undo(fx: &Fixture, sys: &dyn Sys, targets: Targets) -> (Result<(), Error>, Vec<Event>) {
+pub(crate) fn undo(
+    fx: &Fixture,
+    sys: &dyn Sys,
+    targets: Targets,
+) -> (Result<(), Error>, Vec<Event>) {
     let host = fx.host(sys);
     let mut events = Vec::new();
     let r = ops::undo(&host, &targets, &mut |e| events.push(e));
     (r, events)
 }
 
-fn applied(id: &str) -> Event {
+pub(crate) fn applied(id: &str) -> Event {
     Event::Applied { id: id.into() }
 }
 
-fn undone(id: &str) -> Event {
+pub(crate) fn undone(id: &str) -> Event {
     Event::Undone { id: id.into() }
 }
 
 /// The journal and the kernel agree; nothing half-done is left behind.
-fn assert_consistent(fx: &Fixture) {
+pub(crate) fn assert_consistent(fx: &Fixture) {
     let sys = FakeKernel::new(&fx.root, Mode::Normal);
     let host = fx.host(&sys);
     let state = State::peek(&host).expect("journal readable");
@@ -516,8 +584,14 @@ fn assert_consistent(fx: &Fixture) {
                     e.id
                 );
             }
-            Phase::Installed => {
+            Phase::Installed | Phase::Superseded => {
                 assert!(!module_loaded, "{}: installed but module loaded", e.id);
+                assert!(
+                    !lp.exists(),
+                    "{}: {:?} but its livepatch is present",
+                    e.id,
+                    e.phase
+                );
             }
             other => panic!("{}: left in phase {other:?}", e.id),
         }
@@ -561,7 +635,7 @@ fn assert_consistent(fx: &Fixture) {
     }
 }
 
-fn is_interrupted(r: &Result<(), Error>) -> bool {
+pub(crate) fn is_interrupted(r: &Result<(), Error>) -> bool {
     matches!(r, Err(Error::Interrupted { .. }))
 }
 
@@ -1567,11 +1641,11 @@ fn client_world_writable_state_or_policy_dir_is_refused() {
 
 // ---- the journal (issue 9, item 5) -----------------------------------------------------------
 
-fn journal_path(fx: &Fixture) -> PathBuf {
+pub(crate) fn journal_path(fx: &Fixture) -> PathBuf {
     fx.state_dir().join("journal.json")
 }
 
-fn journal_json(fx: &Fixture) -> serde_json::Value {
+pub(crate) fn journal_json(fx: &Fixture) -> serde_json::Value {
     serde_json::from_slice(&fs::read(journal_path(fx)).expect("journal")).expect("json")
 }
 
@@ -1626,8 +1700,8 @@ fn client_large_manifests_are_summarized_in_the_journal() {
     assert!(v1 > 8 * size, "format 1 {v1} vs format 2 {size}");
     let host = fx.host(&sys);
     let status = ops::status(&host).expect("status after four large installs");
-    assert_eq!(status.applied, ids);
-    assert_eq!(journal_json(&fx)["format"], 2);
+    assert_eq!(status.applied_ids(), ids);
+    assert_eq!(journal_json(&fx)["format"], 3);
     assert_consistent(&fx);
 }
 
@@ -1717,14 +1791,14 @@ fn client_journal_names_are_validated_before_use() {
     fs::write(journal_path(&fx), serde_json::to_vec(&good).expect("json")).expect("restore");
     let host = fx.host(&sys);
     assert_eq!(
-        ops::status(&host).expect("status").applied,
+        ops::status(&host).expect("status").applied_ids(),
         ["fix-a", "fix-b"]
     );
 }
 
 /// Pins issue 9 item 5: a format-1 journal (whole manifests) is still read,
 /// its installed packages still recognised at boot, and it is rewritten as
-/// format 2 by the next change.
+/// the current format (3) by the next change.
 #[test]
 fn client_format_1_journal_is_read_and_upgraded() {
     let fx = Fixture::new();
@@ -1746,12 +1820,12 @@ fn client_format_1_journal_is_read_and_upgraded() {
     .expect("v1");
 
     let host = fx.host(&sys);
-    assert_eq!(ops::status(&host).expect("status").applied, ["fix-a"]);
+    assert_eq!(ops::status(&host).expect("status").applied_ids(), ["fix-a"]);
     fx.reboot();
     let mut events = Vec::new();
     ops::apply_installed(&host, &mut |e| events.push(e)).expect("boot");
     assert_eq!(events, vec![applied("fix-a")]);
-    assert_eq!(journal_json(&fx)["format"], 2);
+    assert_eq!(journal_json(&fx)["format"], 3);
     assert_consistent(&fx);
 }
 

@@ -119,6 +119,7 @@ fn options(source: Source, profile: ProfileInputs, out: &Path) -> (Options, temp
         work: None,
         cache: env.cache.clone(),
         etc_dir: etc.path().to_path_buf(),
+        cumulative: None,
     };
     (opts, etc)
 }

@@ -4,6 +4,7 @@
 mod apply_path;
 mod client;
 mod create;
+mod cumulative;
 mod differ;
 mod module;
 mod package;

@@ -9,7 +9,7 @@ use std::process::Command;
 use std::sync::OnceLock;
 
 use builder::module::{
-    self, inspect, Error, Inputs, ModuleName, PatchObject, ReplacedFunction, RunPre,
+    self, inspect, Error, Inputs, ModuleName, PatchObject, Patching, ReplacedFunction, RunPre,
 };
 use object::{Object, ObjectSection, ObjectSymbol, RelocationTarget};
 
@@ -149,6 +149,15 @@ fn cmdline_pre() -> &'static Path {
 }
 
 fn build(fixture: &str, name: &str, tweak: impl FnOnce(&mut RunPre)) -> Result<Built, Error> {
+    build_with(fixture, name, Patching::Stack, tweak)
+}
+
+fn build_with(
+    fixture: &str,
+    name: &str,
+    patching: Patching,
+    tweak: impl FnOnce(&mut RunPre),
+) -> Result<Built, Error> {
     let root = work_root().join(name);
     let _ = std::fs::remove_dir_all(&root);
     let patch = compile(
@@ -162,6 +171,7 @@ fn build(fixture: &str, name: &str, tweak: impl FnOnce(&mut RunPre)) -> Result<B
         kernel_tree: kernel().headers.clone(),
         release: kernel().release.clone(),
         work_dir: root.join("module"),
+        patching,
         objects: vec![PatchObject {
             target: "vmlinux".into(),
             path: patch,
@@ -186,6 +196,41 @@ fn cmdline() -> &'static Built {
     B.get_or_init(|| {
         build("cmdline-kpatch", "ksplice_cmdline_test", |_| {}).expect("build the update module")
     })
+}
+
+/// The byte the module's object file holds for the generated
+/// `const bool ksplice_replace` (what ksplice_init copies into
+/// klp_patch.replace).
+fn replace_flag(ko: &Path) -> u8 {
+    let data = std::fs::read(ko).expect("read module");
+    let file = object::File::parse(&*data).expect("parse module");
+    let sym = file
+        .symbols()
+        .find(|s| s.name() == Ok("ksplice_replace"))
+        .unwrap_or_else(|| panic!("no ksplice_replace in {}", ko.display()));
+    let section = file
+        .section_by_index(sym.section_index().expect("defined"))
+        .expect("section");
+    let bytes = section.data().expect("section data");
+    bytes[usize::try_from(sym.address() - section.address()).expect("offset")]
+}
+
+/// A cumulative update's module carries replace = true, a stand-alone one
+/// false, in the real module kbuild linked (the e2e scenario
+/// cumulative-replace shows the kernel acting on it).
+#[test]
+fn replace_flag_reaches_the_built_module() {
+    let stacked = &cmdline().ko;
+    assert_eq!(replace_flag(stacked), 0);
+    let cumulative = build_with(
+        "cmdline-kpatch",
+        "ksplice_replace_test",
+        Patching::Replace,
+        |_| {},
+    )
+    .expect("build the cumulative module");
+    assert_eq!(replace_flag(&cumulative.ko), 1);
+    assert_eq!(modinfo(&cumulative.ko, "livepatch"), "Y");
 }
 
 fn modinfo(ko: &Path, field: &str) -> String {
@@ -412,6 +457,7 @@ fn missing_replacement_function_is_refused() {
         kernel_tree: kernel().headers.clone(),
         release: kernel().release.clone(),
         work_dir: root.join("module"),
+        patching: Default::default(),
         objects: vec![PatchObject {
             target: "vmlinux".into(),
             path: patch,
@@ -621,6 +667,7 @@ fn build_differ_cmdline_update() -> PathBuf {
         kernel_tree: kernel().headers.clone(),
         release: kernel().release.clone(),
         work_dir: root.join("module"),
+        patching: Default::default(),
         objects: vec![pobj],
     };
     module::build(&inputs).expect("build")
@@ -660,6 +707,7 @@ fn build_cross_update() -> PathBuf {
         kernel_tree: kernel().headers.clone(),
         release: kernel().release.clone(),
         work_dir: root.join("module"),
+        patching: Default::default(),
         objects: vec![
             PatchObject {
                 target: "vmlinux".into(),
@@ -811,6 +859,7 @@ fn build_xfs_update() -> PathBuf {
         kernel_tree: kernel().headers.clone(),
         release: kernel().release.clone(),
         work_dir: root.join("module"),
+        patching: Default::default(),
         objects: vec![pobj],
     })
     .expect("build")
@@ -941,6 +990,7 @@ fn module_symbol_in_a_load_time_section_is_refused() {
         kernel_tree: kernel().headers.clone(),
         release: kernel().release.clone(),
         work_dir: root.join("module"),
+        patching: Default::default(),
         objects: vec![PatchObject {
             target: "xfs".into(),
             path: patch,

@@ -245,6 +245,28 @@ fn update_timer_does_nothing_with_auto_off() {
     );
 }
 
+/// Crash-loop protection: while automatic apply is held (an earlier boot
+/// that re-applied updates never confirmed), the timer applies nothing; a
+/// run by hand still does.
+#[test]
+fn update_timer_does_nothing_while_automatic_apply_is_held() {
+    let fleet = Fleet::new();
+    let url = fleet.file_url();
+    fleet.config(&[url], "auto = true");
+    fs::create_dir_all(fleet.fx.state_dir()).expect("state dir");
+    fs::write(
+        fleet.fx.state_dir().join(client::boot::HOLD),
+        "format = 1\nheld_at = \"2026-11-29T10:05:00Z\"\n\n[attempt]\nformat = 1\nboot_id = \"0f0e0d0c-0b0a-4908-8706-050403020100\"\nsince = \"2026-11-29T09:00:00Z\"\n",
+    )
+    .expect("hold");
+    let before = fleet.host_files();
+    let r = fleet.run(Run::Timer).expect("timer");
+    assert_eq!(r.outcome, Outcome::Held);
+    assert_eq!(r.outcome.exit_code(), client::exit::HELD);
+    assert_eq!(fleet.host_files(), before);
+    assert_eq!(fleet.report().outcome, Outcome::Applied);
+}
+
 #[test]
 fn update_wave_not_started_waits_and_says_when() {
     let tmp = tempfile::tempdir().expect("tempdir");

@@ -18,6 +18,10 @@ use builder::target::ProfileInputs;
 ///   ksplice-create --patch=fix.patch SRC
 ///   ksplice-create --git REPO --pre REF --post REF
 ///   ksplice-create --git REPO --pre REF --patch fix.patch
+///
+/// Cumulative updates (a level of a stream, loaded with the livepatch replace flag):
+///   ksplice-create --cumulative --stream main --level 2 --replaces main-1 --patch all-fixes.patch SRC
+///   ksplice-create --cumulative --replaces main-1 ...   (stream "main", level 1 + number of --replaces)
 #[derive(Debug, Parser)]
 #[command(name = "ksplice-create", version, verbatim_doc_comment)]
 struct Cli {
@@ -76,6 +80,27 @@ struct Cli {
     /// Scratch directory (kept); default a temporary directory under the cache.
     #[arg(long, value_name = "DIR")]
     work: Option<PathBuf>,
+    /// Build a cumulative update: it contains every fix of the earlier levels of
+    /// its stream and replaces them (and every other live patch) in one transition.
+    #[arg(long)]
+    cumulative: bool,
+    /// The stream of a cumulative update [default: main].
+    #[arg(long, value_name = "NAME", requires = "cumulative")]
+    stream: Option<String>,
+    /// Its level, 1 or more [default: 1 + the number of --replaces].
+    #[arg(long, value_name = "N", requires = "cumulative")]
+    level: Option<u32>,
+    /// Id of an update this level supersedes (repeatable; normally the earlier levels).
+    #[arg(long = "replaces", value_name = "ID", requires = "cumulative")]
+    replaces: Vec<String>,
+}
+
+fn cumulative(cli: &Cli) -> Option<create::Cumulative> {
+    cli.cumulative.then(|| create::Cumulative {
+        stream: cli.stream.clone(),
+        level: cli.level,
+        replaces: cli.replaces.clone(),
+    })
 }
 
 fn source(cli: &Cli) -> anyhow::Result<Source> {
@@ -154,6 +179,7 @@ fn main() {
                 etc_dir: std::env::var_os("KSPLICE_ETC")
                     .map(PathBuf::from)
                     .unwrap_or_else(|| PathBuf::from(create::ETC_KSPLICE)),
+                cumulative: cumulative(&cli),
             }
         }
         Err(e) => {
@@ -170,5 +196,42 @@ fn main() {
             eprintln!("ksplice-create: {e}");
             std::process::exit(e.exit_code());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stream_options_need_cumulative_and_resolve_with_defaults() {
+        let parse = |args: &[&str]| {
+            let mut v = vec!["ksplice-create", "--patch", "p.patch", "src"];
+            v.extend_from_slice(args);
+            Cli::try_parse_from(v)
+        };
+        assert!(
+            parse(&["--level", "2"]).is_err(),
+            "--level without --cumulative"
+        );
+        assert!(parse(&["--replaces", "a"]).is_err());
+        assert_eq!(cumulative(&parse(&[]).expect("plain")), None);
+        let c = cumulative(&parse(&["--cumulative", "--replaces", "main-1"]).expect("short form"))
+            .expect("cumulative");
+        let s = c.resolve("main-2").expect("resolves");
+        assert_eq!((s.name.as_str(), s.level), ("main", 2));
+        assert_eq!(s.replaces, vec!["main-1"]);
+        let c = cumulative(
+            &parse(&["--cumulative", "--stream", "s", "--level", "5"]).expect("long form"),
+        )
+        .expect("cumulative");
+        assert_eq!(
+            c,
+            create::Cumulative {
+                stream: Some("s".into()),
+                level: Some(5),
+                replaces: vec![],
+            }
+        );
     }
 }

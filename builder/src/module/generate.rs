@@ -5,7 +5,7 @@ use std::fmt::Write as _;
 use std::path::Path;
 
 use super::callbacks::{Hooks, KINDS};
-use super::{Error, Inputs, ReplacedFunction, Result, Target};
+use super::{Error, Inputs, Patching, ReplacedFunction, Result, Target};
 use crate::diff::RelocKind;
 
 /// The generated C file, compiled as `ksplice-update.o`.
@@ -252,6 +252,11 @@ fn update_c(inputs: &Inputs, targets: &[Target<'_>], hooks: &[Hooks]) -> String 
         w,
         "const unsigned int ksplice_nr_objects = ARRAY_SIZE(ksplice_objects);"
     );
+    let replace = match inputs.patching {
+        Patching::Stack => "false",
+        Patching::Replace => "true",
+    };
+    let _ = writeln!(w, "const bool ksplice_replace = {replace};");
     c
 }
 
@@ -303,6 +308,72 @@ mod tests {
     use super::*;
     use crate::module::{ModuleName, PatchObject, ReplacedFunction, RunPre};
 
+    fn one_function(patching: Patching) -> Inputs {
+        Inputs {
+            name: ModuleName::new("ksplice_t").expect("valid"),
+            kernel_tree: "/k".into(),
+            release: "r".into(),
+            work_dir: "/w".into(),
+            objects: vec![PatchObject {
+                target: "vmlinux".into(),
+                path: "b.o".into(),
+                functions: vec![ReplacedFunction {
+                    name: "cmdline_proc_show".into(),
+                    sympos: 0,
+                    symbol: "ksp0_cmdline_proc_show".into(),
+                    run_pre: RunPre {
+                        code: vec![0xc3],
+                        skip: vec![],
+                        relocs: vec![],
+                    },
+                }],
+            }],
+            patching,
+        }
+    }
+
+    /// A cumulative update's module sets klp_patch.replace (the template
+    /// copies `ksplice_replace` into it); a stand-alone one stacks.
+    #[test]
+    fn replace_flag_follows_the_patching_mode() {
+        for (patching, want, other) in [
+            (
+                Patching::Replace,
+                "const bool ksplice_replace = true;",
+                "const bool ksplice_replace = false;",
+            ),
+            (
+                Patching::Stack,
+                "const bool ksplice_replace = false;",
+                "const bool ksplice_replace = true;",
+            ),
+        ] {
+            let inputs = one_function(patching);
+            let targets = crate::module::validate(&inputs).expect("valid");
+            let c = update_c(&inputs, &targets, &[Hooks::default()]);
+            let lines: Vec<&str> = c.lines().collect();
+            assert_eq!(
+                lines
+                    .iter()
+                    .filter(|l| l.contains("ksplice_replace"))
+                    .count(),
+                1,
+                "{c}"
+            );
+            assert!(
+                lines.contains(&want),
+                "{patching:?}: missing {want:?} in:\n{c}"
+            );
+            assert!(!lines.contains(&other), "{patching:?}");
+        }
+        // The template reads the generated flag into its klp_patch.
+        let core = super::super::template::CORE.1;
+        assert!(core.contains("ksplice_patch.replace = ksplice_replace;"));
+        assert!(!core.contains(".replace = false"));
+        let header = super::super::template::HEADER.1;
+        assert!(header.contains("extern const bool ksplice_replace;"));
+    }
+
     #[test]
     fn tables_list_objects_functions_run_pre_and_hooks() {
         let inputs = Inputs {
@@ -331,6 +402,7 @@ mod tests {
                     }],
                 },
             ],
+            patching: Patching::Stack,
         };
         let targets = crate::module::validate(&inputs).expect("valid");
         let mut hooks = vec![Hooks::default(), Hooks::default()];

@@ -168,6 +168,22 @@ pub struct Inputs {
     /// Whatever a previous build left there is overwritten.
     pub work_dir: PathBuf,
     pub objects: Vec<PatchObject>,
+    /// How the livepatch combines with the ones already enabled.
+    pub patching: Patching,
+}
+
+/// How an update's livepatch combines with the livepatches already enabled
+/// (the `replace` flag of `struct klp_patch`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Patching {
+    /// A stand-alone update (`replace = false`): it adds its functions on top
+    /// of whatever is enabled.
+    #[default]
+    Stack,
+    /// A cumulative update (`replace = true`): once its transition completes
+    /// the kernel disables and frees every other livepatch
+    /// (Documentation/livepatch/cumulative-patches.rst).
+    Replace,
 }
 
 /// The patched objects of one update, grouped by target: one `klp_object`
@@ -365,6 +381,7 @@ mod tests {
             release: "6.1.0-56-amd64".into(),
             work_dir: "/nonexistent".into(),
             objects,
+            patching: Patching::Stack,
         }
     }
 

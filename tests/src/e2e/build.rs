@@ -93,6 +93,7 @@ impl<'a> Context<'a> {
             Build::RunPreMismatch { patch, alteration } => {
                 self.run_pre_mismatch(patch, *alteration, out)
             }
+            Build::Cumulative { stream, patches } => self.cumulative(stream, patches, out),
             Build::CreateMany { patches } => {
                 let mut files = Vec::new();
                 for patch in patches {
@@ -110,6 +111,45 @@ impl<'a> Context<'a> {
                 })
             }
         }
+    }
+
+    /// [`Build::Cumulative`]: level N = `pre` + the first N patches, one branch per
+    /// level (`<stream>-level-N`, each on the one below), each built with
+    /// `--cumulative --stream --level --replaces <every lower level>`.
+    fn cumulative(&mut self, stream: &str, patches: &[PathBuf], out: &Path) -> Result<Built> {
+        let repo = self.repo()?;
+        let mut base = PRE.to_string();
+        let mut files = Vec::new();
+        for (i, patch) in patches.iter().enumerate() {
+            let level = i + 1;
+            base = repo.branch_on(&format!("{stream}-level-{level}"), &base, patch)?;
+            let id = format!("{stream}-{level}");
+            let level_s = level.to_string();
+            let mut extra: Vec<String> = vec![
+                "--cumulative".into(),
+                "--stream".into(),
+                stream.into(),
+                "--level".into(),
+                level_s,
+            ];
+            for lower in 1..level {
+                extra.push("--replaces".into());
+                extra.push(format!("{stream}-{lower}"));
+            }
+            let dir = out.join(&id);
+            std::fs::create_dir_all(&dir)?;
+            files.push(self.create_git_with(&id, PRE, &base, &dir, &extra)?);
+        }
+        let mut files = files.into_iter();
+        let first = files.next().context("no levels to build")?;
+        Ok(Built {
+            file: first,
+            extra: files
+                .enumerate()
+                .map(|(i, f)| (format!("PKG{}", i + 2), f))
+                .collect(),
+            ..Built::default()
+        })
     }
 
     /// [`Build::Create`]'s package for `patch`, built once per run.
@@ -263,6 +303,18 @@ impl<'a> Context<'a> {
 
     /// `ksplice-create --git` from `pre` to `post`, signed with the test key; returns the package.
     fn create_git(&mut self, id: &str, pre: &str, post: &str, out: &Path) -> Result<PathBuf> {
+        self.create_git_with(id, pre, post, out, &[])
+    }
+
+    /// [`Self::create_git`] with more `ksplice-create` options.
+    fn create_git_with(
+        &mut self,
+        id: &str,
+        pre: &str,
+        post: &str,
+        out: &Path,
+        extra: &[String],
+    ) -> Result<PathBuf> {
         let p = self.profile()?;
         let [trusted, _] = self.keys()?;
         let repo = self.repo()?;
@@ -284,7 +336,8 @@ impl<'a> Context<'a> {
             .arg("--output")
             .arg(out)
             .arg("--work")
-            .arg(&work));
+            .arg(&work)
+            .args(extra));
         log_create(out, &result);
         result?;
         find_package(out)

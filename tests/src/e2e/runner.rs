@@ -152,6 +152,7 @@ impl Harness {
                         | Build::CreateDiffext { .. }
                         | Build::RunPreMismatch { .. }
                         | Build::CreateMany { .. }
+                        | Build::Cumulative { .. }
                 )
         });
         let mut prof = None;

@@ -53,6 +53,13 @@ pub enum Build {
     },
     /// Several `ksplice-create` updates (as [`Build::Create`]), for the guest as PKG, PKG2, ...
     CreateMany { patches: Vec<PathBuf> },
+    /// The levels of one stream, built with `ksplice-create --cumulative --stream NAME
+    /// --level N --replaces <lower levels>`: level N is `pre` plus the first N patches,
+    /// id `<stream>-<N>`; for the guest as PKG (level 1), PKG2, ...
+    Cumulative {
+        stream: String,
+        patches: Vec<PathBuf>,
+    },
 }
 
 /// How the pre tree of a [`Build::RunPreMismatch`] differs from the running kernel's source.
@@ -264,6 +271,20 @@ fn behaviour_scenarios(patches: &Path) -> Vec<Scenario> {
             guest: guest("stack.sh", &[]),
         });
     }
+    if have(&["cmdline-string.patch", "proc-version.patch"]) {
+        v.push(Scenario {
+            name: "cumulative-replace".into(),
+            needs: vec![Client, Profile, Create],
+            build: Build::Cumulative {
+                stream: "main".into(),
+                patches: vec![
+                    patches.join("cmdline-string.patch"),
+                    patches.join("proc-version.patch"),
+                ],
+            },
+            guest: guest("cumulative.sh", &[("STREAM", "main")]),
+        });
+    }
     if have(&["macro-callbacks.patch"]) {
         let mut g = guest("callbacks.sh", &[]).expect("invariant: built here");
         g.modules = vec!["joydev"];
@@ -387,6 +408,7 @@ mod tests {
             "macro-callbacks.patch",
             "module.patch",
             "syscall.patch",
+            "proc-version.patch",
         ] {
             std::fs::write(dir.path().join(f), "").unwrap();
         }
@@ -394,11 +416,23 @@ mod tests {
         let names: Vec<&str> = all.iter().map(|s| s.name.as_str()).collect();
         for want in [
             "stack-same-function",
+            "cumulative-replace",
             "callbacks-order",
             "module-loaded-after-update",
         ] {
             assert!(names.contains(&want), "{names:?}");
         }
+        let cumulative = all.iter().find(|s| s.name == "cumulative-replace").unwrap();
+        assert_eq!(
+            cumulative.build,
+            Build::Cumulative {
+                stream: "main".into(),
+                patches: vec![
+                    dir.path().join("cmdline-string.patch"),
+                    dir.path().join("proc-version.patch")
+                ]
+            }
+        );
         let soak = all.iter().find(|s| s.name.starts_with("soak")).unwrap();
         assert_eq!(
             soak.build,
