@@ -84,8 +84,10 @@ pub struct Considered {
 /// The outcome of [`plan`].
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Plan {
-    /// To apply now, in this order (stand-alone updates by publication, then
-    /// each stream's chosen level).
+    /// To apply now, in this order: each stream's chosen level, then
+    /// stand-alone updates by publication. A stream switch is an atomic
+    /// replace of every live patch, which the client refuses while a
+    /// stand-alone update is live; stand-alone updates stack on a stream.
     pub apply: Vec<Candidate>,
     /// Every candidate with its decision, in repository name order.
     pub considered: Vec<Considered>,
@@ -227,8 +229,8 @@ pub fn plan(
             decisions.insert(&c.name, d);
         }
     }
-    let mut apply: Vec<Candidate> = apply_alone.into_iter().cloned().collect();
-    apply.extend(apply_streams.into_iter().cloned());
+    let mut apply: Vec<Candidate> = apply_streams.into_iter().cloned().collect();
+    apply.extend(apply_alone.into_iter().cloned());
     let mut seen = BTreeSet::new();
     let considered = candidates
         .iter()

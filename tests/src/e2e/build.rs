@@ -37,6 +37,8 @@ pub struct Context<'a> {
     /// Packages `ksplice-create` made in this run, by patch: scenarios that share an
     /// update (cmdline-string is in four) build it once.
     created: std::collections::BTreeMap<PathBuf, PathBuf>,
+    /// [`Build::Cumulative`] levels already built this run, by (stream, patches).
+    streams: std::collections::BTreeMap<(String, Vec<PathBuf>), Built>,
 }
 
 impl<'a> Context<'a> {
@@ -50,6 +52,7 @@ impl<'a> Context<'a> {
             trust: None,
             keys: None,
             created: std::collections::BTreeMap::new(),
+            streams: std::collections::BTreeMap::new(),
         })
     }
 
@@ -93,7 +96,8 @@ impl<'a> Context<'a> {
             Build::RunPreMismatch { patch, alteration } => {
                 self.run_pre_mismatch(patch, *alteration, out)
             }
-            Build::Cumulative { stream, patches } => self.cumulative(stream, patches, out),
+            Build::Cumulative { stream, patches } => self.cumulative_once(stream, patches),
+            Build::Fleet { stream, patches } => self.fleet(stream, patches, out),
             Build::CreateMany { patches } => {
                 let mut files = Vec::new();
                 for patch in patches {
@@ -111,6 +115,90 @@ impl<'a> Context<'a> {
                 })
             }
         }
+    }
+
+    /// [`Self::cumulative`] once per run: the fleet scenario publishes the same levels.
+    fn cumulative_once(&mut self, stream: &str, patches: &[PathBuf]) -> Result<Built> {
+        let key = (stream.to_owned(), patches.to_vec());
+        if let Some(b) = self.streams.get(&key) {
+            return Ok(b.clone());
+        }
+        let out = self.dir.join(format!("stream-{stream}"));
+        let _ = std::fs::remove_dir_all(&out);
+        std::fs::create_dir_all(&out)?;
+        let built = self.cumulative(stream, patches, &out)?;
+        self.streams.insert(key, built.clone());
+        Ok(built)
+    }
+
+    /// [`Build::Fleet`]: the stream's levels 1 and 2 published with `ksplice-build
+    /// repo` (a development repository: its keys stay on the host), one copy of
+    /// the public tree per state the guest fetches, in publication order:
+    /// `a/` level 1; `wave/` level 2 in a wave that starts in 30 days for every
+    /// seed; `b/` level 2 for everyone; `replay/` is `a/` again (an old snapshot
+    /// replayed); `expired/` a republished timestamp that expires after 1 s.
+    fn fleet(&mut self, stream: &str, patches: &[PathBuf], out: &Path) -> Result<Built> {
+        let levels = self.cumulative_once(stream, patches)?;
+        let (l1, l2) = match levels.extra.first() {
+            Some((_, l2)) => (levels.file.clone(), l2.clone()),
+            None => bail!("the fleet scenario needs two levels"),
+        };
+        let repo = out.join("repo");
+        let www = out.join("www");
+        let _ = std::fs::remove_dir_all(&repo);
+        let _ = std::fs::remove_dir_all(&www);
+        std::fs::create_dir_all(&www)?;
+        let build = self.h.bin("ksplice-build");
+        let repo_cmd = |args: &[&std::ffi::OsStr]| -> Result<String> {
+            run(Command::new(&build).arg("repo").args(args))
+        };
+        let snapshot =
+            |state: &str| -> Result<()> { copy_tree(&repo.join("public"), &www.join(state)) };
+        repo_cmd(&["init".as_ref(), repo.as_os_str()])?;
+        repo_cmd(&["add".as_ref(), repo.as_os_str(), l1.as_os_str()])?;
+        repo_cmd(&["publish".as_ref(), repo.as_os_str()])?;
+        snapshot("a")?;
+        repo_cmd(&[
+            "add".as_ref(),
+            repo.as_os_str(),
+            l2.as_os_str(),
+            "--waves".as_ref(),
+            "2048@+720h".as_ref(),
+        ])?;
+        repo_cmd(&["publish".as_ref(), repo.as_os_str()])?;
+        snapshot("wave")?;
+        repo_cmd(&[
+            "add".as_ref(),
+            repo.as_os_str(),
+            l2.as_os_str(),
+            "--replace".as_ref(),
+        ])?;
+        repo_cmd(&["publish".as_ref(), repo.as_os_str()])?;
+        snapshot("b")?;
+        copy_tree(&www.join("a"), &www.join("replay"))?;
+        repo_cmd(&[
+            "publish".as_ref(),
+            repo.as_os_str(),
+            "--expires".as_ref(),
+            "timestamp=1s".as_ref(),
+        ])?;
+        snapshot("expired")?;
+        let id = |p: &Path| -> Result<String> {
+            let name = p
+                .file_name()
+                .and_then(|n| n.to_str())
+                .context("package name")?;
+            Ok(name
+                .trim_start_matches("ksplice-")
+                .trim_end_matches(".tar.gz")
+                .to_owned())
+        };
+        Ok(Built {
+            env: vec![("ID1".into(), id(&l1)?), ("ID2".into(), id(&l2)?)],
+            extra: vec![("ROOT_JSON".into(), repo.join("public/metadata/1.root.json"))],
+            serve: Some(www),
+            ..Built::default()
+        })
     }
 
     /// [`Build::Cumulative`]: level N = `pre` + the first N patches, one branch per
@@ -568,6 +656,11 @@ fn corrupt_payload(pkg: &Path, file: &str) -> Result<()> {
 }
 
 /// Runs a command, returning its stdout then stderr, failing with both.
+/// `cp -a SRC DST`: a state of the repository, frozen for the guest.
+fn copy_tree(src: &Path, dst: &Path) -> Result<()> {
+    run(Command::new("cp").arg("-a").arg(src).arg(dst)).map(|_| ())
+}
+
 fn run(cmd: &mut Command) -> Result<String> {
     let out = cmd
         .output()

@@ -153,6 +153,7 @@ impl Harness {
                         | Build::RunPreMismatch { .. }
                         | Build::CreateMany { .. }
                         | Build::Cumulative { .. }
+                        | Build::Fleet { .. }
                 )
         });
         let mut prof = None;

@@ -17,6 +17,8 @@ pub enum Piece {
     Pack,
     /// `ksplice-create`.
     Create,
+    /// `ksplice-build repo` and `ksplice update`.
+    Repo,
 }
 
 impl Piece {
@@ -27,6 +29,7 @@ impl Piece {
             Piece::Profile => ("ksplice", &["profile", "--help"]),
             Piece::Pack => ("ksplice-build", &["pack", "--help"]),
             Piece::Create => ("ksplice-create", &["--help"]),
+            Piece::Repo => ("ksplice-build", &["repo", "publish", "--help"]),
         }
     }
 }
@@ -57,6 +60,13 @@ pub enum Build {
     /// --level N --replaces <lower levels>`: level N is `pre` plus the first N patches,
     /// id `<stream>-<N>`; for the guest as PKG (level 1), PKG2, ...
     Cumulative {
+        stream: String,
+        patches: Vec<PathBuf>,
+    },
+    /// The levels of [`Build::Cumulative`] published with `ksplice-build repo` as a
+    /// TUF repository, in the successive states the guest's `fleet.sh` fetches
+    /// (a/, wave/, b/, replay/, expired/), served to the guest over HTTP.
+    Fleet {
         stream: String,
         patches: Vec<PathBuf>,
     },
@@ -283,6 +293,20 @@ fn behaviour_scenarios(patches: &Path) -> Vec<Scenario> {
                 ],
             },
             guest: guest("cumulative.sh", &[("STREAM", "main")]),
+        });
+    }
+    if have(&["cmdline-string.patch", "proc-version.patch"]) {
+        v.push(Scenario {
+            name: "fleet-update".into(),
+            needs: vec![Client, Profile, Create, Repo],
+            build: Build::Fleet {
+                stream: "main".into(),
+                patches: vec![
+                    patches.join("cmdline-string.patch"),
+                    patches.join("proc-version.patch"),
+                ],
+            },
+            guest: guest("fleet.sh", &[("STREAM", "main")]),
         });
     }
     if have(&["macro-callbacks.patch"]) {
