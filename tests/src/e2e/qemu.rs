@@ -18,6 +18,9 @@ pub struct Boot {
     /// When set, the guest gets one NIC on QEMU user-mode networking with
     /// `restrict=on` (no route out) and a single `guestfwd` rule: TCP to
     /// [`MIRROR_ADDR`] port 80 reaches this port on the host's 127.0.0.1.
+    /// The rule's target is `cmd:socat`, spawned per guest connection: a
+    /// `tcp:` target is one chardev connection made at start-up, so only the
+    /// guest's first HTTP request would get through.
     pub mirror_port: Option<u16>,
 }
 
@@ -42,7 +45,7 @@ impl Boot {
             Some(port) => vec![
                 "-netdev".into(),
                 format!(
-                    "user,id=n0,restrict=on,guestfwd=tcp:{MIRROR_ADDR}:80-tcp:127.0.0.1:{port}"
+                    "user,id=n0,restrict=on,guestfwd=tcp:{MIRROR_ADDR}:80-cmd:socat - TCP:127.0.0.1:{port}"
                 ),
                 "-device".into(),
                 "e1000,netdev=n0,romfile=".into(),

@@ -99,10 +99,16 @@ impl Harness {
             pieces: BTreeSet::new(),
             show: Show::Markers,
         };
-        h.pieces = [Piece::Client, Piece::Profile, Piece::Pack, Piece::Create]
-            .into_iter()
-            .filter(|p| h.has(*p))
-            .collect();
+        h.pieces = [
+            Piece::Client,
+            Piece::Profile,
+            Piece::Pack,
+            Piece::Create,
+            Piece::Repo,
+        ]
+        .into_iter()
+        .filter(|p| h.has(*p))
+        .collect();
         Ok(h)
     }
 
