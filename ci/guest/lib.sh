@@ -6,16 +6,22 @@
 
 now() { cut -d' ' -f1 /proc/uptime; }
 
-# step NAME CMD...: run CMD, show its output, pass if it exits 0.
-step() {
-	_name=$1
-	shift
+# _run CMD...: run CMD with its output in /tmp/step.out (shown indented); sets
+# _rc (its exit status), _t1 (when it ended) and _dur (seconds it took).
+_run() {
 	_t0=$(now)
 	"$@" > /tmp/step.out 2>&1
 	_rc=$?
 	_t1=$(now)
 	sed 's/^/  | /' /tmp/step.out
 	_dur=$(awk "BEGIN { printf \"%.2f\", $_t1 - $_t0 }")
+}
+
+# step NAME CMD...: run CMD, show its output, pass if it exits 0.
+step() {
+	_name=$1
+	shift
+	_run "$@"
 	if [ $_rc -eq 0 ]; then
 		echo "@@KSPLICE scenario=$SCENARIO event=step step=$_name result=ok rc=0 dur=$_dur t=$_t1"
 	else
@@ -29,12 +35,7 @@ refused() {
 	_name=$1
 	_text=$2
 	shift 2
-	_t0=$(now)
-	"$@" > /tmp/step.out 2>&1
-	_rc=$?
-	_t1=$(now)
-	sed 's/^/  | /' /tmp/step.out
-	_dur=$(awk "BEGIN { printf \"%.2f\", $_t1 - $_t0 }")
+	_run "$@"
 	if [ $_rc -ne 0 ] && grep -qF -- "$_text" /tmp/step.out; then
 		echo "@@KSPLICE scenario=$SCENARIO event=step step=$_name result=ok rc=$_rc dur=$_dur t=$_t1"
 	else
@@ -144,12 +145,7 @@ exits_with() {
 	_code=$2
 	_text=$3
 	shift 3
-	_t0=$(now)
-	"$@" > /tmp/step.out 2>&1
-	_rc=$?
-	_t1=$(now)
-	sed 's/^/  | /' /tmp/step.out
-	_dur=$(awk "BEGIN { printf \"%.2f\", $_t1 - $_t0 }")
+	_run "$@"
 	if [ $_rc -eq "$_code" ] && { [ -z "$_text" ] || grep -qF -- "$_text" /tmp/step.out; }; then
 		echo "@@KSPLICE scenario=$SCENARIO event=step step=$_name result=ok rc=$_rc dur=$_dur t=$_t1"
 	else

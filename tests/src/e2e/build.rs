@@ -103,16 +103,7 @@ impl<'a> Context<'a> {
                 for patch in patches {
                     files.push(self.create_once(patch, &out.join(stem(patch)))?);
                 }
-                let mut files = files.into_iter();
-                let first = files.next().context("no patches to build")?;
-                Ok(Built {
-                    file: first,
-                    extra: files
-                        .enumerate()
-                        .map(|(i, f)| (format!("PKG{}", i + 2), f))
-                        .collect(),
-                    ..Built::default()
-                })
+                packages(files)
             }
         }
     }
@@ -228,16 +219,7 @@ impl<'a> Context<'a> {
             std::fs::create_dir_all(&dir)?;
             files.push(self.create_git_with(&id, PRE, &base, &dir, &extra)?);
         }
-        let mut files = files.into_iter();
-        let first = files.next().context("no levels to build")?;
-        Ok(Built {
-            file: first,
-            extra: files
-                .enumerate()
-                .map(|(i, f)| (format!("PKG{}", i + 2), f))
-                .collect(),
-            ..Built::default()
-        })
+        packages(files)
     }
 
     /// [`Build::Create`]'s package for `patch`, built once per run.
@@ -656,6 +638,20 @@ fn corrupt_payload(pkg: &Path, file: &str) -> Result<()> {
 }
 
 /// Runs a command, returning its stdout then stderr, failing with both.
+/// Several packages for the guest: the first as PKG, the others as PKG2, PKG3, ...
+fn packages(files: Vec<PathBuf>) -> Result<Built> {
+    let mut files = files.into_iter();
+    let first = files.next().context("no packages were built")?;
+    Ok(Built {
+        file: first,
+        extra: files
+            .enumerate()
+            .map(|(i, f)| (format!("PKG{}", i + 2), f))
+            .collect(),
+        ..Built::default()
+    })
+}
+
 /// `cp -a SRC DST`: a state of the repository, frozen for the guest.
 fn copy_tree(src: &Path, dst: &Path) -> Result<()> {
     run(Command::new("cp").arg("-a").arg(src).arg(dst)).map(|_| ())
