@@ -1,4 +1,9 @@
-//! Boots Debian's kernel under QEMU (TCG) with an initramfs, serial console to a file, with a hard timeout.
+//! Boots Debian's kernel under QEMU (TCG) with an initramfs and a hard timeout.
+//!
+//! Two serial ports, each to its own file: ttyS0 carries what the guest's init and
+//! scenarios print (the markers), ttyS1 is the kernel's console at loglevel 7, so
+//! kernel messages never split a marker line and a guest that wedges (a soft lockup
+//! that stops init from printing `dmesg`) still leaves its stack traces on the host.
 
 use anyhow::{Context, Result};
 use std::io::{Read, Seek, SeekFrom};
@@ -12,6 +17,8 @@ pub struct Boot {
     pub kernel: PathBuf,
     pub initrd: PathBuf,
     pub serial_log: PathBuf,
+    /// The kernel console (ttyS1): every message up to KERN_INFO, with stack traces.
+    pub kernel_log: PathBuf,
     /// Extra kernel command line words after the console set-up.
     pub append: String,
     pub timeout: Duration,
@@ -58,6 +65,7 @@ impl Boot {
         // KVM hangs on this machine; TCG with `-cpu max` boots Debian's kernel in ~10 s.
         // KASLR stays on (no `nokaslr`): run-pre matching must cope with it.
         let _ = std::fs::remove_file(&self.serial_log);
+        let _ = std::fs::remove_file(&self.kernel_log);
         let start = Instant::now();
         let mut child = Command::new("qemu-system-x86_64")
             .args(["-accel", "tcg", "-cpu", "max", "-m", "2G", "-smp", "2"])
@@ -68,9 +76,16 @@ impl Boot {
             .arg("-initrd")
             .arg(&self.initrd)
             .arg("-append")
-            .arg(format!("console=ttyS0 panic=-1 quiet {}", self.append))
+            // `loglevel` after `quiet` wins; a soft lockup dumps every CPU's stack,
+            // so the CPU that holds the others up shows too.
+            .arg(format!(
+                "console=ttyS1 quiet loglevel=7 softlockup_all_cpu_backtrace=1 panic=-1 {}",
+                self.append
+            ))
             .arg("-serial")
             .arg(format!("file:{}", self.serial_log.display()))
+            .arg("-serial")
+            .arg(format!("file:{}", self.kernel_log.display()))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())

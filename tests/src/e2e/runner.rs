@@ -399,6 +399,7 @@ impl Harness {
             kernel: self.env.vmlinuz.clone(),
             initrd,
             serial_log: serial.clone(),
+            kernel_log: dir.join("kernel.log"),
             append: String::new(),
             mirror_port: mirror.as_ref().map(|m| m.port),
             timeout: Duration::from_secs(boot_timeout(
@@ -435,6 +436,7 @@ impl Harness {
             "e2e: boot ended after {:.1} s: {ended:?}",
             took.as_secs_f64()
         );
+        report_kernel_trouble(&b.kernel_log);
         let text = std::fs::read(&serial)?;
         Ok((markers::parse(&String::from_utf8_lossy(&text)), ended))
     }
@@ -511,6 +513,39 @@ impl Harness {
             std::fs::copy(&lib, &to).with_context(|| format!("copy {}", lib.display()))?;
         }
         Ok(())
+    }
+}
+
+/// Prints where the kernel console log first shows trouble (an oops, a warning, a
+/// soft lockup) and the 80 lines from there: a wedged guest never reaches init's
+/// `dmesg` dump, and its scenario's own kernel-log check may never run.
+fn report_kernel_trouble(path: &Path) {
+    let Ok(bytes) = std::fs::read(path) else {
+        return;
+    };
+    let text = String::from_utf8_lossy(&bytes);
+    let lines: Vec<&str> = text.lines().collect();
+    let bad = |l: &str| {
+        [
+            "BUG:",
+            "Call Trace",
+            "WARNING:",
+            "Oops",
+            "soft lockup",
+            "blocked for more than",
+        ]
+        .iter()
+        .any(|w| l.contains(w))
+    };
+    let count = lines.iter().filter(|l| bad(l)).count();
+    if let Some(first) = lines.iter().position(|l| bad(l)) {
+        eprintln!(
+            "e2e: the kernel log {} has {count} problem line(s); from the first:",
+            path.display()
+        );
+        for l in lines.iter().skip(first).take(80) {
+            eprintln!("  kernel: {}", l.trim_end_matches('\r'));
+        }
     }
 }
 
