@@ -76,10 +76,12 @@ impl Boot {
             .arg("-initrd")
             .arg(&self.initrd)
             .arg("-append")
-            // `loglevel` after `quiet` wins; a soft lockup dumps every CPU's stack,
-            // so the CPU that holds the others up shows too.
+            // `loglevel` after `quiet` wins. A soft lockup dumps every CPU's stack (so
+            // the CPU that holds the others up shows too) and panics: the boot ends at
+            // once (panic=-1 reboots, -no-reboot exits) instead of when the scenario's
+            // time limit, up to the soak's 52 minutes, runs out.
             .arg(format!(
-                "console=ttyS1 quiet loglevel=7 softlockup_all_cpu_backtrace=1 panic=-1 {}",
+                "console=ttyS1 quiet loglevel=7 softlockup_all_cpu_backtrace=1 softlockup_panic=1 panic=-1 {}",
                 self.append
             ))
             .arg("-serial")
