@@ -39,9 +39,17 @@ const DISK_SIZE: &str = "1G";
 /// Modules the initramfs loads to mount the disk (crc32c: ext4's metadata checksums).
 const INITRAMFS_MODULES: [&str; 4] = ["virtio_pci", "virtio_blk", "crc32c_generic", "ext4"];
 
-/// Modules the root carries for udev to load (the mirror's NIC) and for a real
-/// host's view of its disk drivers.
-const ROOT_MODULES: [&str; 5] = ["e1000", "virtio_pci", "virtio_blk", "crc32c_generic", "ext4"];
+/// Modules the root carries: the mirror's NIC (udev loads it), autofs4 (systemd
+/// loads it at start and logs an error without it), and the disk drivers, as a
+/// real host has them. Not the whole 390 MB tree: the image stays small.
+const ROOT_MODULES: [&str; 6] = [
+    "e1000",
+    "autofs4",
+    "virtio_pci",
+    "virtio_blk",
+    "crc32c_generic",
+    "ext4",
+];
 
 /// The units the package must enable, and the symlinks that say so.
 const ENABLED: [(&str, &str); 3] = [
