@@ -76,10 +76,17 @@ impl Boot {
         let mut child = Command::new("qemu-system-x86_64")
             .args(["-accel", "tcg", "-cpu", "max", "-m", "2G", "-smp", "2"])
             .args(["-nographic", "-monitor", "none"])
-            .args(if self.reboot { None } else { Some("-no-reboot") })
+            .args(if self.reboot {
+                None
+            } else {
+                Some("-no-reboot")
+            })
             .args(self.net_args())
             .args(self.disk.iter().flat_map(|d| {
-                ["-drive".to_string(), format!("file={},format=raw,if=virtio", d.display())]
+                [
+                    "-drive".to_string(),
+                    format!("file={},format=raw,if=virtio", d.display()),
+                ]
             }))
             .arg("-kernel")
             .arg(&self.kernel)

@@ -465,6 +465,7 @@ mod tests {
             "cumulative-replace",
             "callbacks-order",
             "module-loaded-after-update",
+            "systemd-host",
         ] {
             assert!(names.contains(&want), "{names:?}");
         }

@@ -500,7 +500,10 @@ mod tests {
         GuestResult {
             started: true,
             passed,
-            steps: steps.iter().map(|(n, ok)| (n.to_string(), *ok, 0.0)).collect(),
+            steps: steps
+                .iter()
+                .map(|(n, ok)| (n.to_string(), *ok, 0.0))
+                .collect(),
             metrics: Vec::new(),
         }
     }
@@ -509,9 +512,16 @@ mod tests {
     #[test]
     fn a_stage_passes_only_when_complete() {
         let ended = Ended::Exited(Some(0));
-        assert_eq!(verdict("a", &result(&[("x", true)], Some(true)), &ended), Ok(()));
         assert_eq!(
-            verdict("a", &result(&[("x", true), ("y", false)], Some(false)), &ended),
+            verdict("a", &result(&[("x", true)], Some(true)), &ended),
+            Ok(())
+        );
+        assert_eq!(
+            verdict(
+                "a",
+                &result(&[("x", true), ("y", false)], Some(false)),
+                &ended
+            ),
             Err("stage a: step y failed".into())
         );
         assert_eq!(
