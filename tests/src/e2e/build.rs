@@ -97,7 +97,9 @@ impl<'a> Context<'a> {
                 self.run_pre_mismatch(patch, *alteration, out)
             }
             Build::Cumulative { stream, patches } => self.cumulative_once(stream, patches),
-            Build::Fleet { stream, patches } => self.fleet(stream, patches, out),
+            Build::Fleet { stream, patches } | Build::SystemdHost { stream, patches } => {
+                self.fleet(stream, patches, out)
+            }
             Build::CreateMany { patches } => {
                 let mut files = Vec::new();
                 for patch in patches {

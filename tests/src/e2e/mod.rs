@@ -13,3 +13,4 @@ pub mod report;
 pub mod runner;
 pub mod scenario;
 pub mod serve;
+pub mod systemd;

@@ -29,6 +29,12 @@ pub struct Boot {
     /// `tcp:` target is one chardev connection made at start-up, so only the
     /// guest's first HTTP request would get through.
     pub mirror_port: Option<u16>,
+    /// A raw disk image the guest sees as `/dev/vda` (virtio), kept across boots
+    /// (the systemd-host scenario's Debian root).
+    pub disk: Option<PathBuf>,
+    /// Whether a guest reboot restarts the guest in the same run (no `-no-reboot`):
+    /// the systemd-host scenario reboots for real. Otherwise a reboot ends the run.
+    pub reboot: bool,
 }
 
 /// The guest's address of the host's loopback mirror (`guestfwd`).
@@ -69,8 +75,19 @@ impl Boot {
         let start = Instant::now();
         let mut child = Command::new("qemu-system-x86_64")
             .args(["-accel", "tcg", "-cpu", "max", "-m", "2G", "-smp", "2"])
-            .args(["-nographic", "-no-reboot", "-monitor", "none"])
+            .args(["-nographic", "-monitor", "none"])
+            .args(if self.reboot {
+                None
+            } else {
+                Some("-no-reboot")
+            })
             .args(self.net_args())
+            .args(self.disk.iter().flat_map(|d| {
+                [
+                    "-drive".to_string(),
+                    format!("file={},format=raw,if=virtio", d.display()),
+                ]
+            }))
             .arg("-kernel")
             .arg(&self.kernel)
             .arg("-initrd")

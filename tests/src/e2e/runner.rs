@@ -160,6 +160,7 @@ impl Harness {
                         | Build::CreateMany { .. }
                         | Build::Cumulative { .. }
                         | Build::Fleet { .. }
+                        | Build::SystemdHost { .. }
                 )
         });
         let mut prof = None;
@@ -234,7 +235,15 @@ impl Harness {
             }
         }
 
-        // 3. One boot for every scenario that built.
+        // 3. The systemd host boots its own disk, several times.
+        let (systemd, boot_list): (Vec<_>, Vec<_>) = boot_list
+            .into_iter()
+            .partition(|(s, _, _)| matches!(s.build, Build::SystemdHost { .. }));
+        for (_, built, build_s) in &systemd {
+            rows.push(super::systemd::run(self, built, ctx.trust(), *build_s));
+        }
+
+        // 4. One boot for every other scenario that built.
         if !boot_list.is_empty() {
             let plan: Vec<(Scenario, build::Built)> = boot_list
                 .iter()
@@ -402,6 +411,8 @@ impl Harness {
             kernel_log: dir.join("kernel.log"),
             append: String::new(),
             mirror_port: mirror.as_ref().map(|m| m.port),
+            disk: None,
+            reboot: false,
             timeout: Duration::from_secs(boot_timeout(
                 plan.iter()
                     .map(|(s, _)| s.guest.as_ref().map_or(180, scenario::guest_timeout)),

@@ -70,6 +70,13 @@ pub enum Build {
         stream: String,
         patches: Vec<PathBuf>,
     },
+    /// [`Build::Fleet`]'s repository states, for a Debian root booted from a disk
+    /// under systemd with the client's `.deb` (tests/src/e2e/systemd.rs): its own
+    /// boots, not the shared initramfs one.
+    SystemdHost {
+        stream: String,
+        patches: Vec<PathBuf>,
+    },
 }
 
 /// How the pre tree of a [`Build::RunPreMismatch`] differs from the running kernel's source.
@@ -309,6 +316,21 @@ fn behaviour_scenarios(patches: &Path) -> Vec<Scenario> {
             guest: guest("fleet.sh", &[("STREAM", "main")]),
         });
     }
+    if have(&["cmdline-string.patch", "proc-version.patch"]) {
+        v.push(Scenario {
+            name: super::systemd::NAME.into(),
+            needs: vec![Client, Profile, Create, Repo],
+            build: Build::SystemdHost {
+                stream: "main".into(),
+                patches: vec![
+                    patches.join("cmdline-string.patch"),
+                    patches.join("proc-version.patch"),
+                ],
+            },
+            // The driver is ci/guest/systemd/ksplice-e2e, run by systemd in the root.
+            guest: guest("../systemd/ksplice-e2e", &[]),
+        });
+    }
     if have(&["macro-callbacks.patch"]) {
         let mut g = guest("callbacks.sh", &[]).expect("invariant: built here");
         g.modules = vec!["joydev"];
@@ -443,6 +465,7 @@ mod tests {
             "cumulative-replace",
             "callbacks-order",
             "module-loaded-after-update",
+            "systemd-host",
         ] {
             assert!(names.contains(&want), "{names:?}");
         }
