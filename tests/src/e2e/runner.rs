@@ -510,13 +510,11 @@ impl Harness {
         let main = self.guest_bins.join("ksplice");
         let dst = root.join("usr/sbin/ksplice");
         strip_copy(&main, &dst)?;
+        // The seed's names are symlinks, as the Debian package ships them: the binary
+        // picks its subcommand from its name (and a stale alias binary left in the
+        // target directory by an older build can never reach the guest).
         for alias in ["ksplice-apply", "ksplice-undo", "ksplice-view"] {
-            let own = self.guest_bins.join(alias);
-            if own.exists() {
-                strip_copy(&own, &root.join("usr/sbin").join(alias))?;
-            } else {
-                std::os::unix::fs::symlink("ksplice", root.join("usr/sbin").join(alias))?;
-            }
+            std::os::unix::fs::symlink("ksplice", root.join("usr/sbin").join(alias))?;
         }
         for lib in shared_libs(&main)? {
             let to = root.join(lib.strip_prefix("/").unwrap_or(&lib));
