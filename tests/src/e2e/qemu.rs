@@ -166,7 +166,74 @@ pub fn available() -> bool {
         .unwrap_or(false)
 }
 
+/// What a kernel console log shows of an oops, a warning, a trace or a lockup.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Trouble {
+    /// How many lines name a problem.
+    pub count: usize,
+    /// The first such line and the 79 after it (its stack trace).
+    pub excerpt: Vec<String>,
+}
+
+/// The trouble in a boot's kernel console log (ttyS1), if any: the words of an
+/// oops, a `WARN`, a stack trace, a soft lockup or a hung task.
+pub fn kernel_trouble(path: &Path) -> Option<Trouble> {
+    let bytes = std::fs::read(path).ok()?;
+    let text = String::from_utf8_lossy(&bytes);
+    let lines: Vec<&str> = text.lines().map(|l| l.trim_end_matches('\r')).collect();
+    let bad = |l: &str| {
+        [
+            "BUG:",
+            "Call Trace",
+            "WARNING:",
+            "Oops",
+            "soft lockup",
+            "blocked for more than",
+        ]
+        .iter()
+        .any(|w| l.contains(w))
+    };
+    let first = lines.iter().position(|l| bad(l))?;
+    Some(Trouble {
+        count: lines.iter().filter(|l| bad(l)).count(),
+        excerpt: lines[first..]
+            .iter()
+            .take(80)
+            .map(|l| l.to_string())
+            .collect(),
+    })
+}
+
 /// Path helper so callers need not import Path.
 pub fn log_path(dir: &Path, name: &str) -> PathBuf {
     dir.join(format!("{name}.serial.log"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kernel_trouble_starts_at_the_first_problem_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("k.log");
+        std::fs::write(
+            &p,
+            "ok\r\n[ 1.0] WARNING: CPU: 0 at x\r\n[ 1.1] Call Trace:\r\n[ 1.2]  f+0x1\r\n",
+        )
+        .unwrap();
+        let t = kernel_trouble(&p).unwrap();
+        assert_eq!(t.count, 2);
+        assert_eq!(
+            t.excerpt,
+            [
+                "[ 1.0] WARNING: CPU: 0 at x",
+                "[ 1.1] Call Trace:",
+                "[ 1.2]  f+0x1"
+            ]
+        );
+        std::fs::write(&p, "systemd[1]: Started ksplice.service\n").unwrap();
+        assert_eq!(kernel_trouble(&p), None);
+        assert_eq!(kernel_trouble(&dir.path().join("missing")), None);
+    }
 }

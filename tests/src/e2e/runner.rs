@@ -525,35 +525,18 @@ impl Harness {
     }
 }
 
-/// Prints where the kernel console log first shows trouble (an oops, a warning, a
-/// soft lockup) and the 80 lines from there: a wedged guest never reaches init's
-/// `dmesg` dump, and its scenario's own kernel-log check may never run.
+/// Prints where the kernel console log first shows trouble and the lines from there:
+/// a wedged guest never reaches init's `dmesg` dump, and its scenario's own kernel-log
+/// check may never run.
 fn report_kernel_trouble(path: &Path) {
-    let Ok(bytes) = std::fs::read(path) else {
-        return;
-    };
-    let text = String::from_utf8_lossy(&bytes);
-    let lines: Vec<&str> = text.lines().collect();
-    let bad = |l: &str| {
-        [
-            "BUG:",
-            "Call Trace",
-            "WARNING:",
-            "Oops",
-            "soft lockup",
-            "blocked for more than",
-        ]
-        .iter()
-        .any(|w| l.contains(w))
-    };
-    let count = lines.iter().filter(|l| bad(l)).count();
-    if let Some(first) = lines.iter().position(|l| bad(l)) {
+    if let Some(t) = qemu::kernel_trouble(path) {
         eprintln!(
-            "e2e: the kernel log {} has {count} problem line(s); from the first:",
-            path.display()
+            "e2e: the kernel log {} has {} problem line(s); from the first:",
+            path.display(),
+            t.count
         );
-        for l in lines.iter().skip(first).take(80) {
-            eprintln!("  kernel: {}", l.trim_end_matches('\r'));
+        for l in &t.excerpt {
+            eprintln!("  kernel: {l}");
         }
     }
 }

@@ -17,7 +17,7 @@
 use super::build::Built;
 use super::kmod::ModuleTree;
 use super::markers::{self, GuestResult};
-use super::qemu::{Boot, Ended};
+use super::qemu::{self, Boot, Ended};
 use super::report::{Outcome, Row};
 use super::runner::Harness;
 use super::{cpio, serve};
@@ -205,7 +205,9 @@ fn run_stages(h: &Harness, built: &Built, trust: Option<&Path>) -> Result<(Outco
                 failed.get_or_insert(why);
             }
         }
-        if let Some(trouble) = kernel_trouble(&kernel_log)? {
+        if let Some(trouble) =
+            qemu::kernel_trouble(&kernel_log).map(|t| t.excerpt[0].trim().to_owned())
+        {
             failed.get_or_insert(format!("boot {}: kernel log: {trouble}", i + 1));
         }
         if failed.is_some() {
@@ -241,19 +243,6 @@ fn stage_uptime(g: &GuestResult) -> Option<String> {
         get("driver-started-uptime-s")?,
         get("driver-ended-uptime-s")?
     ))
-}
-
-/// The first oops, warning or trace line of a boot's kernel console.
-fn kernel_trouble(path: &Path) -> Result<Option<String>> {
-    let text = std::fs::read(path).unwrap_or_default();
-    Ok(String::from_utf8_lossy(&text)
-        .lines()
-        .find(|l| {
-            ["BUG:", "Call Trace", "WARNING:", "Oops", "soft lockup"]
-                .iter()
-                .any(|w| l.contains(w))
-        })
-        .map(|l| l.trim().to_owned()))
 }
 
 /// Points the symlink `link` at `to`, atomically (a rename over the old link), so a
@@ -537,18 +526,5 @@ mod tests {
             Err("stage d: no steps reported".into())
         );
         assert!(verdict("a", &result(&[("x", true)], Some(false)), &ended).is_err());
-    }
-
-    #[test]
-    fn kernel_trouble_finds_the_first_warning() {
-        let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("k.log");
-        std::fs::write(&p, "ok\n[ 1.0] WARNING: CPU: 0 at x\n[ 1.1] Call Trace:\n").unwrap();
-        assert_eq!(
-            kernel_trouble(&p).unwrap().as_deref(),
-            Some("[ 1.0] WARNING: CPU: 0 at x")
-        );
-        std::fs::write(&p, "systemd[1]: Started ksplice.service\n").unwrap();
-        assert_eq!(kernel_trouble(&p).unwrap(), None);
     }
 }
