@@ -210,6 +210,7 @@ pub fn log_path(dir: &Path, name: &str) -> PathBuf {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)] // in tests a panic is the failure report
 mod tests {
     use super::*;
 
