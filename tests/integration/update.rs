@@ -1294,9 +1294,9 @@ const MIRROR_CA: &str = "etc/ksplice/mirror-ca.pem";
 const WITH_CA: &str = "ca_file = \"/etc/ksplice/mirror-ca.pem\"";
 
 /// Runs an update that must fail on the TLS handshake: exit 12, one
-/// network error whose message contains `expect`, no request reached the
+/// network error naming the `roots` used and containing `expect`, no request reached the
 /// server, and nothing on the host changed.
-fn assert_tls_refused(h: &HttpsFleet, expect: &str) {
+fn assert_tls_refused(h: &HttpsFleet, roots: &str, expect: &str) {
     let before = files_only(h.fleet.host_files());
     let r = h.fleet.report();
     assert_eq!(r.outcome, Outcome::Unreachable, "{r:#?}");
@@ -1305,7 +1305,10 @@ fn assert_tls_refused(h: &HttpsFleet, expect: &str) {
     assert_eq!(r.errors[0].kind, "network");
     assert_eq!(r.errors[0].mirror, h.url);
     let msg = &r.errors[0].error;
-    assert!(msg.contains("certificate"), "not named a certificate error: {msg}");
+    assert!(
+        msg.contains(&format!("TLS certificate refused (roots: {roots}): ")),
+        "not named a certificate error: {msg}"
+    );
     assert!(msg.contains(expect), "expected {expect:?} in: {msg}");
     eprintln!("refused as expected: {msg}");
     assert!(r.applied.is_empty());
@@ -1354,7 +1357,8 @@ fn https_without_the_ca_file_is_an_unknown_issuer_and_changes_nothing() {
     // Without Debian's bundle on the machine, an empty one: still no
     // root for the test CA.
     fs::write(&copy, fs::read(bundle).unwrap_or_default()).expect("bundle");
-    assert_tls_refused(&h, "UnknownIssuer");
+    let roots = format!("system bundle {}", copy.display());
+    assert_tls_refused(&h, &roots, "UnknownIssuer");
 }
 
 #[test]
@@ -1362,10 +1366,12 @@ fn https_certificate_for_another_name_is_refused() {
     let ca = TestCa::new();
     // A name the URL does not use, reached by name.
     let h = https_fleet(&ca, &["other.example"], "localhost", WITH_CA);
-    assert_tls_refused(&h, "not valid for name \"localhost\"");
+    let roots = format!("ca_file {}", h.fleet.fx.root.join(MIRROR_CA).display());
+    assert_tls_refused(&h, &roots, "not valid for name \"localhost\"");
     // A DNS name only, reached by address.
     let h = https_fleet(&ca, &["localhost"], "127.0.0.1", WITH_CA);
-    assert_tls_refused(&h, "not valid for name \"127.0.0.1\"");
+    let roots = format!("ca_file {}", h.fleet.fx.root.join(MIRROR_CA).display());
+    assert_tls_refused(&h, &roots, "not valid for name \"127.0.0.1\"");
 }
 
 /// A CA file that cannot serve as roots is one configuration error naming

@@ -40,6 +40,14 @@ pub enum NetError {
         #[source]
         source: ureq::Error,
     },
+    /// The mirror's certificate did not verify against the roots in use;
+    /// names them, since the usual fix is `ca_file`.
+    #[error("TLS certificate refused (roots: {roots}): {source}")]
+    Certificate {
+        roots: String,
+        #[source]
+        source: ureq::Error,
+    },
     #[error("HTTP status {status}")]
     Status { status: u16 },
     #[error("reading the response: {source}")]
@@ -69,6 +77,8 @@ pub struct Resume {
 #[derive(Debug, Clone)]
 pub struct MirrorTransport {
     agent: ureq::Agent,
+    /// Where the https roots came from, for certificate errors.
+    roots: String,
     /// Set while a target is being downloaded; read by [`Transport::fetch`]
     /// (tough owns the transport, so the plan is shared).
     resume: Arc<Mutex<Option<Resume>>>,
@@ -79,6 +89,10 @@ impl MirrorTransport {
     pub fn new(cfg: &Config, system_ca: &Path) -> Result<Self> {
         use ureq::tls::{RootCerts, TlsConfig, TlsProvider};
         let needs_tls = cfg.mirrors.iter().any(|m| m.scheme() == "https");
+        let roots = match &cfg.ca_file {
+            Some(path) => format!("ca_file {}", path.display()),
+            None => format!("system bundle {}", system_ca.display()),
+        };
         let certs = match (&cfg.ca_file, needs_tls) {
             // Read even when no mirror is https: a bad file is a
             // configuration error the day it is written, not the day a
@@ -120,6 +134,7 @@ impl MirrorTransport {
             .new_agent();
         Ok(MirrorTransport {
             agent,
+            roots,
             resume: Arc::new(Mutex::new(None)),
         })
     }
@@ -154,8 +169,17 @@ impl MirrorTransport {
         if let Some(from) = from {
             req = req.header("Range", format!("bytes={from}-"));
         }
-        req.call()
-            .map_err(|source| net(url, NetError::Request { source }))
+        req.call().map_err(|source| {
+            let e = if is_certificate_error(&source) {
+                NetError::Certificate {
+                    roots: self.roots.clone(),
+                    source,
+                }
+            } else {
+                NetError::Request { source }
+            };
+            net(url, e)
+        })
     }
 
     fn http_fetch(&self, url: Url) -> Result<tough::TransportStream, TransportError> {
@@ -244,6 +268,20 @@ impl Transport for MirrorTransport {
             )),
         }
     }
+}
+
+/// Whether the handshake failed on the server's certificate (ureq reports
+/// rustls's verdict directly or inside an I/O error).
+fn is_certificate_error(e: &ureq::Error) -> bool {
+    let tls = match e {
+        ureq::Error::Rustls(t) => Some(t),
+        ureq::Error::Io(io) => io.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()),
+        _ => None,
+    };
+    matches!(
+        tls,
+        Some(rustls::Error::InvalidCertificate(_) | rustls::Error::NoCertificatesPresented)
+    )
 }
 
 fn net(url: &Url, e: NetError) -> TransportError {
