@@ -1143,7 +1143,9 @@ impl TestCa {
             .push(rcgen::DnType::CommonName, "ksplice test mirror");
         params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
         let key = rcgen::KeyPair::generate().expect("server key");
-        let cert = params.signed_by(&key, &*self.issuer).expect("server certificate");
+        let cert = params
+            .signed_by(&key, &*self.issuer)
+            .expect("server certificate");
         let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
         let cfg = rustls::ServerConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
@@ -1313,7 +1315,10 @@ fn assert_tls_refused(h: &HttpsFleet, roots: &str, expect: &str) {
     eprintln!("refused as expected: {msg}");
     assert!(r.applied.is_empty());
     assert_eq!(h.server.requests(), [], "a request passed the handshake");
-    assert!(!h.front.failures().is_empty(), "the server saw no failed handshake");
+    assert!(
+        !h.front.failures().is_empty(),
+        "the server saw no failed handshake"
+    );
     assert_eq!(files_only(h.fleet.host_files()), before, "the host changed");
     assert!(h.fleet.trusted("timestamp.json").is_none());
 }
@@ -1328,7 +1333,11 @@ fn https_with_the_configured_ca_file_checks_then_applies() {
     assert_eq!(r.outcome.exit_code(), client::error::exit::UPDATE_AVAILABLE);
     assert_eq!(r.mirror.as_deref(), Some(h.url.as_str()));
     assert_eq!(r.chosen, ["fix-1"]);
-    assert_eq!(files_only(h.fleet.host_files()), before, "--check changed the host");
+    assert_eq!(
+        files_only(h.fleet.host_files()),
+        before,
+        "--check changed the host"
+    );
     let r = h.fleet.report();
     assert_eq!(r.outcome, Outcome::Applied, "{r:#?}");
     assert_eq!(journal_ids(&h.fleet), ["fix-1"]);
@@ -1389,7 +1398,9 @@ fn https_unusable_ca_file_is_one_configuration_error_naming_it() {
         ("not PEM", Some("not a certificate\n"), |e| {
             matches!(e, CaFileError::NoCertificate)
         }),
-        ("empty", Some(""), |e| matches!(e, CaFileError::NoCertificate)),
+        ("empty", Some(""), |e| {
+            matches!(e, CaFileError::NoCertificate)
+        }),
         ("a private key only", Some(&key_only), |e| {
             matches!(e, CaFileError::NoCertificate)
         }),
@@ -1424,7 +1435,13 @@ fn https_unusable_ca_file_is_one_configuration_error_naming_it() {
     fs::create_dir(&path).expect("mkdir");
     let err = h.fleet.run(Run::Check).expect_err("a directory");
     assert!(
-        matches!(&err, Error::CaFile { source: CaFileError::Read { .. }, .. }),
+        matches!(
+            &err,
+            Error::CaFile {
+                source: CaFileError::Read { .. },
+                ..
+            }
+        ),
         "{err}"
     );
     fs::remove_dir(&path).expect("rmdir");
@@ -1433,7 +1450,13 @@ fn https_unusable_ca_file_is_one_configuration_error_naming_it() {
     std::os::unix::fs::symlink(&real, &path).expect("symlink");
     let err = h.fleet.run(Run::Check).expect_err("a symlink");
     assert!(
-        matches!(&err, Error::CaFile { source: CaFileError::Read { .. }, .. }),
+        matches!(
+            &err,
+            Error::CaFile {
+                source: CaFileError::Read { .. },
+                ..
+            }
+        ),
         "{err}"
     );
     // The server never saw a request.
@@ -1510,7 +1533,8 @@ fn tunnel(client: TcpStream, seen: &Mutex<Vec<String>>) {
     let target = match line.split_whitespace().collect::<Vec<_>>()[..] {
         ["CONNECT", target, _] => target.to_owned(),
         _ => {
-            let _ = (&client).write_all(b"HTTP/1.1 405 Method Not Allowed\r\nContent-Length: 0\r\n\r\n");
+            let _ = (&client)
+                .write_all(b"HTTP/1.1 405 Method Not Allowed\r\nContent-Length: 0\r\n\r\n");
             return;
         }
     };
@@ -1556,4 +1580,70 @@ fn https_through_the_configured_proxy_tunnels_with_connect() {
     let want = format!("CONNECT 127.0.0.1:{} HTTP/1.1", h.front.addr.port());
     assert!(seen.iter().all(|l| l == &want), "{seen:?}");
     assert!(!h.server.requests().is_empty());
+}
+
+/// The default `proxy` is the environment: the `ksplice` binary run with
+/// `https_proxy` naming a CONNECT proxy fetches an https mirror through it.
+/// (A subprocess, because the environment is shared by the tests of this
+/// binary.) The host's kernel is not the fixture's, so `--check` finds
+/// nothing for it: exit 0, from the mirror behind the proxy.
+#[test]
+fn https_proxy_from_the_environment_is_used_by_the_binary() {
+    let ksplice = ksplice_tests::cargo_bin("client", "ksplice");
+    let ca = TestCa::new();
+    let proxy = ConnectProxy::start();
+    let h = https_fleet(&ca, &["127.0.0.1"], "127.0.0.1", "");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (ca_path, root, config) = (
+        dir.path().join("ca.pem"),
+        dir.path().join("root.json"),
+        dir.path().join("client.toml"),
+    );
+    fs::write(&ca_path, ca.pem()).expect("CA file");
+    fs::write(&root, h.fleet.repo.root_bytes(1)).expect("root");
+    fs::write(
+        &config,
+        format!(
+            "mirrors = [{:?}]\nroot = {:?}\nca_file = {:?}\n[timeouts]\nconnect = \"10s\"\nread = \"10s\"\n",
+            h.url, root, ca_path
+        ),
+    )
+    .expect("client.toml");
+    let mut cmd = std::process::Command::new(&ksplice);
+    cmd.args(["update", "--check", "--json", "--config"])
+        .arg(&config)
+        .arg("--state-dir")
+        .arg(dir.path().join("state"));
+    for v in [
+        "ALL_PROXY",
+        "all_proxy",
+        "HTTPS_PROXY",
+        "HTTP_PROXY",
+        "http_proxy",
+        "NO_PROXY",
+        "no_proxy",
+    ] {
+        cmd.env_remove(v);
+    }
+    let out = cmd
+        .env("https_proxy", format!("http://{}", proxy.addr))
+        .output()
+        .expect("run ksplice");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stdout}\n{stderr}");
+    let v: serde_json::Value = serde_json::from_str(&stdout).expect("json");
+    assert_eq!(v["outcome"], "up-to-date", "{v}");
+    assert_eq!(v["mirror"], h.url.as_str());
+    assert_eq!(v["considered"][0]["decision"], "other-kernel", "{v}");
+    let want = format!("CONNECT 127.0.0.1:{} HTTP/1.1", h.front.addr.port());
+    let seen = proxy.seen();
+    assert!(
+        !seen.is_empty() && seen.iter().all(|l| l == &want),
+        "{seen:?}"
+    );
+    assert!(
+        !dir.path().join("state").join("tuf").exists(),
+        "--check wrote"
+    );
 }

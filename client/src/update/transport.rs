@@ -346,7 +346,9 @@ pub enum CaFileError {
 }
 
 /// The certificates of the configured `ca_file`, every one of them valid.
-fn read_ca_file(path: &Path) -> std::result::Result<Vec<ureq::tls::Certificate<'static>>, CaFileError> {
+fn read_ca_file(
+    path: &Path,
+) -> std::result::Result<Vec<ureq::tls::Certificate<'static>>, CaFileError> {
     let pem = super::config::read_capped(path, MAX_CA_FILE).map_err(|e| match e {
         Error::Io { source, .. } => CaFileError::Read { source },
         other => CaFileError::Read {
@@ -375,7 +377,9 @@ fn read_pem_certs(path: &Path) -> Result<Vec<ureq::tls::Certificate<'static>>> {
 }
 
 /// The certificates of a PEM file; private keys in it are ignored.
-fn parse_pem_certs(pem: &[u8]) -> std::result::Result<Vec<ureq::tls::Certificate<'static>>, ureq::Error> {
+fn parse_pem_certs(
+    pem: &[u8],
+) -> std::result::Result<Vec<ureq::tls::Certificate<'static>>, ureq::Error> {
     let mut out = Vec::new();
     for item in ureq::tls::parse_pem(pem) {
         if let ureq::tls::PemItem::Certificate(c) = item? {
