@@ -1273,7 +1273,7 @@ fn https_fleet(ca: &TestCa, names: &[&str], host: &str, extra: &str) -> HttpsFle
     fs::write(fleet.fx.root.join(MIRROR_CA), ca.pem()).expect("CA file");
     let url = format!("https://{host}:{}/", front.addr.port());
     fleet.config(
-        &[url.clone()],
+        std::slice::from_ref(&url),
         &format!("{extra}\n[timeouts]\nconnect = \"10s\"\nread = \"10s\"\ntotal = \"60s\""),
     );
     HttpsFleet {
