@@ -192,6 +192,13 @@ pub enum Error {
         field: &'static str,
         reason: String,
     },
+    /// The file is named, not the configuration that points at it.
+    #[error("client configuration: ca_file {path} {source}")]
+    CaFile {
+        path: PathBuf,
+        #[source]
+        source: crate::update::transport::CaFileError,
+    },
 }
 
 fn fmt_tasks(tasks: &[BlockingTask]) -> String {
@@ -238,7 +245,8 @@ impl Error {
             | Error::JournalFull { .. }
             | Error::Interrupted { .. }
             | Error::ConfigParse { .. }
-            | Error::ConfigInvalid { .. } => exit::STATE,
+            | Error::ConfigInvalid { .. }
+            | Error::CaFile { .. } => exit::STATE,
         }
     }
 

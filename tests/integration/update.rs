@@ -1093,12 +1093,557 @@ fn http_ca_file_without_certificates_is_a_configuration_error() {
     assert!(
         matches!(
             err,
-            Error::ConfigInvalid {
-                field: "ca_file",
+            Error::CaFile {
+                source: client::update::transport::CaFileError::NoCertificate,
                 ..
             }
         ),
         "{err}"
     );
     assert_eq!(err.exit_code(), 7);
+}
+
+// ---- HTTPS with a test CA (issue 10: custom CA, proxies) -------------------------------------
+
+/// A certificate authority made at test time; it issues the test servers'
+/// certificates.
+struct TestCa {
+    issuer: rcgen::CertifiedIssuer<'static, rcgen::KeyPair>,
+}
+
+impl TestCa {
+    fn new() -> TestCa {
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("CA params");
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "ksplice test mirror CA");
+        params.key_usages = vec![
+            rcgen::KeyUsagePurpose::KeyCertSign,
+            rcgen::KeyUsagePurpose::CrlSign,
+        ];
+        let key = rcgen::KeyPair::generate().expect("CA key");
+        TestCa {
+            issuer: rcgen::CertifiedIssuer::self_signed(params, key).expect("CA certificate"),
+        }
+    }
+
+    fn pem(&self) -> String {
+        self.issuer.pem()
+    }
+
+    /// A rustls server configuration with a certificate this CA issued for
+    /// `names` (DNS names or IP addresses).
+    fn server(&self, names: &[&str]) -> Arc<rustls::ServerConfig> {
+        use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
+        let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+        let mut params = rcgen::CertificateParams::new(names).expect("server params");
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "ksplice test mirror");
+        params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
+        let key = rcgen::KeyPair::generate().expect("server key");
+        let cert = params
+            .signed_by(&key, &*self.issuer)
+            .expect("server certificate");
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let cfg = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .expect("TLS versions")
+            .with_no_client_auth()
+            .with_single_cert(
+                vec![cert.der().clone()],
+                PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
+            )
+            .expect("server config");
+        Arc::new(cfg)
+    }
+}
+
+/// TLS in front of a test [`Server`] on 127.0.0.1: rustls's server side
+/// does each connection's handshake, then the one request is relayed to the
+/// server in plain HTTP and its answer back (the server closes after every
+/// answer), so each behaviour of the test server is there over https too.
+struct TlsFront {
+    addr: SocketAddr,
+    /// Why each connection failed, e.g. the alert a client sent when it
+    /// refused the certificate.
+    failures: Arc<Mutex<Vec<String>>>,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl TlsFront {
+    fn start(backend: SocketAddr, tls: Arc<rustls::ServerConfig>) -> TlsFront {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1");
+        listener.set_nonblocking(true).expect("nonblocking");
+        let addr = listener.local_addr().expect("addr");
+        let failures = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (failures2, stop2) = (failures.clone(), stop.clone());
+        let thread = std::thread::spawn(move || {
+            let deadline = Instant::now() + Duration::from_secs(300);
+            while !stop2.load(Ordering::Relaxed) && Instant::now() < deadline {
+                match listener.accept() {
+                    Ok((stream, _)) => {
+                        let (tls, failures3) = (tls.clone(), failures2.clone());
+                        // Not joined: each ends with its connection, and
+                        // every read and write has a timeout.
+                        std::thread::spawn(move || {
+                            if let Err(e) = relay(stream, backend, tls) {
+                                failures3.lock().expect("failures").push(e);
+                            }
+                        });
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(10)),
+                }
+            }
+        });
+        TlsFront {
+            addr,
+            failures,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    fn failures(&self) -> Vec<String> {
+        self.failures.lock().expect("failures").clone()
+    }
+}
+
+impl Drop for TlsFront {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn relay(
+    tcp: TcpStream,
+    backend: SocketAddr,
+    tls: Arc<rustls::ServerConfig>,
+) -> Result<(), String> {
+    let slow = Some(Duration::from_secs(150));
+    tcp.set_nonblocking(false).map_err(|e| e.to_string())?;
+    tcp.set_read_timeout(slow).map_err(|e| e.to_string())?;
+    tcp.set_write_timeout(slow).map_err(|e| e.to_string())?;
+    let conn = rustls::ServerConnection::new(tls).map_err(|e| e.to_string())?;
+    let mut tls = rustls::StreamOwned::new(conn, tcp);
+    // The handshake happens on the first read; a refused certificate
+    // shows here as the client's alert.
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        match tls.read(&mut byte) {
+            Ok(0) => return Err("closed before a whole request".to_owned()),
+            Ok(_) => head.push(byte[0]),
+            Err(e) => return Err(e.to_string()),
+        }
+        if head.len() > 16 * 1024 {
+            return Err("request head too long".to_owned());
+        }
+    }
+    let mut back = TcpStream::connect(backend).map_err(|e| e.to_string())?;
+    back.set_read_timeout(slow).map_err(|e| e.to_string())?;
+    back.write_all(&head).map_err(|e| e.to_string())?;
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        match back.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => tls.write_all(&buf[..n]).map_err(|e| e.to_string())?,
+            // The server cut the body short: so does the front.
+            Err(_) => break,
+        }
+    }
+    tls.conn.send_close_notify();
+    let _ = tls.flush();
+    Ok(())
+}
+
+/// A fleet whose only mirror is `https://HOST:PORT/`, a TLS front with a
+/// certificate `ca` issued for `names`; the CA's PEM is written to
+/// `/etc/ksplice/mirror-ca.pem` and `extra` goes into client.toml.
+fn https_fleet(ca: &TestCa, names: &[&str], host: &str, extra: &str) -> HttpsFleet {
+    let fleet = Fleet::new();
+    let server = Server::start(&fleet.repo.dir, Arc::new(|_: &str, _: usize| Act::Serve));
+    let front = TlsFront::start(server.addr, ca.server(names));
+    fs::write(fleet.fx.root.join(MIRROR_CA), ca.pem()).expect("CA file");
+    let url = format!("https://{host}:{}/", front.addr.port());
+    fleet.config(
+        std::slice::from_ref(&url),
+        &format!("{extra}\n[timeouts]\nconnect = \"10s\"\nread = \"10s\"\ntotal = \"60s\""),
+    );
+    HttpsFleet {
+        fleet,
+        server,
+        front,
+        url,
+    }
+}
+
+struct HttpsFleet {
+    fleet: Fleet,
+    server: Server,
+    front: TlsFront,
+    url: String,
+}
+
+/// Where the tests put the test CA, relative to the fixture root.
+const MIRROR_CA: &str = "etc/ksplice/mirror-ca.pem";
+const WITH_CA: &str = "ca_file = \"/etc/ksplice/mirror-ca.pem\"";
+
+/// Runs an update that must fail on the TLS handshake: exit 12, one
+/// network error naming the `roots` used and containing `expect`, no request reached the
+/// server, and nothing on the host changed.
+fn assert_tls_refused(h: &HttpsFleet, roots: &str, expect: &str) {
+    let before = files_only(h.fleet.host_files());
+    let r = h.fleet.report();
+    assert_eq!(r.outcome, Outcome::Unreachable, "{r:#?}");
+    assert_eq!(r.outcome.exit_code(), client::error::exit::MIRRORS_FAILED);
+    assert_eq!(r.errors.len(), 1, "{r:#?}");
+    assert_eq!(r.errors[0].kind, "network");
+    assert_eq!(r.errors[0].mirror, h.url);
+    let msg = &r.errors[0].error;
+    assert!(
+        msg.contains(&format!("TLS certificate refused (roots: {roots}): ")),
+        "not named a certificate error: {msg}"
+    );
+    assert!(msg.contains(expect), "expected {expect:?} in: {msg}");
+    eprintln!("refused as expected: {msg}");
+    assert!(r.applied.is_empty());
+    assert_eq!(h.server.requests(), [], "a request passed the handshake");
+    assert!(
+        !h.front.failures().is_empty(),
+        "the server saw no failed handshake"
+    );
+    assert_eq!(files_only(h.fleet.host_files()), before, "the host changed");
+    assert!(h.fleet.trusted("timestamp.json").is_none());
+}
+
+#[test]
+fn https_with_the_configured_ca_file_checks_then_applies() {
+    let ca = TestCa::new();
+    let h = https_fleet(&ca, &["127.0.0.1"], "127.0.0.1", WITH_CA);
+    let before = files_only(h.fleet.host_files());
+    let r = h.fleet.run(Run::Check).expect("check");
+    assert_eq!(r.outcome, Outcome::WouldApply, "{r:#?}");
+    assert_eq!(r.outcome.exit_code(), client::error::exit::UPDATE_AVAILABLE);
+    assert_eq!(r.mirror.as_deref(), Some(h.url.as_str()));
+    assert_eq!(r.chosen, ["fix-1"]);
+    assert_eq!(
+        files_only(h.fleet.host_files()),
+        before,
+        "--check changed the host"
+    );
+    let r = h.fleet.report();
+    assert_eq!(r.outcome, Outcome::Applied, "{r:#?}");
+    assert_eq!(journal_ids(&h.fleet), ["fix-1"]);
+    let paths: Vec<String> = h.server.requests().into_iter().map(|(p, _)| p).collect();
+    assert!(
+        paths.iter().any(|p| p.ends_with(".ksplice-fix-1.tar.gz")),
+        "{paths:?}"
+    );
+    assert_eq!(h.front.failures(), Vec::<String>::new());
+}
+
+/// The same mirror with only the system's roots (Debian's bundle, copied
+/// into the fixture root where the client looks for it): the test CA is not
+/// among them, so the handshake is refused.
+#[test]
+fn https_without_the_ca_file_is_an_unknown_issuer_and_changes_nothing() {
+    let ca = TestCa::new();
+    let h = https_fleet(&ca, &["127.0.0.1"], "127.0.0.1", "");
+    let bundle = Path::new(client::update::transport::SYSTEM_CA_BUNDLE);
+    let copy = h
+        .fleet
+        .fx
+        .root
+        .join(bundle.strip_prefix("/").expect("absolute"));
+    fs::create_dir_all(copy.parent().expect("parent")).expect("mkdir");
+    // Without Debian's bundle on the machine, an empty one: still no
+    // root for the test CA.
+    fs::write(&copy, fs::read(bundle).unwrap_or_default()).expect("bundle");
+    let roots = format!("system bundle {}", copy.display());
+    assert_tls_refused(&h, &roots, "UnknownIssuer");
+}
+
+#[test]
+fn https_certificate_for_another_name_is_refused() {
+    let ca = TestCa::new();
+    // A name the URL does not use, reached by name.
+    let h = https_fleet(&ca, &["other.example"], "localhost", WITH_CA);
+    let roots = format!("ca_file {}", h.fleet.fx.root.join(MIRROR_CA).display());
+    assert_tls_refused(&h, &roots, "not valid for name \"localhost\"");
+    // A DNS name only, reached by address.
+    let h = https_fleet(&ca, &["localhost"], "127.0.0.1", WITH_CA);
+    let roots = format!("ca_file {}", h.fleet.fx.root.join(MIRROR_CA).display());
+    assert_tls_refused(&h, &roots, "not valid for name \"127.0.0.1\"");
+}
+
+/// A CA file that cannot serve as roots is one configuration error naming
+/// the file (exit 7), before any mirror is tried.
+#[test]
+fn https_unusable_ca_file_is_one_configuration_error_naming_it() {
+    use client::update::transport::CaFileError;
+    let ca = TestCa::new();
+    let h = https_fleet(&ca, &["127.0.0.1"], "127.0.0.1", WITH_CA);
+    let path = h.fleet.fx.root.join(MIRROR_CA);
+    let garbage_cert = "-----BEGIN CERTIFICATE-----\naGVsbG8gd29ybGQ=\n-----END CERTIFICATE-----\n";
+    let key_only = rcgen::KeyPair::generate().expect("key").serialize_pem();
+    type Check = fn(&CaFileError) -> bool;
+    let cases: [(&str, Option<&str>, Check); 5] = [
+        ("not PEM", Some("not a certificate\n"), |e| {
+            matches!(e, CaFileError::NoCertificate)
+        }),
+        ("empty", Some(""), |e| {
+            matches!(e, CaFileError::NoCertificate)
+        }),
+        ("a private key only", Some(&key_only), |e| {
+            matches!(e, CaFileError::NoCertificate)
+        }),
+        ("PEM that is no certificate", Some(garbage_cert), |e| {
+            matches!(e, CaFileError::BadCertificate { index: 1, .. })
+        }),
+        ("missing", None, |e| matches!(e, CaFileError::Read { .. })),
+    ];
+    for (what, content, check) in cases {
+        let _ = fs::remove_file(&path);
+        if let Some(c) = content {
+            fs::write(&path, c).expect("CA file");
+        }
+        let before = files_only(h.fleet.host_files());
+        let err = h.fleet.run(Run::Check).expect_err(what);
+        match &err {
+            Error::CaFile { path: p, source } => {
+                assert_eq!(p, &path, "{what}");
+                assert!(check(source), "{what}: {source:?}");
+            }
+            other => panic!("{what}: not a CA file error: {other}"),
+        }
+        assert_eq!(err.exit_code(), client::error::exit::STATE, "{what}");
+        let msg = err.to_string();
+        assert!(msg.contains(&path.display().to_string()), "{what}: {msg}");
+        assert!(msg.contains("ca_file"), "{what}: {msg}");
+        assert_eq!(files_only(h.fleet.host_files()), before, "{what}");
+    }
+    // A directory, and a symlink to the good file (the CA file is read
+    // without following links, like every file the client trusts).
+    assert!(!path.exists());
+    fs::create_dir(&path).expect("mkdir");
+    let err = h.fleet.run(Run::Check).expect_err("a directory");
+    assert!(
+        matches!(
+            &err,
+            Error::CaFile {
+                source: CaFileError::Read { .. },
+                ..
+            }
+        ),
+        "{err}"
+    );
+    fs::remove_dir(&path).expect("rmdir");
+    let real = h.fleet.fx.root.join("etc/ksplice/real-ca.pem");
+    fs::write(&real, ca.pem()).expect("CA file");
+    std::os::unix::fs::symlink(&real, &path).expect("symlink");
+    let err = h.fleet.run(Run::Check).expect_err("a symlink");
+    assert!(
+        matches!(
+            &err,
+            Error::CaFile {
+                source: CaFileError::Read { .. },
+                ..
+            }
+        ),
+        "{err}"
+    );
+    // The server never saw a request.
+    assert_eq!(h.server.requests(), []);
+}
+
+/// A CONNECT proxy on 127.0.0.1 for the proxy tests: it records each
+/// request line, then tunnels bytes both ways to the named address.
+struct ConnectProxy {
+    addr: SocketAddr,
+    seen: Arc<Mutex<Vec<String>>>,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl ConnectProxy {
+    fn start() -> ConnectProxy {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1");
+        listener.set_nonblocking(true).expect("nonblocking");
+        let addr = listener.local_addr().expect("addr");
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (seen2, stop2) = (seen.clone(), stop.clone());
+        let thread = std::thread::spawn(move || {
+            let deadline = Instant::now() + Duration::from_secs(300);
+            while !stop2.load(Ordering::Relaxed) && Instant::now() < deadline {
+                match listener.accept() {
+                    Ok((stream, _)) => {
+                        let seen3 = seen2.clone();
+                        std::thread::spawn(move || tunnel(stream, &seen3));
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(10)),
+                }
+            }
+        });
+        ConnectProxy {
+            addr,
+            seen,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    fn seen(&self) -> Vec<String> {
+        self.seen.lock().expect("seen").clone()
+    }
+}
+
+impl Drop for ConnectProxy {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn tunnel(client: TcpStream, seen: &Mutex<Vec<String>>) {
+    let slow = Some(Duration::from_secs(150));
+    if client.set_nonblocking(false).is_err() || client.set_read_timeout(slow).is_err() {
+        return;
+    }
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") && head.len() < 16 * 1024 {
+        match (&client).read(&mut byte) {
+            Ok(1) => head.push(byte[0]),
+            _ => return,
+        }
+    }
+    let text = String::from_utf8_lossy(&head).into_owned();
+    let line = text.lines().next().unwrap_or_default().to_owned();
+    seen.lock().expect("seen").push(line.clone());
+    let target = match line.split_whitespace().collect::<Vec<_>>()[..] {
+        ["CONNECT", target, _] => target.to_owned(),
+        _ => {
+            let _ = (&client)
+                .write_all(b"HTTP/1.1 405 Method Not Allowed\r\nContent-Length: 0\r\n\r\n");
+            return;
+        }
+    };
+    // Only the loopback: a test never reaches further.
+    let upstream = match target.parse::<SocketAddr>() {
+        Ok(a) if a.ip().is_loopback() => TcpStream::connect(a),
+        _ => return,
+    };
+    let Ok(upstream) = upstream else { return };
+    if (&client)
+        .write_all(b"HTTP/1.1 200 Connection established\r\n\r\n")
+        .is_err()
+    {
+        return;
+    }
+    let (Ok(c2), Ok(u2)) = (client.try_clone(), upstream.try_clone()) else {
+        return;
+    };
+    let _ = u2.set_read_timeout(slow);
+    let up = std::thread::spawn(move || {
+        let _ = std::io::copy(&mut &c2, &mut &u2);
+        let _ = u2.shutdown(std::net::Shutdown::Write);
+    });
+    let _ = std::io::copy(&mut &upstream, &mut &client);
+    let _ = client.shutdown(std::net::Shutdown::Both);
+    let _ = up.join();
+}
+
+#[test]
+fn https_through_the_configured_proxy_tunnels_with_connect() {
+    let ca = TestCa::new();
+    let proxy = ConnectProxy::start();
+    let h = https_fleet(
+        &ca,
+        &["127.0.0.1"],
+        "127.0.0.1",
+        &format!("{WITH_CA}\nproxy = \"http://{}\"", proxy.addr),
+    );
+    let r = h.fleet.report();
+    assert_eq!(r.outcome, Outcome::Applied, "{r:#?}");
+    let seen = proxy.seen();
+    assert!(!seen.is_empty());
+    let want = format!("CONNECT 127.0.0.1:{} HTTP/1.1", h.front.addr.port());
+    assert!(seen.iter().all(|l| l == &want), "{seen:?}");
+    assert!(!h.server.requests().is_empty());
+}
+
+/// The default `proxy` is the environment: the `ksplice` binary run with
+/// `https_proxy` naming a CONNECT proxy fetches an https mirror through it.
+/// (A subprocess, because the environment is shared by the tests of this
+/// binary.) The host's kernel is not the fixture's, so `--check` finds
+/// nothing for it: exit 0, from the mirror behind the proxy.
+#[test]
+fn https_proxy_from_the_environment_is_used_by_the_binary() {
+    let ksplice = ksplice_tests::cargo_bin("client", "ksplice");
+    let ca = TestCa::new();
+    let proxy = ConnectProxy::start();
+    let h = https_fleet(&ca, &["127.0.0.1"], "127.0.0.1", "");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (ca_path, root, config) = (
+        dir.path().join("ca.pem"),
+        dir.path().join("root.json"),
+        dir.path().join("client.toml"),
+    );
+    fs::write(&ca_path, ca.pem()).expect("CA file");
+    fs::write(&root, h.fleet.repo.root_bytes(1)).expect("root");
+    fs::write(
+        &config,
+        format!(
+            "mirrors = [{:?}]\nroot = {:?}\nca_file = {:?}\n[timeouts]\nconnect = \"10s\"\nread = \"10s\"\n",
+            h.url, root, ca_path
+        ),
+    )
+    .expect("client.toml");
+    let mut cmd = std::process::Command::new(&ksplice);
+    cmd.args(["update", "--check", "--json", "--config"])
+        .arg(&config)
+        .arg("--state-dir")
+        .arg(dir.path().join("state"));
+    for v in [
+        "ALL_PROXY",
+        "all_proxy",
+        "HTTPS_PROXY",
+        "HTTP_PROXY",
+        "http_proxy",
+        "NO_PROXY",
+        "no_proxy",
+    ] {
+        cmd.env_remove(v);
+    }
+    let out = cmd
+        .env("https_proxy", format!("http://{}", proxy.addr))
+        .output()
+        .expect("run ksplice");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stdout}\n{stderr}");
+    let v: serde_json::Value = serde_json::from_str(&stdout).expect("json");
+    assert_eq!(v["outcome"], "up-to-date", "{v}");
+    assert_eq!(v["mirror"], h.url.as_str());
+    assert_eq!(v["considered"][0]["decision"], "other-kernel", "{v}");
+    let want = format!("CONNECT 127.0.0.1:{} HTTP/1.1", h.front.addr.port());
+    let seen = proxy.seen();
+    assert!(
+        !seen.is_empty() && seen.iter().all(|l| l == &want),
+        "{seen:?}"
+    );
+    assert!(
+        !dir.path().join("state").join("tuf").exists(),
+        "--check wrote"
+    );
 }

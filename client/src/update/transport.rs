@@ -26,6 +26,8 @@ const CHUNK: usize = 64 * 1024;
 /// The most any metadata body may be (tough's largest default limit, for
 /// targets.json, is 10 MiB); tough enforces the exact limits.
 const MAX_METADATA_BODY: u64 = 16 * 1024 * 1024;
+/// Largest CA file read (Debian's whole bundle is about 220 KB).
+const MAX_CA_FILE: u64 = 4 * 1024 * 1024;
 /// Debian's CA bundle, used for https mirrors when no `ca_file` is set.
 pub const SYSTEM_CA_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
 
@@ -35,6 +37,14 @@ pub const SYSTEM_CA_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
 pub enum NetError {
     #[error("{source}")]
     Request {
+        #[source]
+        source: ureq::Error,
+    },
+    /// The mirror's certificate did not verify against the roots in use;
+    /// names them, since the usual fix is `ca_file`.
+    #[error("TLS certificate refused (roots: {roots}): {source}")]
+    Certificate {
+        roots: String,
         #[source]
         source: ureq::Error,
     },
@@ -67,6 +77,8 @@ pub struct Resume {
 #[derive(Debug, Clone)]
 pub struct MirrorTransport {
     agent: ureq::Agent,
+    /// Where the https roots came from, for certificate errors.
+    roots: String,
     /// Set while a target is being downloaded; read by [`Transport::fetch`]
     /// (tough owns the transport, so the plan is shared).
     resume: Arc<Mutex<Option<Resume>>>,
@@ -77,18 +89,18 @@ impl MirrorTransport {
     pub fn new(cfg: &Config, system_ca: &Path) -> Result<Self> {
         use ureq::tls::{RootCerts, TlsConfig, TlsProvider};
         let needs_tls = cfg.mirrors.iter().any(|m| m.scheme() == "https");
+        let roots = match &cfg.ca_file {
+            Some(path) => format!("ca_file {}", path.display()),
+            None => format!("system bundle {}", system_ca.display()),
+        };
         let certs = match (&cfg.ca_file, needs_tls) {
-            (Some(path), _) => {
-                let certs = read_pem_certs(path)?;
-                if certs.is_empty() {
-                    return Err(Error::ConfigInvalid {
-                        path: path.clone(),
-                        field: "ca_file",
-                        reason: "holds no PEM certificate".to_owned(),
-                    });
-                }
-                certs
-            }
+            // Read even when no mirror is https: a bad file is a
+            // configuration error the day it is written, not the day a
+            // mirror moves to https.
+            (Some(path), _) => read_ca_file(path).map_err(|source| Error::CaFile {
+                path: path.clone(),
+                source,
+            })?,
             // Without a bundle every https handshake fails, naming the
             // unknown issuer: an error, never a panic.
             (None, true) => read_pem_certs(system_ca).unwrap_or_default(),
@@ -122,6 +134,7 @@ impl MirrorTransport {
             .new_agent();
         Ok(MirrorTransport {
             agent,
+            roots,
             resume: Arc::new(Mutex::new(None)),
         })
     }
@@ -156,8 +169,17 @@ impl MirrorTransport {
         if let Some(from) = from {
             req = req.header("Range", format!("bytes={from}-"));
         }
-        req.call()
-            .map_err(|source| net(url, NetError::Request { source }))
+        req.call().map_err(|source| {
+            let e = if is_certificate_error(&source) {
+                NetError::Certificate {
+                    roots: self.roots.clone(),
+                    source,
+                }
+            } else {
+                NetError::Request { source }
+            };
+            net(url, e)
+        })
     }
 
     fn http_fetch(&self, url: Url) -> Result<tough::TransportStream, TransportError> {
@@ -248,6 +270,20 @@ impl Transport for MirrorTransport {
     }
 }
 
+/// Whether the handshake failed on the server's certificate (ureq reports
+/// rustls's verdict directly or inside an I/O error).
+fn is_certificate_error(e: &ureq::Error) -> bool {
+    let tls = match e {
+        ureq::Error::Rustls(t) => Some(t),
+        ureq::Error::Io(io) => io.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()),
+        _ => None,
+    };
+    matches!(
+        tls,
+        Some(rustls::Error::InvalidCertificate(_) | rustls::Error::NoCertificatesPresented)
+    )
+}
+
 fn net(url: &Url, e: NetError) -> TransportError {
     TransportError::new_with_cause(TransportErrorKind::Other, url, e)
 }
@@ -283,20 +319,71 @@ fn open_partial(path: &Path) -> io::Result<File> {
     Ok(f)
 }
 
+/// Why the configured `ca_file` cannot be the roots of https mirrors.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CaFileError {
+    #[error("cannot be read: {source}")]
+    Read {
+        #[source]
+        source: io::Error,
+    },
+    #[error("is not PEM: {source}")]
+    Pem {
+        #[source]
+        source: ureq::Error,
+    },
+    #[error("holds no PEM certificate (-----BEGIN CERTIFICATE-----)")]
+    NoCertificate,
+    /// ureq would skip it silently and every handshake would fail later
+    /// with "unknown issuer", far from the cause.
+    #[error("certificate {index} (counting from 1) is not a usable X.509 trust anchor: {source}")]
+    BadCertificate {
+        index: usize,
+        #[source]
+        source: rustls::Error,
+    },
+}
+
+/// The certificates of the configured `ca_file`, every one of them valid.
+fn read_ca_file(
+    path: &Path,
+) -> std::result::Result<Vec<ureq::tls::Certificate<'static>>, CaFileError> {
+    let pem = super::config::read_capped(path, MAX_CA_FILE).map_err(|e| match e {
+        Error::Io { source, .. } => CaFileError::Read { source },
+        other => CaFileError::Read {
+            source: io::Error::other(other.to_string()),
+        },
+    })?;
+    let certs = parse_pem_certs(&pem).map_err(|source| CaFileError::Pem { source })?;
+    if certs.is_empty() {
+        return Err(CaFileError::NoCertificate);
+    }
+    for (i, c) in certs.iter().enumerate() {
+        rustls::RootCertStore::empty()
+            .add(rustls::pki_types::CertificateDer::from(c.der()))
+            .map_err(|source| CaFileError::BadCertificate {
+                index: i + 1,
+                source,
+            })?;
+    }
+    Ok(certs)
+}
+
+/// The system bundle; whatever of it does not parse is skipped (by ureq).
 fn read_pem_certs(path: &Path) -> Result<Vec<ureq::tls::Certificate<'static>>> {
-    let pem = super::config::read_capped(path, 4 * 1024 * 1024)?;
+    let pem = super::config::read_capped(path, MAX_CA_FILE)?;
+    parse_pem_certs(&pem).map_err(|e| Error::io(path, io::Error::other(e.to_string())))
+}
+
+/// The certificates of a PEM file; private keys in it are ignored.
+fn parse_pem_certs(
+    pem: &[u8],
+) -> std::result::Result<Vec<ureq::tls::Certificate<'static>>, ureq::Error> {
     let mut out = Vec::new();
-    for item in ureq::tls::parse_pem(&pem) {
-        match item {
-            Ok(ureq::tls::PemItem::Certificate(c)) => out.push(c),
-            Ok(_) => {}
-            Err(e) => {
-                return Err(Error::ConfigInvalid {
-                    path: path.to_owned(),
-                    field: "ca_file",
-                    reason: e.to_string(),
-                })
-            }
+    for item in ureq::tls::parse_pem(pem) {
+        if let ureq::tls::PemItem::Certificate(c) = item? {
+            out.push(c);
         }
     }
     Ok(out)
