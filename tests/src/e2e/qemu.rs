@@ -70,11 +70,19 @@ impl Boot {
     pub fn run(&self, mut on_line: impl FnMut(&str)) -> Result<(Ended, Duration)> {
         // KVM hangs on this machine; TCG with `-cpu max` boots Debian's kernel in ~10 s.
         // KASLR stays on (no `nokaslr`): run-pre matching must cope with it.
+        // Two vCPUs on ONE TCG thread (`thread=single`, round-robin): with one host
+        // thread per vCPU (MTTCG, QEMU 7.2), a vCPU can keep running a stale
+        // translation of code another vCPU rewrote. The soak caught it: CPU#1 spun for
+        // minutes at `cmdline_proc_show+0x0` (soft lockup) while memory there held the
+        // 5-byte NOP ftrace had restored; the CPU still saw the int3 of the finished
+        // text_poke_bp, and the kernel's int3 path for a breakpoint another CPU already
+        // removed (kprobe_int3_handler) re-executes the instruction, so it looped.
+        // Hardware serialises after text_poke_bp's sync IPIs; the guest stays SMP here.
         let _ = std::fs::remove_file(&self.serial_log);
         let _ = std::fs::remove_file(&self.kernel_log);
         let start = Instant::now();
         let mut child = Command::new("qemu-system-x86_64")
-            .args(["-accel", "tcg", "-cpu", "max", "-m", "2G", "-smp", "2"])
+            .args(["-accel", "tcg,thread=single", "-cpu", "max", "-m", "2G", "-smp", "2"])
             .args(["-nographic", "-monitor", "none"])
             .args(if self.reboot {
                 None
