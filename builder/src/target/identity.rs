@@ -77,6 +77,23 @@ impl TargetImage {
         })
     }
 
+    /// A section's link-time address and bytes (`.rodata`, `.notes`).
+    pub fn section(&self, name: &str) -> Option<(u64, &[u8])> {
+        let file = object::File::parse(&*self.elf).ok()?;
+        let section = file.section_by_name(name)?;
+        Some((section.address(), section.data().ok()?))
+    }
+
+    /// `uname -m` of the kernel, from the ELF machine; `None` for the machines
+    /// the builder does not build for (only x86-64 today).
+    pub fn arch(&self) -> Option<&'static str> {
+        let file = object::File::parse(&*self.elf).ok()?;
+        match (file.architecture(), file.is_64()) {
+            (object::Architecture::X86_64, true) => Some("x86_64"),
+            _ => None,
+        }
+    }
+
     /// `len` bytes at link-time virtual address `addr`, if a loaded segment holds them.
     pub fn bytes_at(&self, addr: u64, len: u64) -> Option<&[u8]> {
         let file = object::File::parse(&*self.elf).ok()?;
