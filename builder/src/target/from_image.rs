@@ -295,7 +295,7 @@ fn write_atomic(path: &Path, data: &[u8], mode: u32) -> Result<()> {
         .prefix(".tmp-")
         .tempfile_in(dir)
         .map_err(Error::io(dir))?;
-    let io = Error::io(temp.path());
+    let io = Error::io(temp.path().to_owned());
     temp.as_file()
         .set_permissions(std::fs::Permissions::from_mode(mode))
         .and_then(|()| temp.write_all(data))
