@@ -132,7 +132,14 @@ fn profile_from_packages_equals_the_booted_guests() -> Result<()> {
         .all(|s| s.kind == 'A'));
 
     // The other files: exactly what the guest wrote.
-    for name in ["build-id", "release", "version", "arch", "config", "Module.symvers"] {
+    for name in [
+        "build-id",
+        "release",
+        "version",
+        "arch",
+        "config",
+        "Module.symvers",
+    ] {
         let a = std::fs::read(guest.join(name))?;
         let b = std::fs::read(out.join(name))?;
         assert!(a == b, "{name} differs from the guest's");

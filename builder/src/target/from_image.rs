@@ -2,10 +2,11 @@
 //!
 //! A build server has no running host of every release it serves. Everything
 //! `ksplice profile` reads from a live host is also in the release's vmlinuz:
-//! the GNU build-id note, `uname -r`/`uname -v` in `linux_banner`, the ELF
-//! machine, and the symbol table in the kernel's own kallsyms tables
-//! ([`super::kallsyms`]). The config and `Module.symvers` come from the
-//! image and headers packages and are checked before they are copied.
+//! the GNU build-id note, the ELF machine, the symbol table in the kernel's
+//! own kallsyms tables ([`super::kallsyms`]), and `uname -r`/`uname -v` in
+//! `linux_banner`, found through that table. The config and `Module.symvers`
+//! come from the image and headers packages and are checked before they are
+//! copied.
 
 use std::io::{Read, Write};
 use std::os::unix::fs::PermissionsExt;
@@ -15,7 +16,7 @@ use std::time::{Duration, Instant};
 use manifests::profile as layout;
 
 use crate::error::{Error, Result};
-use crate::target::identity::TargetImage;
+use crate::target::identity::{banner, TargetImage};
 use crate::target::kallsyms::{self, Addressing};
 use crate::target::profile::{check_against_config, config_value};
 use crate::target::symbols::SystemMap;
@@ -55,16 +56,13 @@ pub struct ImageProfile {
 /// (created if missing), as `ksplice profile DIR` writes them on a host.
 /// Everything is checked before the first file is written.
 pub fn write_profile(inputs: &ImageInputs, out: &Path) -> Result<ImageProfile> {
-    // 1. The image: identity from its notes and banner.
+    // 1. The image: its build-id note and machine.
     let started = Instant::now();
     let image = TargetImage::load(&inputs.image)?;
     let load_time = started.elapsed();
     let bad = |reason: String| Error::BadImage {
         path: inputs.image.clone(),
         reason,
-    };
-    let (Some(release), Some(version)) = (image.release.clone(), image.version.clone()) else {
-        return Err(bad("no linux_banner (\"Linux version ...\") in the vmlinux".into()));
     };
     let arch = image
         .arch()
@@ -73,7 +71,6 @@ pub fn write_profile(inputs: &ImageInputs, out: &Path) -> Result<ImageProfile> {
     // 2. The config: a kernel config, for this release, with kallsyms.
     let config = read_limited(&inputs.config, MAX_CONFIG)?;
     let config_text = check_config(&inputs.config, &config)?;
-    check_against_config(&release, &version, &inputs.config, config_text)?;
     let addressing = addressing(config_text)?;
     if config_value(config_text, "CONFIG_X86_64").as_deref() != Some("y") {
         return Err(Error::Disagree {
@@ -111,7 +108,19 @@ pub fn write_profile(inputs: &ImageInputs, out: &Path) -> Result<ImageProfile> {
         )));
     }
 
-    // 4. Module.symvers: this kernel's exports.
+    // 4. `uname -r` and `uname -v` from the `linux_banner` symbol's text: the
+    //    first "Linux version" in Debian's image is an earlier copy without the
+    //    build number ("# SMP ..." where uname -v says "#1 SMP ...").
+    let (release, version) = map
+        .unique_vmlinux("linux_banner")
+        .and_then(|at| image.c_string_at(at, 1024))
+        .and_then(banner)
+        .ok_or_else(|| {
+            bad("kallsyms' linux_banner is not \"Linux version RELEASE (...) VERSION\"".into())
+        })?;
+    check_against_config(&release, &version, &inputs.config, config_text)?;
+
+    // 5. Module.symvers: this kernel's exports.
     let symvers = match &inputs.symvers {
         Some(path) => {
             let data = read_limited(path, MAX_SYMVERS)?;
@@ -128,7 +137,7 @@ pub fn write_profile(inputs: &ImageInputs, out: &Path) -> Result<ImageProfile> {
         None => None,
     };
 
-    // 5. Write, in the order and with the modes `ksplice profile` uses.
+    // 6. Write, in the order and with the modes `ksplice profile` uses.
     ensure_dir(out)?;
     let line = |s: &str| format!("{s}\n").into_bytes();
     let mut files: Vec<(&'static str, Vec<u8>)> = vec![
@@ -192,8 +201,7 @@ fn check_config<'a>(path: &Path, data: &'a [u8]) -> Result<&'a str> {
             .map(|(n, _)| n);
         match name {
             Some(n)
-                if !n.is_empty()
-                    && n.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') =>
+                if !n.is_empty() && n.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') =>
             {
                 options += 1
             }
@@ -261,7 +269,10 @@ fn check_symvers(path: &Path, data: &[u8], map: &SystemMap) -> Result<()> {
         }
     }
     if vmlinux == 0 {
-        return Err(parse(0, "no vmlinux exports: not a kernel's Module.symvers".into()));
+        return Err(parse(
+            0,
+            "no vmlinux exports: not a kernel's Module.symvers".into(),
+        ));
     }
     Ok(())
 }

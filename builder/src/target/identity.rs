@@ -94,6 +94,19 @@ impl TargetImage {
         }
     }
 
+    /// The NUL-terminated string at link-time address `addr` (at most `max`
+    /// bytes), if a loaded segment holds it.
+    pub fn c_string_at(&self, addr: u64, max: usize) -> Option<&[u8]> {
+        let file = object::File::parse(&*self.elf).ok()?;
+        let seg = file
+            .segments()
+            .find(|s| (s.address()..s.address().saturating_add(s.size())).contains(&addr))?;
+        let data = seg.data().ok()?;
+        let rest = data.get(usize::try_from(addr - seg.address()).ok()?..)?;
+        let rest = &rest[..rest.len().min(max)];
+        rest.iter().position(|&b| b == 0).map(|end| &rest[..end])
+    }
+
     /// `len` bytes at link-time virtual address `addr`, if a loaded segment holds them.
     pub fn bytes_at(&self, addr: u64, len: u64) -> Option<&[u8]> {
         let file = object::File::parse(&*self.elf).ok()?;
@@ -127,8 +140,10 @@ fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
     hay.windows(needle.len()).position(|w| w == needle)
 }
 
-/// Release and version from "Linux version RELEASE (builder) (compiler) VERSION\n".
-fn banner(elf: &[u8]) -> Option<(String, String)> {
+/// Release and version from "Linux version RELEASE (builder) (compiler) VERSION\n",
+/// the first such text in `elf`. (Debian's image has two: an early copy in
+/// .rodata without the build number, and `linux_banner` with it.)
+pub(crate) fn banner(elf: &[u8]) -> Option<(String, String)> {
     let start = find(elf, b"Linux version ")? + b"Linux version ".len();
     let end = start
         + elf[start..]

@@ -104,7 +104,9 @@ impl Kallsyms {
 pub enum Error {
     #[error("no kallsyms_token_table/kallsyms_token_index pair (256 NUL-terminated tokens followed by their increasing u16 offsets) in the section")]
     NoTokenTable,
-    #[error("{count} places look like kallsyms_token_index (first at {first:#x}); refusing to pick one")]
+    #[error(
+        "{count} places look like kallsyms_token_index (first at {first:#x}); refusing to pick one"
+    )]
     AmbiguousTokenTable { count: usize, first: u64 },
     #[error("kallsyms_token_table: token {index} is the one character {token:?}, which must sit at its own byte value")]
     TokenMisplaced { index: usize, token: char },
@@ -183,15 +185,21 @@ const fn align_up(x: usize) -> usize {
 }
 
 fn u16_at(d: &[u8], at: usize) -> Option<u16> {
-    Some(u16::from_le_bytes(d.get(at..at.checked_add(2)?)?.try_into().ok()?))
+    Some(u16::from_le_bytes(
+        d.get(at..at.checked_add(2)?)?.try_into().ok()?,
+    ))
 }
 
 fn u32_at(d: &[u8], at: usize) -> Option<u32> {
-    Some(u32::from_le_bytes(d.get(at..at.checked_add(4)?)?.try_into().ok()?))
+    Some(u32::from_le_bytes(
+        d.get(at..at.checked_add(4)?)?.try_into().ok()?,
+    ))
 }
 
 fn u64_at(d: &[u8], at: usize) -> Option<u64> {
-    Some(u64::from_le_bytes(d.get(at..at.checked_add(8)?)?.try_into().ok()?))
+    Some(u64::from_le_bytes(
+        d.get(at..at.checked_add(8)?)?.try_into().ok()?,
+    ))
 }
 
 fn zeros(d: &[u8], from: usize, to: usize) -> bool {
@@ -429,9 +437,10 @@ fn tables_at(
 
     // 2. Names: lengths and markers agree, and the last name ends where the
     //    markers begin (after alignment padding).
-    let names = d
-        .get(names_at..markers_at)
-        .ok_or(Error::Truncated { symbol: 0, offset: 0 })?;
+    let names = d.get(names_at..markers_at).ok_or(Error::Truncated {
+        symbol: 0,
+        offset: 0,
+    })?;
     let mut off = 0usize;
     let mut decoded: Vec<(char, String)> = Vec::with_capacity(n);
     for i in 0..count {
@@ -508,7 +517,10 @@ fn tables_at(
 
     // 4. Addresses: kallsyms_sym_address's rule, sorted, the first relative
     //    symbol exactly at the base (record_relative_base).
-    let base = u64_at(d, base_at).ok_or(Error::Truncated { symbol: 0, offset: 0 })?;
+    let base = u64_at(d, base_at).ok_or(Error::Truncated {
+        symbol: 0,
+        offset: 0,
+    })?;
     if !zeros(d, offsets_at + 4 * n, base_at) {
         return Err(Error::Padding {
             table: "kallsyms_offsets",
@@ -518,8 +530,8 @@ fn tables_at(
     let mut first_relative: Option<usize> = None;
     for (i, (kind, name)) in decoded.into_iter().enumerate() {
         let symbol = i as u32;
-        let offset = u32_at(d, offsets_at + 4 * i).ok_or(Error::Truncated { symbol, offset: 0 })?
-            as i32;
+        let offset =
+            u32_at(d, offsets_at + 4 * i).ok_or(Error::Truncated { symbol, offset: 0 })? as i32;
         let (addr, absolute) = match addressing {
             Addressing::RelativeAbsolutePercpu if offset >= 0 => (offset as u64, true),
             Addressing::RelativeAbsolutePercpu => {
@@ -758,7 +770,12 @@ mod tests {
         (0..count)
             .map(|i| {
                 let kind = if i % 3 == 0 { 'T' } else { 't' };
-                (0xffff_ffff_8100_0000 + 16 * i as u64, kind, format!("sym_{i}"), false)
+                (
+                    0xffff_ffff_8100_0000 + 16 * i as u64,
+                    kind,
+                    format!("sym_{i}"),
+                    false,
+                )
             })
             .collect()
     }
@@ -940,7 +957,9 @@ mod tests {
             );
             assert!(r.is_err(), "cut at {cut}");
         }
-        let noise: Vec<u8> = (0..20_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+        let noise: Vec<u8> = (0..20_000u32)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+            .collect();
         assert_eq!(
             decode(
                 Section {
