@@ -153,6 +153,16 @@ fn profile_from_packages_equals_the_booted_guests() -> Result<()> {
         manifests::profile::FILES.len(),
         "no stray (temporary) files"
     );
+
+    // ksplice-create takes it as SRC/ksplice/, with the image to cross-check.
+    let resolved = builder::target::profile::Profile::resolve(&builder::target::ProfileInputs {
+        src: Some(dir.path().to_path_buf()),
+        target_image: Some(ksplice_tests::kernel_env().vmlinuz.clone()),
+        system_root: dir.path().join("no-such-root"),
+        ..Default::default()
+    })?;
+    assert_eq!(resolved.build_id, p.build_id);
+    assert_eq!(resolved.release, p.release);
     Ok(())
 }
 

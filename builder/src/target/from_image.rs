@@ -318,3 +318,118 @@ fn write_atomic(path: &Path, data: &[u8], mode: u32) -> Result<()> {
     })?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CONFIG: &str = "#\n# Linux/x86 6.1.192 Kernel Configuration\n#\nCONFIG_X86_64=y\nCONFIG_KALLSYMS=y\nCONFIG_KALLSYMS_BASE_RELATIVE=y\nCONFIG_KALLSYMS_ABSOLUTE_PERCPU=y\n# CONFIG_FOO is not set\n\nCONFIG_LOCALVERSION=\"\"\n";
+
+    fn parse_error_line(e: Error) -> usize {
+        match e {
+            Error::Parse { line, .. } => line,
+            other => panic!("expected a parse error, got {other}"),
+        }
+    }
+
+    #[test]
+    fn configs_are_checked() {
+        let p = Path::new("config");
+        assert!(check_config(p, CONFIG.as_bytes()).is_ok());
+        assert_eq!(
+            addressing(CONFIG).expect("base-relative"),
+            Addressing::RelativeAbsolutePercpu
+        );
+        let e = check_config(p, b"hello, world\n").expect_err("not a config");
+        assert_eq!(parse_error_line(e), 1);
+        let e = check_config(p, b"# only comments\n").expect_err("not a config");
+        assert_eq!(parse_error_line(e), 0);
+        let no_kallsyms = CONFIG.replace("CONFIG_KALLSYMS=y", "# CONFIG_KALLSYMS is not set");
+        let e = check_config(p, no_kallsyms.as_bytes()).expect_err("no kallsyms");
+        assert!(e.to_string().contains("CONFIG_KALLSYMS is not set"), "{e}");
+        let e = check_config(p, b"CONFIG_A=y\n\xff\n").expect_err("binary");
+        assert_eq!(parse_error_line(e), 0);
+        let absolute = CONFIG.replace("CONFIG_KALLSYMS_BASE_RELATIVE=y", "");
+        assert!(matches!(
+            addressing(&absolute),
+            Err(Error::InvalidOption {
+                option: "--config",
+                ..
+            })
+        ));
+        let relative = CONFIG.replace("CONFIG_KALLSYMS_ABSOLUTE_PERCPU=y", "");
+        assert_eq!(
+            addressing(&relative).expect("base-relative"),
+            Addressing::Relative
+        );
+    }
+
+    #[test]
+    fn symvers_must_be_this_kernels() {
+        let map = SystemMap::parse(
+            "ffffffff81000000 T _text\nffffffff81000100 T printk\n",
+            Path::new("System.map"),
+        )
+        .expect("map");
+        let p = Path::new("Module.symvers");
+        let good = "0x12345678\tprintk\tvmlinux\tEXPORT_SYMBOL\t\n0x0badcafe\txfs_foo\tfs/xfs/xfs\tEXPORT_SYMBOL_GPL\t\n";
+        check_symvers(p, good.as_bytes(), &map).expect("good");
+        let e = check_symvers(
+            p,
+            b"0x12345678\tother_export\tvmlinux\tEXPORT_SYMBOL\t\n",
+            &map,
+        )
+        .expect_err("foreign");
+        assert!(e.to_string().contains("another kernel"), "{e}");
+        for bad in [
+            "0x1234\tprintk\tvmlinux\tEXPORT_SYMBOL\t\n",
+            "printk 0x12345678 vmlinux\n",
+            "0x12345678\tprintk\tvmlinux\tSYMBOL\t\n",
+        ] {
+            let e = check_symvers(p, bad.as_bytes(), &map).expect_err(bad);
+            assert_eq!(parse_error_line(e), 1, "{bad:?}");
+        }
+        let e = check_symvers(p, b"0x0badcafe\tx\tfs/xfs/xfs\tEXPORT_SYMBOL\t\n", &map)
+            .expect_err("no vmlinux lines");
+        assert_eq!(parse_error_line(e), 0);
+    }
+
+    #[test]
+    fn files_are_replaced_with_their_mode_and_no_temporary_left() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let out = dir.path().join("ksplice");
+        ensure_dir(&out).expect("created");
+        let map = out.join("System.map");
+        std::fs::write(&map, "old").expect("write");
+        std::fs::set_permissions(&map, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+        write_atomic(&map, b"new", 0o600).expect("written");
+        assert_eq!(std::fs::read(&map).expect("read"), b"new");
+        let mode = std::fs::metadata(&map).expect("stat").permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        assert_eq!(std::fs::read_dir(&out).expect("list").count(), 1);
+        // A symlink where the directory should be is refused, not followed.
+        let link = dir.path().join("link");
+        std::os::unix::fs::symlink(&out, &link).expect("symlink");
+        assert!(matches!(ensure_dir(&link), Err(Error::Io { .. })));
+    }
+
+    #[test]
+    fn an_unreadable_image_is_an_io_error_and_writes_nothing() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config = dir.path().join("config");
+        std::fs::write(&config, CONFIG).expect("write");
+        let out = dir.path().join("ksplice");
+        let inputs = ImageInputs {
+            image: dir.path().join("vmlinuz"),
+            config,
+            symvers: None,
+        };
+        let e = write_profile(&inputs, &out).expect_err("no image");
+        assert!(matches!(e, Error::Io { .. }), "{e}");
+        std::fs::write(&inputs.image, b"MZ not a kernel").expect("write");
+        let e = write_profile(&inputs, &out).expect_err("not an image");
+        assert!(matches!(e, Error::BadImage { .. }), "{e}");
+        assert!(!out.exists());
+    }
+}

@@ -77,7 +77,7 @@ impl TargetImage {
         })
     }
 
-    /// A section's link-time address and bytes (`.rodata`, `.notes`).
+    /// A section's link-time address and bytes (the kallsyms tables are in `.rodata`).
     pub fn section(&self, name: &str) -> Option<(u64, &[u8])> {
         let file = object::File::parse(&*self.elf).ok()?;
         let section = file.section_by_name(name)?;
