@@ -637,7 +637,7 @@ mod tests {
     const PAIR: &[u8] = b"sy";
 
     fn pad(d: &mut Vec<u8>) {
-        while d.len() % ALIGN != 0 {
+        while !d.len().is_multiple_of(ALIGN) {
             d.push(0);
         }
     }
