@@ -43,6 +43,9 @@ pub const MAX_SYMBOLS: u32 = 1 << 22;
 /// Candidates for `kallsyms_num_syms` tried before giving up (a hostile
 /// image could make every aligned word look like one).
 const MAX_CANDIDATES: usize = 1 << 16;
+/// Symbols decoded over all candidates before giving up: one real table
+/// plus a few bogus ones that get past the cheap checks.
+const MAX_WORK: u64 = 4 * MAX_SYMBOLS as u64;
 /// Table alignment (`ALGN` is `.balign 8` on 64-bit).
 const ALIGN: usize = 8;
 
@@ -102,6 +105,8 @@ impl Kallsyms {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
+    #[error("the section at {addr:#x} runs past the end of the address space")]
+    SectionAddress { addr: u64 },
     #[error("no kallsyms_token_table/kallsyms_token_index pair (256 NUL-terminated tokens followed by their increasing u16 offsets) in the section")]
     NoTokenTable,
     #[error(
@@ -114,7 +119,7 @@ pub enum Error {
     TokenByte { index: usize, byte: u8 },
     #[error("no kallsyms_num_syms before the token table at {token_table:#x}: no aligned word fits the layout (room for the tables, kallsyms_markers[0] = 0)")]
     NoSymbolCount { token_table: u64 },
-    #[error("more than {MAX_CANDIDATES} places before the token table could be kallsyms_num_syms; refusing to try them all")]
+    #[error("too many places before the token table could be kallsyms_num_syms (more than {MAX_CANDIDATES}, or more than {MAX_WORK} symbols to decode in all); refusing to try them all")]
     TooManyCandidates,
     #[error("kallsyms tables are inconsistent (nearest kallsyms_num_syms candidate at {num_syms_at:#x}, {count} symbols): {reason}")]
     Inconsistent {
@@ -214,7 +219,15 @@ fn symbol_byte(b: u8) -> bool {
 
 /// Decode the kallsyms tables found in `section`.
 pub fn decode(section: Section<'_>, addressing: Addressing) -> Result<Kallsyms> {
-    let (table_at, tokens) = find_token_table(section.data)?;
+    // Addresses of positions in the section are reported; they must exist.
+    if section
+        .addr
+        .checked_add(section.data.len() as u64)
+        .is_none()
+    {
+        return Err(Error::SectionAddress { addr: section.addr });
+    }
+    let (table_at, tokens) = find_token_table(section)?;
     check_tokens(&tokens)?;
     let candidates = num_syms_candidates(section.data, table_at)?;
     if candidates.is_empty() {
@@ -224,7 +237,12 @@ pub fn decode(section: Section<'_>, addressing: Addressing) -> Result<Kallsyms> 
     }
     let mut found = Vec::new();
     let mut nearest_error = None;
+    let mut work = 0u64;
     for &(at, count) in &candidates {
+        work += u64::from(count);
+        if work > MAX_WORK {
+            return Err(Error::TooManyCandidates);
+        }
         match tables_at(section.data, at, count, table_at, &tokens, addressing) {
             Ok(t) => found.push((at, t)),
             Err(e) => {
@@ -261,7 +279,8 @@ pub fn decode(section: Section<'_>, addressing: Addressing) -> Result<Kallsyms> 
 
 /// The token table: the one place where 256 strictly increasing u16 from 0
 /// follow (at the next 8-byte boundary) 256 NUL-terminated strings they index.
-fn find_token_table(d: &[u8]) -> Result<(usize, Vec<Vec<u8>>)> {
+fn find_token_table(section: Section<'_>) -> Result<(usize, Vec<Vec<u8>>)> {
+    let d = section.data;
     let mut hits: Vec<(usize, Vec<Vec<u8>>)> = Vec::new();
     let mut p = 0;
     while p + 512 <= d.len() {
@@ -275,7 +294,7 @@ fn find_token_table(d: &[u8]) -> Result<(usize, Vec<Vec<u8>>)> {
         1 => Ok(hits.pop().expect("invariant: one hit")),
         n => Err(Error::AmbiguousTokenTable {
             count: n,
-            first: hits[0].0 as u64,
+            first: section.addr + hits[0].0 as u64,
         }),
     }
 }
@@ -970,6 +989,19 @@ mod tests {
             )
             .expect_err("no tables"),
             Error::NoTokenTable
+        );
+        assert_eq!(
+            decode(
+                Section {
+                    data: &f.data,
+                    addr: u64::MAX - 16
+                },
+                Addressing::RelativeAbsolutePercpu
+            )
+            .expect_err("no such addresses"),
+            Error::SectionAddress {
+                addr: u64::MAX - 16
+            }
         );
         let zeros = vec![0u8; 4096];
         assert!(decode(
