@@ -168,6 +168,14 @@ pub enum Error {
     NamesEnd { end: usize },
     #[error("kallsyms_seqs_of_names[{index}] = {seq} is out of range or repeated")]
     BadSeq { index: u32, seq: u32 },
+    #[error(
+        "kallsyms_seqs_of_names[{index}] names {name:?}, which does not sort after {previous:?}"
+    )]
+    NameOrder {
+        index: u32,
+        name: String,
+        previous: String,
+    },
     #[error("kallsyms_offsets[{symbol}] = {offset} gives an address outside 64 bits")]
     AddressOverflow { symbol: u32, offset: i32 },
     #[error("kallsyms_offsets: symbol {symbol} ({name}) at {addr:#x} comes before the previous one at {previous:#x}; the table is sorted by address")]
@@ -518,6 +526,7 @@ fn tables_at(
 
     // 3. seqs_of_names: a permutation of the symbol indices.
     let mut seen = vec![false; n];
+    let mut by_name = Vec::with_capacity(n);
     for i in 0..count {
         let b = d
             .get(seqs_at + 3 * i as usize..seqs_at + 3 * i as usize + 3)
@@ -527,6 +536,7 @@ fn tables_at(
             Some(s) if !*s => *s = true,
             _ => return Err(Error::BadSeq { index: i, seq }),
         }
+        by_name.push(seq as usize);
     }
     if !zeros(d, seqs_at + 3 * n, table_at) {
         return Err(Error::Padding {
@@ -595,6 +605,28 @@ fn tables_at(
             first: symbols[first].addr,
             name: symbols[first].name.clone(),
         });
+    }
+
+    // 5. seqs_of_names lists the symbols in scripts/kallsyms.c's name order
+    //    (compare_names: strcmp of the name cut at ".llvm.", then address,
+    //    then table index). The lengths and markers cannot see a corrupted
+    //    token byte inside a name; this order usually can.
+    let key = |seq: usize| {
+        let s = &symbols[seq];
+        let name = s
+            .name
+            .find(".llvm.")
+            .map_or(&s.name[..], |cut| &s.name[..cut]);
+        (name.as_bytes(), s.addr, seq)
+    };
+    for (i, pair) in by_name.windows(2).enumerate() {
+        if key(pair[0]) >= key(pair[1]) {
+            return Err(Error::NameOrder {
+                index: i as u32 + 1,
+                name: symbols[pair[1]].name.clone(),
+                previous: symbols[pair[0]].name.clone(),
+            });
+        }
     }
     Ok((symbols, base))
 }
@@ -732,7 +764,7 @@ mod tests {
         pad(&mut d);
         let seqs = d.len();
         let mut order: Vec<usize> = (0..symbols.len()).collect();
-        order.sort_by_key(|&i| symbols[i].2);
+        order.sort_by_key(|&i| (symbols[i].2, symbols[i].0, i));
         for i in order {
             d.extend_from_slice(&(i as u32).to_be_bytes()[1..]);
         }
@@ -929,6 +961,16 @@ mod tests {
         f.data.copy_within(f.seqs + 3..f.seqs + 6, f.seqs);
         let e = inconsistent(decode_fixture(&f).expect_err("refused"));
         assert!(matches!(e, Error::BadSeq { index: 1, .. }), "{e}");
+        // A token byte of a name changed: lengths and markers still agree,
+        // the name order does not ("sys_sync" becomes "as_sync", no longer
+        // the last name).
+        let mut f = build(&small());
+        let sync = f.name_offsets[4];
+        let name = &f.data[sync + 1..sync + 1 + 7];
+        assert_eq!(name, &[b't', 1, b's', b'_', 1, b'n', b'c'][..], "fixture");
+        f.data[sync + 2] = b'a';
+        let e = inconsistent(decode_fixture(&f).expect_err("refused"));
+        assert!(matches!(e, Error::NameOrder { .. }), "{e}");
         // An address out of order.
         let mut f = build(&small());
         let sym5 = f.base - align_up(4 * 7) + 4 * 5;
