@@ -26,10 +26,11 @@
 //!
 //! The search: the token index (256 strictly increasing u16 from 0) with the
 //! NUL-terminated token table right before it; then, going back from the token
-//! table, every 8-aligned u32 that could be `kallsyms_num_syms` is tried until
-//! one gives tables consistent in every respect (lengths that end exactly at
-//! the markers, markers at every 256th name, a permutation in
-//! `seqs_of_names`, sorted addresses, the first relative symbol at the base).
+//! table, every 8-aligned u32 that could be `kallsyms_num_syms` (room for the
+//! tables, a 0 where `kallsyms_markers[0]` would be) is tried, and exactly one
+//! must give tables consistent in every respect: lengths that end exactly at
+//! the markers, markers at every 256th name, `seqs_of_names` a permutation in
+//! name order, sorted addresses, the first relative symbol at the base.
 //! Every read is bounded by the section; nothing is guessed.
 
 use std::fmt;
