@@ -46,7 +46,8 @@ enum Command {
     /// Write a kernel release's target profile (System.map decoded from the image's
     /// kallsyms, config, build-id, release, version, arch, Module.symvers) from its
     /// packages, without booting it (docs/builder.md "Profile from packages"): exit 0
-    /// written, 2 refused (an input is not what it claims or disagrees with another), 1 I/O.
+    /// written, 2 refused (an input is not what it claims, disagrees with another, or
+    /// Module.symvers is missing under CONFIG_MODVERSIONS=y), 1 usage or I/O error.
     Profile(ProfileArgs),
 }
 
