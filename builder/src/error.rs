@@ -90,6 +90,14 @@ pub enum Error {
     #[error("{path}: {reason}")]
     BadImage { path: PathBuf, reason: String },
 
+    /// The image's kallsyms tables cannot be found or do not hold together.
+    #[error("{path}: kallsyms: {source}")]
+    Kallsyms {
+        path: PathBuf,
+        #[source]
+        source: crate::target::kallsyms::Error,
+    },
+
     /// A file the builder parses is malformed.
     #[error("{path}:{line}: {reason}")]
     Parse {

@@ -8,5 +8,6 @@ mod cumulative;
 mod differ;
 mod module;
 mod package;
+mod profile;
 mod repo;
 mod tuf_repo;

@@ -43,6 +43,12 @@ enum Command {
     /// unreadable key, threshold), 1 I/O or metadata error.
     #[command(subcommand)]
     Repo(RepoCommand),
+    /// Write a kernel release's target profile (System.map decoded from the image's
+    /// kallsyms, config, build-id, release, version, arch, Module.symvers) from its
+    /// packages, without booting it (docs/builder.md "Profile from packages"): exit 0
+    /// written, 2 refused (an input is not what it claims, disagrees with another, or
+    /// Module.symvers is missing under CONFIG_MODVERSIONS=y), 1 usage or I/O error.
+    Profile(ProfileArgs),
 }
 
 fn main() -> ExitCode {
@@ -61,6 +67,7 @@ fn main() -> ExitCode {
         Command::Pack(args) => finish(pack(&args)),
         Command::Diff(args) => diff(&args),
         Command::Repo(command) => finish(repo(command)),
+        Command::Profile(args) => finish(profile(&args)),
     }
 }
 
@@ -88,6 +95,20 @@ impl From<builder::repo::Error> for Failure {
     fn from(error: builder::repo::Error) -> Self {
         Failure {
             code: error.exit_code(),
+            error: error.into(),
+        }
+    }
+}
+
+impl From<builder::error::Error> for Failure {
+    fn from(error: builder::error::Error) -> Self {
+        // Bad input is refused; only failing to read or write is an I/O failure.
+        let code = match error {
+            builder::error::Error::Io { .. } => EXIT_ERROR,
+            _ => EXIT_REFUSED,
+        };
+        Failure {
+            code,
             error: error.into(),
         }
     }
@@ -347,6 +368,45 @@ fn diff_inner(args: &DiffArgs) -> anyhow::Result<u8> {
         }
         Err(e) => Err(e.into()),
     }
+}
+
+// ---- profile ---------------------------------------------------------------------------------
+
+#[derive(Debug, Args)]
+struct ProfileArgs {
+    /// The release's vmlinuz (bzImage, XZ payload) or a vmlinux ELF.
+    #[arg(long, value_name = "VMLINUZ")]
+    image: PathBuf,
+    /// The release's kernel config (`/boot/config-<release>` of the image package).
+    #[arg(long, value_name = "CONFIG")]
+    config: PathBuf,
+    /// The headers package's Module.symvers (required when CONFIG_MODVERSIONS=y).
+    #[arg(long, value_name = "MODULE.SYMVERS")]
+    symvers: Option<PathBuf>,
+    /// The profile directory to write the files into (`SRC/ksplice`, as for
+    /// `ksplice profile DIR`); created if missing.
+    #[arg(long, value_name = "DIR")]
+    out: PathBuf,
+}
+
+fn profile(args: &ProfileArgs) -> Result<(), Failure> {
+    let inputs = builder::target::ImageInputs {
+        image: args.image.clone(),
+        config: args.config.clone(),
+        symvers: args.symvers.clone(),
+    };
+    let p = builder::target::write_profile(&inputs, &args.out)?;
+    println!(
+        "wrote {} ({}) for {} build-id {}: {} symbols decoded in {:.2} s (image read in {:.2} s)",
+        args.out.display(),
+        p.files.join(", "),
+        p.release,
+        p.build_id,
+        p.table.symbols.len(),
+        p.decode_time.as_secs_f64(),
+        p.load_time.as_secs_f64()
+    );
+    Ok(())
 }
 
 // ---- repo ------------------------------------------------------------------------------------

@@ -77,6 +77,36 @@ impl TargetImage {
         })
     }
 
+    /// A section's link-time address and bytes (the kallsyms tables are in `.rodata`).
+    pub fn section(&self, name: &str) -> Option<(u64, &[u8])> {
+        let file = object::File::parse(&*self.elf).ok()?;
+        let section = file.section_by_name(name)?;
+        Some((section.address(), section.data().ok()?))
+    }
+
+    /// `uname -m` of the kernel, from the ELF machine; `None` for the machines
+    /// the builder does not build for (only x86-64 today).
+    pub fn arch(&self) -> Option<&'static str> {
+        let file = object::File::parse(&*self.elf).ok()?;
+        match (file.architecture(), file.is_64()) {
+            (object::Architecture::X86_64, true) => Some("x86_64"),
+            _ => None,
+        }
+    }
+
+    /// The NUL-terminated string at link-time address `addr` (at most `max`
+    /// bytes), if a loaded segment holds it.
+    pub fn c_string_at(&self, addr: u64, max: usize) -> Option<&[u8]> {
+        let file = object::File::parse(&*self.elf).ok()?;
+        let seg = file
+            .segments()
+            .find(|s| (s.address()..s.address().saturating_add(s.size())).contains(&addr))?;
+        let data = seg.data().ok()?;
+        let rest = data.get(usize::try_from(addr - seg.address()).ok()?..)?;
+        let rest = &rest[..rest.len().min(max)];
+        rest.iter().position(|&b| b == 0).map(|end| &rest[..end])
+    }
+
     /// `len` bytes at link-time virtual address `addr`, if a loaded segment holds them.
     pub fn bytes_at(&self, addr: u64, len: u64) -> Option<&[u8]> {
         let file = object::File::parse(&*self.elf).ok()?;
@@ -110,8 +140,10 @@ fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
     hay.windows(needle.len()).position(|w| w == needle)
 }
 
-/// Release and version from "Linux version RELEASE (builder) (compiler) VERSION\n".
-fn banner(elf: &[u8]) -> Option<(String, String)> {
+/// Release and version from "Linux version RELEASE (builder) (compiler) VERSION\n",
+/// the first such text in `elf`. (Debian's image has two: an early copy in
+/// .rodata without the build number, and `linux_banner` with it.)
+pub(crate) fn banner(elf: &[u8]) -> Option<(String, String)> {
     let start = find(elf, b"Linux version ")? + b"Linux version ".len();
     let end = start
         + elf[start..]

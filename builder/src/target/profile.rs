@@ -239,7 +239,12 @@ impl Profile {
 
 /// The release must belong to the kernel the config was made for, and the
 /// version string's SMP / PREEMPT flags must match the config's choices.
-fn check_against_config(release: &str, version: &str, path: &Path, config: &str) -> Result<()> {
+pub(crate) fn check_against_config(
+    release: &str,
+    version: &str,
+    path: &Path,
+    config: &str,
+) -> Result<()> {
     let header = config.lines().take(5).find_map(|l| {
         l.strip_prefix("# Linux/")?
             .split(' ')
