@@ -9,6 +9,7 @@
 //! publishing end: a TUF repository of packages for mirrors (docs/fleet.md).
 #![forbid(unsafe_code)]
 
+mod atomic;
 pub mod checkout;
 pub mod create;
 /// The object differ is a library of its own (`builder/diff`, like kpatch's

@@ -12,24 +12,11 @@ use std::path::Path;
 use super::error::{Error, Result};
 
 /// Replaces `path` with `bytes` atomically, mode `mode` (set on the descriptor so
-/// the umask does not matter).
+/// the umask does not matter), then fsyncs the directory so the rename survives.
 pub(crate) fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let mut temp = tempfile::Builder::new()
-        .prefix(".tmp-")
-        .tempfile_in(dir)
-        .map_err(Error::io(dir))?;
-    let io = Error::io(temp.path().to_owned());
-    temp.as_file()
-        .set_permissions(fs::Permissions::from_mode(mode))
-        .and_then(|()| temp.write_all(bytes))
-        .and_then(|()| temp.as_file().sync_all())
-        .map_err(io)?;
-    temp.persist(path).map_err(|e| Error::Io {
-        path: path.to_owned(),
-        source: e.error,
-    })?;
-    sync_dir(dir)
+    crate::atomic::write_atomic(path, bytes, mode)
+        .map_err(|(path, source)| Error::Io { path, source })?;
+    sync_dir(path.parent().unwrap_or(Path::new(".")))
 }
 
 /// fsync of a directory, so a rename in it survives a crash.

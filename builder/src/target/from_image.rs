@@ -8,8 +8,7 @@
 //! come from the image and headers packages and are checked before they are
 //! copied.
 
-use std::io::{Read, Write};
-use std::os::unix::fs::PermissionsExt;
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -296,27 +295,10 @@ fn ensure_dir(dir: &Path) -> Result<()> {
     }
 }
 
-/// Replace `path` with `data`, mode `mode` set on the descriptor (umask does
-/// not matter): a fresh randomly named file in the same directory (created
-/// exclusively, so a planted symlink is not followed), fsynced, renamed.
-/// (`repo::fsio::write_atomic` does the same but speaks `repo::Error`.)
+/// Replace `path` with `data`, mode `mode`, whole or not at all.
 fn write_atomic(path: &Path, data: &[u8], mode: u32) -> Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let mut temp = tempfile::Builder::new()
-        .prefix(".tmp-")
-        .tempfile_in(dir)
-        .map_err(Error::io(dir))?;
-    let io = Error::io(temp.path().to_owned());
-    temp.as_file()
-        .set_permissions(std::fs::Permissions::from_mode(mode))
-        .and_then(|()| temp.write_all(data))
-        .and_then(|()| temp.as_file().sync_all())
-        .map_err(io)?;
-    temp.persist(path).map_err(|e| Error::Io {
-        path: path.to_path_buf(),
-        source: e.error,
-    })?;
-    Ok(())
+    crate::atomic::write_atomic(path, data, mode)
+        .map_err(|(path, source)| Error::Io { path, source })
 }
 
 #[cfg(test)]
