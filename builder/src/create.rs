@@ -16,6 +16,7 @@ use crate::module;
 use crate::summary::{ObjectSummary, Summary};
 use crate::target::profile::{Profile, ProfileInputs};
 use crate::target::symbols::{self, Symvers, SystemMap};
+use crate::tree::compiler;
 use crate::tree::kbuild::{self, Make, ObjectBuild};
 use crate::tree::Trees;
 
@@ -132,6 +133,16 @@ pub fn create(opts: &Options, summary: &mut Summary) -> Result<PathBuf> {
         summary
             .notes
             .push("no --target-image: run-pre is checked at load time only".into());
+    }
+    // Objects from another compiler would not match the running code: refuse
+    // before any build work, naming both compilers.
+    let config_text =
+        std::fs::read_to_string(&profile.config).map_err(Error::io(&profile.config))?;
+    if compiler::check(&config_text, &profile.config, compiler::CC)?.is_none() {
+        summary.notes.push(format!(
+            "{}: no CONFIG_CC_VERSION_TEXT, the build compiler is not checked",
+            profile.config.display()
+        ));
     }
     let id = match &opts.id {
         Some(id) => id.clone(),

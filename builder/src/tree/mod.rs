@@ -14,6 +14,7 @@
 //! `tools/` (objtool's build outputs), `.missing-syscalls.d`, or the outputs of
 //! the objects it builds: those are unlinked before anything writes them.
 
+pub mod compiler;
 pub(crate) mod kbuild;
 
 use std::fs::File;
