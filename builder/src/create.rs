@@ -169,6 +169,7 @@ pub fn create(opts: &Options, summary: &mut Summary) -> Result<PathBuf> {
     };
 
     // 2. Prepare: the cached pre tree (materialized on a miss) and the post tree.
+    summary.enter("prepare");
     let start = Instant::now();
     let trees = Trees::open(
         &opts.cache,

@@ -5,7 +5,8 @@
 //! `tree` (prepared pre and post trees, kbuild compiling single objects),
 //! `diff` (the object differ, a crate of its own), `module` (the update
 //! module), and `create`, which runs them in order and packages the result;
-//! `target` is what the build knows of the kernel it builds for. `repo` is the
+//! `target` is what the build knows of the kernel it builds for. `release` builds
+//! every fix for one kernel release and plans the CI jobs of all releases; `repo` is the
 //! publishing end: a TUF repository of packages for mirrors (docs/fleet.md).
 #![forbid(unsafe_code)]
 
@@ -17,6 +18,7 @@ pub mod create;
 pub use ksplice_diff as diff;
 pub mod error;
 pub mod module;
+pub mod release;
 pub mod repo;
 pub mod summary;
 pub mod target;

@@ -24,6 +24,21 @@ pub struct ObjectSummary {
     pub note: Option<String>,
 }
 
+/// Called with a stage's name when it starts (progress output of long runs).
+pub struct StageHook(Box<dyn FnMut(&'static str) + Send>);
+
+impl StageHook {
+    pub fn new(f: impl FnMut(&'static str) + Send + 'static) -> Self {
+        StageHook(Box::new(f))
+    }
+}
+
+impl fmt::Debug for StageHook {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("StageHook")
+    }
+}
+
 /// Everything the summary shows; filled as the pipeline runs.
 #[derive(Debug, Default)]
 pub struct Summary {
@@ -33,15 +48,25 @@ pub struct Summary {
     pub notes: Vec<String>,
     pub package: Option<PathBuf>,
     pub cached_tree: bool,
+    /// Told when each stage starts.
+    pub on_stage: Option<StageHook>,
 }
 
 impl Summary {
     /// Run `f` and add its wall time to `stage`.
     pub fn time<T>(&mut self, stage: &'static str, f: impl FnOnce(&mut Summary) -> T) -> T {
+        self.enter(stage);
         let start = Instant::now();
         let out = f(self);
         self.add_time(stage, start.elapsed());
         out
+    }
+
+    /// Tell the [`StageHook`] that `stage` starts.
+    pub fn enter(&mut self, stage: &'static str) {
+        if let Some(hook) = &mut self.on_stage {
+            (hook.0)(stage);
+        }
     }
 
     pub fn add_time(&mut self, stage: &'static str, d: Duration) {

@@ -582,7 +582,8 @@ fn check_symbol(name: &str) -> Result<()> {
 }
 
 /// `CVE-<year>-<number>`.
-fn check_cve(cve: &str) -> Result<()> {
+/// A CVE id as the manifest accepts it (`CVE-2024-12345`).
+pub fn check_cve(cve: &str) -> Result<()> {
     let parts: Vec<&str> = cve.split('-').collect();
     let digits = |s: &str, min: usize| {
         s.len() >= min && s.len() <= 12 && s.bytes().all(|b| b.is_ascii_digit())

@@ -49,6 +49,15 @@ enum Command {
     /// written, 2 refused (an input is not what it claims, disagrees with another, or
     /// Module.symvers is missing under CONFIG_MODVERSIONS=y), 1 usage or I/O error.
     Profile(ProfileArgs),
+    /// Build every fix of a fixes directory for one kernel release, as the levels of
+    /// its cumulative stream, with a JSON report (docs/pipeline.md): exit 0 ran (each
+    /// fix built, not applicable or refused, as the report says), 2 refused input
+    /// (malformed fixes or options), 1 the release is not set up, or I/O.
+    Release(ReleaseArgs),
+    /// Write the GitLab CI child pipeline (one job per kernel release of
+    /// releases.toml) after checking releases.toml and the fixes (docs/pipeline.md):
+    /// exit 0 written, 2 refused input, 1 I/O.
+    Plan(PlanArgs),
 }
 
 fn main() -> ExitCode {
@@ -68,6 +77,8 @@ fn main() -> ExitCode {
         Command::Diff(args) => diff(&args),
         Command::Repo(command) => finish(repo(command)),
         Command::Profile(args) => finish(profile(&args)),
+        Command::Release(args) => finish(release(&args)),
+        Command::Plan(args) => finish(plan(&args)),
     }
 }
 
@@ -407,6 +418,216 @@ fn profile(args: &ProfileArgs) -> Result<(), Failure> {
         p.load_time.as_secs_f64()
     );
     Ok(())
+}
+
+// ---- release and plan ------------------------------------------------------------------------
+
+#[derive(Debug, Args)]
+struct ReleaseArgs {
+    /// The kernel release: package version (6.1.187-1), ABI (6.1.0-53-amd64 or
+    /// 6.1.0-53), or "candidate", as set up by ci/setup-kernel in $KSPLICE_CACHE.
+    #[arg(long, value_name = "RELEASE")]
+    kernel: String,
+    /// The fixes directory: <id>.toml (order, description, cves, patch) per fix.
+    #[arg(long, value_name = "DIR")]
+    fixes: PathBuf,
+    /// Output: packages/, profile/, report.json (work/ holds refused levels' scratch).
+    #[arg(long, value_name = "DIR")]
+    out: PathBuf,
+    /// The stream name.
+    #[arg(long, default_value = builder::create::DEFAULT_STREAM)]
+    stream: String,
+    /// Package signing key (repeatable); default the host-local key.
+    #[arg(long = "sign-key", value_name = "FILE")]
+    sign_keys: Vec<PathBuf>,
+    /// Parallel compile jobs.
+    #[arg(short = 'j', long = "jobs", default_value_t = 2)]
+    jobs: usize,
+}
+
+fn cache_dir() -> PathBuf {
+    std::env::var_os("KSPLICE_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/var/cache/ksplice-ci"))
+}
+
+fn release(args: &ReleaseArgs) -> Result<(), Failure> {
+    let opts = builder::release::ReleaseOptions {
+        kernel: args.kernel.clone(),
+        fixes: args.fixes.clone(),
+        out: args.out.clone(),
+        stream: args.stream.clone(),
+        sign_keys: args.sign_keys.clone(),
+        jobs: args.jobs,
+        cache: cache_dir(),
+        etc_dir: std::env::var_os("KSPLICE_ETC")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from(builder::create::ETC_KSPLICE)),
+    };
+    let mut progress = progress::for_stderr(&args.kernel);
+    let report = builder::release::release(&opts, progress.as_mut())?;
+    let built = report
+        .fixes
+        .iter()
+        .filter(|f| f.outcome == builder::release::Outcome::Built)
+        .count();
+    println!(
+        "{} ({}): {} of {} fixes built as {} levels of stream {} in {:.0} s; report {}",
+        report.kernel.release,
+        report.kernel.version,
+        built,
+        report.fixes.len(),
+        report.levels.len(),
+        report.stream,
+        report.seconds,
+        args.out.join("report.json").display()
+    );
+    Ok(())
+}
+
+#[derive(Debug, Args)]
+struct PlanArgs {
+    /// releases.toml: the kernel releases to build for.
+    #[arg(long, value_name = "FILE")]
+    releases: PathBuf,
+    /// The fixes directory (checked, so a malformed fix fails the plan).
+    #[arg(long, value_name = "DIR")]
+    fixes: PathBuf,
+    /// Where to write the child pipeline (YAML; written as JSON, which YAML includes).
+    #[arg(long, value_name = "FILE")]
+    out: PathBuf,
+}
+
+fn plan(args: &PlanArgs) -> Result<(), Failure> {
+    let releases = builder::release::Releases::load(&args.releases)?;
+    let fixes = builder::release::load_fixes(&args.fixes)?;
+    let doc = builder::release::plan(&releases, &fixes);
+    let mut text = serde_json::to_string_pretty(&doc).context("serialize the plan")?;
+    text.push('\n');
+    std::fs::write(&args.out, text).with_context(|| format!("write {}", args.out.display()))?;
+    println!(
+        "{}: {} release jobs ({}), {} fixes ({})",
+        args.out.display(),
+        releases.releases.len(),
+        releases
+            .releases
+            .iter()
+            .map(|r| r.kernel.as_str())
+            .collect::<Vec<_>>()
+            .join(", "),
+        fixes.len(),
+        fixes.iter().map(|f| f.id.as_str()).collect::<Vec<_>>().join(", ")
+    );
+    Ok(())
+}
+
+/// Progress of a release run: a bar on a terminal, one plain line per fix and
+/// stage otherwise (CI logs keep every line).
+mod progress {
+    use builder::release::{Fix, FixReport, Outcome, Progress};
+    use builder::summary::StageHook;
+    use indicatif::{ProgressBar, ProgressStyle};
+    use std::io::IsTerminal;
+    use std::time::Instant;
+
+    pub fn for_stderr(kernel: &str) -> Box<dyn Progress> {
+        if std::io::stderr().is_terminal() {
+            let bar = ProgressBar::new(0);
+            bar.set_style(
+                ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} fixes {msg}")
+                    .expect("invariant: a valid template")
+                    .progress_chars("=> "),
+            );
+            bar.set_prefix(kernel.to_owned());
+            Box::new(Bar { bar, fix: String::new() })
+        } else {
+            Box::new(Lines {
+                kernel: kernel.to_owned(),
+                started: Instant::now(),
+            })
+        }
+    }
+
+    fn done_text(r: &FixReport) -> String {
+        let what = match r.outcome {
+            Outcome::Built => format!("built, level {}", r.level.unwrap_or(0)),
+            Outcome::NotApplicable => "not applicable".to_owned(),
+            Outcome::Refused => "refused".to_owned(),
+        };
+        let reason = r
+            .reason
+            .as_deref()
+            .and_then(|t| t.lines().next())
+            .map(|t| format!(": {t}"))
+            .unwrap_or_default();
+        format!("{}: {what} in {:.0} s{reason}", r.id, r.seconds)
+    }
+
+    struct Bar {
+        bar: ProgressBar,
+        fix: String,
+    }
+
+    impl Progress for Bar {
+        fn fix(&mut self, index: usize, total: usize, fix: &Fix) {
+            self.bar.set_length(total as u64);
+            self.bar.set_position(index as u64);
+            self.fix = fix.id.clone();
+            self.bar.set_message(fix.id.clone());
+        }
+        fn stage_hook(&self) -> StageHook {
+            let bar = self.bar.clone();
+            let fix = self.fix.clone();
+            StageHook::new(move |stage| bar.set_message(format!("{fix}: {stage}")))
+        }
+        fn done(&mut self, r: &FixReport) {
+            self.bar.println(done_text(r));
+            self.bar.inc(1);
+            if self.bar.position() == self.bar.length().unwrap_or(0) {
+                self.bar.finish_and_clear();
+            }
+        }
+    }
+
+    struct Lines {
+        kernel: String,
+        started: Instant,
+    }
+
+    impl Progress for Lines {
+        fn fix(&mut self, index: usize, total: usize, fix: &Fix) {
+            eprintln!(
+                "[{:>5.0} s] {}: fix {}/{total} {}",
+                self.started.elapsed().as_secs_f64(),
+                self.kernel,
+                index + 1,
+                fix.id
+            );
+        }
+        fn stage_hook(&self) -> StageHook {
+            let kernel = self.kernel.clone();
+            let started = self.started;
+            let mut last = "";
+            StageHook::new(move |stage| {
+                // One line per stage, not per timed step within it.
+                if stage != last {
+                    eprintln!(
+                        "[{:>5.0} s] {kernel}:   {stage}",
+                        started.elapsed().as_secs_f64()
+                    );
+                    last = stage;
+                }
+            })
+        }
+        fn done(&mut self, r: &FixReport) {
+            eprintln!(
+                "[{:>5.0} s] {}: {}",
+                self.started.elapsed().as_secs_f64(),
+                self.kernel,
+                done_text(r)
+            );
+        }
+    }
 }
 
 // ---- repo ------------------------------------------------------------------------------------

@@ -100,6 +100,7 @@ impl<'a> Context<'a> {
             Build::Fleet { stream, patches } | Build::SystemdHost { stream, patches } => {
                 self.fleet(stream, patches, out)
             }
+            Build::Published(p) => published(p),
             Build::CreateMany { patches } => {
                 let mut files = Vec::new();
                 for patch in patches {
@@ -841,4 +842,48 @@ fn unpack_run_pre(pkg: &Path, dir: &Path) -> Result<(String, PackageRunPre)> {
             relocs,
         },
     ))
+}
+
+/// [`Build::Published`]: nothing to build; the guest gets the repository, the trust
+/// policy, the root metadata and the id of the release's top level (from its report).
+fn published(p: &super::scenario::Published) -> Result<Built> {
+    #[derive(serde::Deserialize)]
+    struct Report {
+        kernel: ReportKernel,
+        levels: Vec<String>,
+    }
+    #[derive(serde::Deserialize)]
+    struct ReportKernel {
+        release: String,
+    }
+    let text = std::fs::read_to_string(&p.report)
+        .with_context(|| format!("KSPLICE_PIPELINE_REPORT {}", p.report.display()))?;
+    let report: Report = serde_json::from_str(&text)
+        .with_context(|| format!("{}: not a release report", p.report.display()))?;
+    let Some(top) = report.levels.last() else {
+        bail!(
+            "{}: the pipeline built no level for {}",
+            p.report.display(),
+            report.kernel.release
+        );
+    };
+    let root = p.public.join("metadata/1.root.json");
+    for f in [&root, &p.trust] {
+        if !f.is_file() {
+            bail!("{} is missing: run ci/pipeline", f.display());
+        }
+    }
+    Ok(Built {
+        env: vec![
+            ("TOP".into(), top.clone()),
+            ("LEVELS".into(), report.levels.len().to_string()),
+            ("RELEASE".into(), report.kernel.release),
+        ],
+        extra: vec![
+            ("ROOT_JSON".into(), root),
+            ("TRUST_TOML".into(), p.trust.clone()),
+        ],
+        serve: Some(p.public.clone()),
+        ..Built::default()
+    })
 }

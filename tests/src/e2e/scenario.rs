@@ -77,6 +77,36 @@ pub enum Build {
         stream: String,
         patches: Vec<PathBuf>,
     },
+    /// What the release pipeline (`ci/pipeline`: .gitlab-ci.yml under gitlab-ci-local)
+    /// published for the booted release: its TUF repository served to the guest, the
+    /// package key's trust policy, and the release's report naming the levels built.
+    Published(Published),
+}
+
+/// The release pipeline's output for one release ([`Build::Published`]); the
+/// `pipeline-update` scenario exists when `KSPLICE_PIPELINE_REPO` is set.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Published {
+    /// The repository's `public/` tree (`$KSPLICE_PIPELINE_REPO`).
+    pub public: PathBuf,
+    /// `trust.toml` of the pipeline's package key (`$KSPLICE_PIPELINE_TRUST`).
+    pub trust: PathBuf,
+    /// The release job's `report.json` (`$KSPLICE_PIPELINE_REPORT`).
+    pub report: PathBuf,
+}
+
+impl Published {
+    /// From the environment `ci/pipeline` sets; `None` when `KSPLICE_PIPELINE_REPO`
+    /// is unset (then no pipeline scenario is listed).
+    pub fn from_env() -> Option<Published> {
+        let var = |k: &str| std::env::var_os(k).map(PathBuf::from).unwrap_or_default();
+        std::env::var_os("KSPLICE_PIPELINE_REPO")?;
+        Some(Published {
+            public: var("KSPLICE_PIPELINE_REPO"),
+            trust: var("KSPLICE_PIPELINE_TRUST"),
+            report: var("KSPLICE_PIPELINE_REPORT"),
+        })
+    }
 }
 
 /// How the pre tree of a [`Build::RunPreMismatch`] differs from the running kernel's source.
@@ -149,6 +179,9 @@ pub fn patch_files(patches: &Path) -> Vec<PathBuf> {
     found.sort();
     found
 }
+
+/// The scenario that applies the release pipeline's published update ([`Build::Published`]).
+pub const PIPELINE: &str = "pipeline-update";
 
 /// Every scenario, in run order, given the test patches directory.
 pub fn all(patches: &Path) -> Vec<Scenario> {
@@ -329,6 +362,14 @@ fn behaviour_scenarios(patches: &Path) -> Vec<Scenario> {
             },
             // The driver is ci/guest/systemd/ksplice-e2e, run by systemd in the root.
             guest: guest("../systemd/ksplice-e2e", &[]),
+        });
+    }
+    if let Some(published) = Published::from_env() {
+        v.push(Scenario {
+            name: PIPELINE.into(),
+            needs: vec![Client, Repo],
+            build: Build::Published(published),
+            guest: guest("pipeline.sh", &[]),
         });
     }
     if have(&["macro-callbacks.patch"]) {
