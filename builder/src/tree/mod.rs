@@ -8,6 +8,8 @@
 //!   paths: a fresh copy elsewhere would rebuild objtool every time (~12 s).
 //!   Each run first restores the files the previous run changed.
 //! - `pre-<key>.lock`: held for a whole run; runs against one tree serialize.
+//!   Its mtime is the pair's last use, the order of eviction ([`evict`]).
+//! - `evict.lock`, `.evicting-*`: eviction's own lock and pairs being removed.
 //!
 //! Hard links are shared inodes, and some build steps rewrite files in place
 //! (gcc's `-MD` output, objtool, `.cmd` files). So the post tree never shares
@@ -15,6 +17,7 @@
 //! the objects it builds: those are unlinked before anything writes them.
 
 pub mod compiler;
+pub mod evict;
 pub(crate) mod kbuild;
 
 use std::fs::File;
@@ -42,6 +45,8 @@ pub struct Trees {
     /// Time spent copying the pre source out (0 when reused): the summary
     /// counts it as checkout, not prepare.
     pub materialize_time: std::time::Duration,
+    /// What keeping the cache under `KSPLICE_CACHE_MAX` did.
+    pub eviction: evict::Report,
     _lock: File,
 }
 
@@ -62,7 +67,8 @@ pub fn key(pre_id: &str, config: &[u8], release: &str) -> String {
 }
 
 impl Trees {
-    /// Reuse or create the prepared pre tree for (`pre_id`, `config`).
+    /// Reuse or create the prepared pre tree for (`pre_id`, `config`), then
+    /// evict least-recently-used pairs until the cache is under `cache_max` bytes.
     pub fn open(
         cache: &Path,
         pre: &PreSource,
@@ -70,6 +76,7 @@ impl Trees {
         config: &Path,
         symvers: &Path,
         make: &Make,
+        cache_max: u64,
     ) -> Result<Trees> {
         let config_bytes = std::fs::read(config).map_err(Error::io(config))?;
         let key = key(pre_id, &config_bytes, &make.release);
@@ -83,6 +90,7 @@ impl Trees {
             .open(&lock_path)
             .map_err(Error::io(&lock_path))?;
         lock.lock().map_err(Error::io(&lock_path))?;
+        evict::mark_used(&lock, &lock_path)?;
 
         let pre_dir = base.join(format!("pre-{key}"));
         let post_dir = base.join(format!("pre-{key}.post"));
@@ -108,11 +116,14 @@ impl Trees {
             remove_dir(&post_dir)?;
             link_copy(&pre_dir, &post_dir)?;
         }
+        // Measured now that this run's pair exists at its real size.
+        let eviction = evict::run(&base, &key, cache_max)?;
         Ok(Trees {
             pre: pre_dir,
             post: post_dir,
             reused,
             materialize_time,
+            eviction,
             _lock: lock,
         })
     }
@@ -241,6 +252,7 @@ mod tests {
             post: post.clone(),
             reused: true,
             materialize_time: std::time::Duration::ZERO,
+            eviction: evict::Report::default(),
             _lock: File::open(d.path()).expect("dir handle"),
         };
         let change = |p: &str, c: &str| Change {
