@@ -747,7 +747,7 @@ mod tests {
     }
 
     #[test]
-    fn sizes_read_in_binary_units() {
+    fn sizes_print_in_binary_units() {
         assert_eq!(human(1023), "1023 B");
         assert_eq!(human(1536), "1.5 KiB");
         assert_eq!(human(20 << 30), "20.0 GiB");

@@ -236,6 +236,55 @@ mod tests {
         assert_ne!(k, key("git-abc", b"CONFIG_X=y\n", "6.1.0-57-amd64"));
     }
 
+    /// A reused pair (markers present, so no kbuild runs) is marked used and
+    /// evicts an older pair over the cap, never itself.
+    #[test]
+    fn open_marks_its_pair_used_and_evicts_older_pairs() {
+        use std::time::{Duration, SystemTime};
+        let d = tempfile::tempdir().expect("tempdir");
+        let cache = d.path();
+        let base = cache.join("trees");
+        let config = cache.join("config");
+        std::fs::write(&config, "CONFIG_X=y\n").expect("write");
+        let make = Make {
+            jobs: 1,
+            release: "6.1.0-test".into(),
+        };
+        let mine = key("git-abc", b"CONFIG_X=y\n", &make.release);
+        let epoch = |s| SystemTime::UNIX_EPOCH + Duration::from_secs(s);
+        for (k, used) in [(mine.as_str(), 100), ("0ld", 200)] {
+            for dir in [format!("pre-{k}"), format!("pre-{k}.post")] {
+                std::fs::create_dir_all(base.join(&dir)).expect("mkdir");
+                std::fs::write(base.join(&dir).join(MARKER), "x\n").expect("write");
+                std::fs::write(base.join(&dir).join("a.o"), vec![1; 8192]).expect("write");
+            }
+            File::create(base.join(format!("pre-{k}.lock")))
+                .and_then(|f| f.set_modified(epoch(used)))
+                .expect("lock file");
+        }
+        let pre = PreSource::Dir {
+            path: d.path().join("unused"),
+            exclude: vec![],
+        };
+        let before = SystemTime::now() - Duration::from_secs(1);
+        let trees =
+            Trees::open(cache, &pre, "git-abc", &config, Path::new(""), &make, 1).expect("open");
+        assert!(trees.reused);
+        let used = std::fs::metadata(base.join(format!("pre-{mine}.lock")))
+            .and_then(|m| m.modified())
+            .expect("mtime");
+        assert!(used >= before, "{used:?}");
+        let gone: Vec<&str> = trees
+            .eviction
+            .evicted
+            .iter()
+            .map(|e| e.name.as_str())
+            .collect();
+        assert_eq!(gone, ["pre-0ld"]);
+        assert!(trees.pre.join(MARKER).is_file() && trees.post.join(MARKER).is_file());
+        assert!(!base.join("pre-0ld").exists() && !base.join("pre-0ld.post").exists());
+    }
+
     #[test]
     fn apply_restores_the_previous_change_and_never_writes_shared_inodes() {
         use std::os::unix::fs::MetadataExt;
