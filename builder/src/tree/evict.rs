@@ -40,7 +40,7 @@ use crate::error::{Error, Result};
 
 /// The environment variable holding the cap.
 pub const MAX_VAR: &str = "KSPLICE_CACHE_MAX";
-/// The cap when [`MAX_VAR`] is unset: 20 GiB, about eight tree pairs.
+/// The cap when [`MAX_VAR`] is unset: 20 GiB, 7 to 13 pairs of 1.5-3 GiB.
 pub const DEFAULT_MAX: u64 = 20 << 30;
 
 const EVICT_LOCK: &str = "evict.lock";
@@ -169,7 +169,8 @@ pub(crate) fn run(base: &Path, in_use: &str, max: u64) -> Result<Report> {
         ..Report::default()
     };
 
-    // 1. One evictor at a time; the holder measures after our tree exists too.
+    // 1. One evictor at a time. A run that finds one at work leaves the pass
+    //    to it; its own pair is counted by the next pass.
     let evict_lock = base.join(EVICT_LOCK);
     let lock = open_lock(&evict_lock)?;
     match lock.try_lock() {
@@ -193,9 +194,10 @@ pub(crate) fn run(base: &Path, in_use: &str, max: u64) -> Result<Report> {
     let mut usage = Usage::new(base)?;
     let mut candidates = Vec::new();
     for key in &listing.keys {
-        let recorded = match key == in_use {
-            true => None,
-            false => read_size(base, key),
+        let recorded = if key == in_use {
+            None
+        } else {
+            read_size(base, key)
         };
         let bytes = match recorded {
             Some(b) => b,
