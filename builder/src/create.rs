@@ -39,6 +39,9 @@ pub struct Options {
     pub work: Option<PathBuf>,
     /// `$KSPLICE_CACHE`: prepared trees live under `<cache>/trees`.
     pub cache: PathBuf,
+    /// `$KSPLICE_CACHE_MAX` in bytes: prepared trees beyond it are evicted,
+    /// least recently used first ([`crate::tree::evict`]).
+    pub cache_max: u64,
     /// `/etc/ksplice` (tests point it elsewhere).
     pub etc_dir: PathBuf,
     /// `--cumulative`: a level of a stream, loaded with the livepatch
@@ -178,8 +181,10 @@ pub fn create(opts: &Options, summary: &mut Summary) -> Result<PathBuf> {
         &profile.config,
         &profile.symvers,
         &make,
+        opts.cache_max,
     )?;
     summary.cached_tree = trees.reused;
+    summary.notes.extend(trees.eviction.notes());
     summary.add_time("checkout", trees.materialize_time);
     summary.add_time("prepare", start.elapsed() - trees.materialize_time);
 

@@ -118,6 +118,7 @@ fn options(source: Source, profile: ProfileInputs, out: &Path) -> (Options, temp
         output: out.to_path_buf(),
         work: None,
         cache: env.cache.clone(),
+        cache_max: builder::tree::evict::DEFAULT_MAX,
         etc_dir: etc.path().to_path_buf(),
         cumulative: None,
     };

@@ -11,6 +11,7 @@ use builder::checkout::{GitPost, Source};
 use builder::create::{self, Options};
 use builder::summary::Summary;
 use builder::target::ProfileInputs;
+use builder::tree::evict;
 
 /// Build a signed live update package (ksplice-<id>.tar.gz) for a running kernel.
 ///
@@ -147,6 +148,14 @@ fn main() {
             std::process::exit(if e.use_stderr() { 1 } else { 0 });
         }
     };
+    // A bad cap is refused before any work, like a bad flag.
+    let cache_max = match evict::max_from_env(std::env::var_os(evict::MAX_VAR).as_deref()) {
+        Ok(max) => max,
+        Err(e) => {
+            eprintln!("ksplice-create: {e}");
+            std::process::exit(e.exit_code());
+        }
+    };
     let opts = match source(&cli) {
         Ok(source) => {
             let cache = std::env::var_os("KSPLICE_CACHE")
@@ -176,6 +185,7 @@ fn main() {
                 output: cli.output.clone(),
                 work: cli.work.clone(),
                 cache,
+                cache_max,
                 etc_dir: std::env::var_os("KSPLICE_ETC")
                     .map(PathBuf::from)
                     .unwrap_or_else(|| PathBuf::from(create::ETC_KSPLICE)),

@@ -8,6 +8,8 @@
 //!   paths: a fresh copy elsewhere would rebuild objtool every time (~12 s).
 //!   Each run first restores the files the previous run changed.
 //! - `pre-<key>.lock`: held for a whole run; runs against one tree serialize.
+//!   Its mtime is the pair's last use, the order of eviction ([`evict`]).
+//! - `evict.lock`, `.evicting-*`: eviction's own lock and pairs being removed.
 //!
 //! Hard links are shared inodes, and some build steps rewrite files in place
 //! (gcc's `-MD` output, objtool, `.cmd` files). So the post tree never shares
@@ -15,6 +17,7 @@
 //! the objects it builds: those are unlinked before anything writes them.
 
 pub mod compiler;
+pub mod evict;
 pub(crate) mod kbuild;
 
 use std::fs::File;
@@ -42,6 +45,8 @@ pub struct Trees {
     /// Time spent copying the pre source out (0 when reused): the summary
     /// counts it as checkout, not prepare.
     pub materialize_time: std::time::Duration,
+    /// What keeping the cache under `KSPLICE_CACHE_MAX` did.
+    pub eviction: evict::Report,
     _lock: File,
 }
 
@@ -62,7 +67,8 @@ pub fn key(pre_id: &str, config: &[u8], release: &str) -> String {
 }
 
 impl Trees {
-    /// Reuse or create the prepared pre tree for (`pre_id`, `config`).
+    /// Reuse or create the prepared pre tree for (`pre_id`, `config`), then
+    /// evict least-recently-used pairs until the cache is under `cache_max` bytes.
     pub fn open(
         cache: &Path,
         pre: &PreSource,
@@ -70,6 +76,7 @@ impl Trees {
         config: &Path,
         symvers: &Path,
         make: &Make,
+        cache_max: u64,
     ) -> Result<Trees> {
         let config_bytes = std::fs::read(config).map_err(Error::io(config))?;
         let key = key(pre_id, &config_bytes, &make.release);
@@ -83,6 +90,7 @@ impl Trees {
             .open(&lock_path)
             .map_err(Error::io(&lock_path))?;
         lock.lock().map_err(Error::io(&lock_path))?;
+        evict::mark_used(&lock, &lock_path)?;
 
         let pre_dir = base.join(format!("pre-{key}"));
         let post_dir = base.join(format!("pre-{key}.post"));
@@ -108,11 +116,14 @@ impl Trees {
             remove_dir(&post_dir)?;
             link_copy(&pre_dir, &post_dir)?;
         }
+        // Measured now that this run's pair exists at its real size.
+        let eviction = evict::run(&base, &key, cache_max)?;
         Ok(Trees {
             pre: pre_dir,
             post: post_dir,
             reused,
             materialize_time,
+            eviction,
             _lock: lock,
         })
     }
@@ -225,6 +236,55 @@ mod tests {
         assert_ne!(k, key("git-abc", b"CONFIG_X=y\n", "6.1.0-57-amd64"));
     }
 
+    /// A reused pair (markers present, so no kbuild runs) is marked used and
+    /// evicts an older pair over the cap, never itself.
+    #[test]
+    fn open_marks_its_pair_used_and_evicts_older_pairs() {
+        use std::time::{Duration, SystemTime};
+        let d = tempfile::tempdir().expect("tempdir");
+        let cache = d.path();
+        let base = cache.join("trees");
+        let config = cache.join("config");
+        std::fs::write(&config, "CONFIG_X=y\n").expect("write");
+        let make = Make {
+            jobs: 1,
+            release: "6.1.0-test".into(),
+        };
+        let mine = key("git-abc", b"CONFIG_X=y\n", &make.release);
+        let epoch = |s| SystemTime::UNIX_EPOCH + Duration::from_secs(s);
+        for (k, used) in [(mine.as_str(), 100), ("0ld", 200)] {
+            for dir in [format!("pre-{k}"), format!("pre-{k}.post")] {
+                std::fs::create_dir_all(base.join(&dir)).expect("mkdir");
+                std::fs::write(base.join(&dir).join(MARKER), "x\n").expect("write");
+                std::fs::write(base.join(&dir).join("a.o"), vec![1; 8192]).expect("write");
+            }
+            File::create(base.join(format!("pre-{k}.lock")))
+                .and_then(|f| f.set_modified(epoch(used)))
+                .expect("lock file");
+        }
+        let pre = PreSource::Dir {
+            path: d.path().join("unused"),
+            exclude: vec![],
+        };
+        let before = SystemTime::now() - Duration::from_secs(1);
+        let trees =
+            Trees::open(cache, &pre, "git-abc", &config, Path::new(""), &make, 1).expect("open");
+        assert!(trees.reused);
+        let used = std::fs::metadata(base.join(format!("pre-{mine}.lock")))
+            .and_then(|m| m.modified())
+            .expect("mtime");
+        assert!(used >= before, "{used:?}");
+        let gone: Vec<&str> = trees
+            .eviction
+            .evicted
+            .iter()
+            .map(|e| e.name.as_str())
+            .collect();
+        assert_eq!(gone, ["pre-0ld"]);
+        assert!(trees.pre.join(MARKER).is_file() && trees.post.join(MARKER).is_file());
+        assert!(!base.join("pre-0ld").exists() && !base.join("pre-0ld.post").exists());
+    }
+
     #[test]
     fn apply_restores_the_previous_change_and_never_writes_shared_inodes() {
         use std::os::unix::fs::MetadataExt;
@@ -241,6 +301,7 @@ mod tests {
             post: post.clone(),
             reused: true,
             materialize_time: std::time::Duration::ZERO,
+            eviction: evict::Report::default(),
             _lock: File::open(d.path()).expect("dir handle"),
         };
         let change = |p: &str, c: &str| Change {
