@@ -332,6 +332,8 @@ pub struct ReleaseOptions {
     pub jobs: usize,
     /// `$KSPLICE_CACHE`: the release's set-up files and the prepared trees.
     pub cache: PathBuf,
+    /// `$KSPLICE_CACHE_MAX` in bytes ([`crate::tree::evict`]).
+    pub cache_max: u64,
     pub etc_dir: PathBuf,
 }
 
@@ -505,6 +507,7 @@ pub fn release(opts: &ReleaseOptions, progress: &mut dyn Progress) -> Result<Rep
             output: packages.clone(),
             work: Some(level_work.clone()),
             cache: opts.cache.clone(),
+            cache_max: opts.cache_max,
             etc_dir: opts.etc_dir.clone(),
             cumulative: Some(Cumulative {
                 stream: Some(opts.stream.clone()),

@@ -452,7 +452,15 @@ fn cache_dir() -> PathBuf {
 }
 
 fn release(args: &ReleaseArgs) -> Result<(), Failure> {
+    let cache_max = builder::tree::evict::max_from_env(
+        std::env::var_os(builder::tree::evict::MAX_VAR).as_deref(),
+    )
+    .map_err(|e| Failure {
+        code: EXIT_ERROR,
+        error: e.into(),
+    })?;
     let opts = builder::release::ReleaseOptions {
+        cache_max,
         kernel: args.kernel.clone(),
         fixes: args.fixes.clone(),
         out: args.out.clone(),
