@@ -1,4 +1,5 @@
-//! The kernel environment prepared by `ci/setup-kernel`, read from `$KSPLICE_CACHE/kernel.env`.
+//! The kernel environment prepared by `ci/setup-kernel`, read from `$KSPLICE_CACHE/kernel.env`
+//! or, with `KSPLICE_KERNEL` set, from that release's `$KSPLICE_CACHE/<version>/kernel.env`.
 
 use anyhow::{bail, Context, Result};
 use std::collections::HashMap;
@@ -6,6 +7,14 @@ use std::path::{Path, PathBuf};
 
 /// Default cache directory when `KSPLICE_CACHE` is not set.
 pub const DEFAULT_CACHE: &str = "/var/cache/ksplice-ci";
+
+/// The variable naming the release to run against (a Debian version such as `6.1.187-1`,
+/// or an ABI such as `6.1.0-53` or `6.1.0-53-amd64`); unset means apt's candidate.
+pub const KERNEL_VAR: &str = "KSPLICE_KERNEL";
+
+/// The file of the environment: `kernel.env` holds the candidate; each release set up by
+/// `ci/setup-kernel <release>` has its own `<version>/kernel.env` (docs/releases.md).
+const ENV_FILE: &str = "kernel.env";
 
 /// Paths and versions of Debian's kernel triple the end-to-end suite runs against.
 #[derive(Debug, Clone)]
@@ -29,16 +38,19 @@ pub struct KernelEnv {
 }
 
 impl KernelEnv {
-    /// Reads `$KSPLICE_CACHE/kernel.env` (default [`DEFAULT_CACHE`]).
+    /// Reads `$KSPLICE_CACHE/kernel.env` (default [`DEFAULT_CACHE`]), or the file of the
+    /// release named by `$KSPLICE_KERNEL` (see [`env_file`]).
     pub fn load() -> Result<Self> {
         let cache = std::env::var_os("KSPLICE_CACHE")
             .map(PathBuf::from)
             .unwrap_or_else(|| PathBuf::from(DEFAULT_CACHE));
-        let file = cache.join("kernel.env");
+        let kernel = std::env::var(KERNEL_VAR).ok().filter(|k| !k.is_empty());
+        let file = env_file(&cache, kernel.as_deref())?;
         let text = std::fs::read_to_string(&file).with_context(|| {
             format!(
-                "cannot read {}: run ci/setup-kernel first to install Debian's kernel",
-                file.display()
+                "cannot read {}: run ci/setup-kernel {} first to install Debian's kernel",
+                file.display(),
+                kernel.as_deref().unwrap_or_default()
             )
         })?;
         Self::parse(&cache, &text).with_context(|| format!("in {}", file.display()))
@@ -81,6 +93,60 @@ impl KernelEnv {
     }
 }
 
+/// The environment file of a release under `cache`: without one, the candidate's
+/// `kernel.env`; a version, its `<version>/kernel.env`; an ABI (`6.1.0-53` or
+/// `6.1.0-53-amd64`), the `*/kernel.env` whose `KSPLICE_KRELEASE` it names.
+pub fn env_file(cache: &Path, kernel: Option<&str>) -> Result<PathBuf> {
+    let Some(kernel) = kernel else {
+        return Ok(cache.join(ENV_FILE));
+    };
+    // The name becomes a path component: no separators, no `..`.
+    if kernel.is_empty() || kernel.contains(['/', '\\', '\0']) || kernel.starts_with('.') {
+        bail!("{KERNEL_VAR}={kernel:?} is not a kernel version or ABI name");
+    }
+    let by_version = cache.join(kernel).join(ENV_FILE);
+    if by_version.is_file() {
+        return Ok(by_version);
+    }
+    let release = if kernel.ends_with("-amd64") {
+        kernel.to_string()
+    } else {
+        format!("{kernel}-amd64")
+    };
+    let mut found = Vec::new();
+    if let Ok(dirs) = std::fs::read_dir(cache) {
+        for dir in dirs.flatten() {
+            let file = dir.path().join(ENV_FILE);
+            let Ok(text) = std::fs::read_to_string(&file) else {
+                continue;
+            };
+            if text
+                .lines()
+                .filter_map(|l| l.split_once('='))
+                .any(|(k, v)| k.trim() == "KSPLICE_KRELEASE" && v.trim() == release)
+            {
+                found.push(file);
+            }
+        }
+    }
+    found.sort();
+    match found.as_slice() {
+        [file] => Ok(file.clone()),
+        [] => bail!(
+            "kernel {kernel} is not set up in {}: run ci/setup-kernel {kernel}",
+            cache.display()
+        ),
+        many => bail!(
+            "kernel {kernel} names more than one release in {}: {}; set {KERNEL_VAR} to a version",
+            cache.display(),
+            many.iter()
+                .map(|f| f.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    }
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)] // in tests a panic is the failure report
 mod tests {
@@ -93,5 +159,73 @@ mod tests {
             err.to_string(),
             "KSPLICE_KRELEASE is missing: run ci/setup-kernel again"
         );
+    }
+
+    /// A cache with the candidate (6.1.192-3, ABI 57) and one other release set up.
+    fn cache() -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        for (version, abi) in [("6.1.192-3", "57"), ("6.1.187-1", "53")] {
+            let kdir = dir.path().join(version);
+            std::fs::create_dir_all(&kdir).unwrap();
+            std::fs::write(
+                kdir.join(ENV_FILE),
+                format!("KSPLICE_KVERSION={version}\nKSPLICE_KRELEASE=6.1.0-{abi}-amd64\n"),
+            )
+            .unwrap();
+        }
+        std::fs::write(dir.path().join(ENV_FILE), "KSPLICE_KVERSION=6.1.192-3\n").unwrap();
+        // Cache entries that are not releases are skipped.
+        std::fs::create_dir_all(dir.path().join("trees")).unwrap();
+        std::fs::write(dir.path().join(".apt-updated"), "").unwrap();
+        dir
+    }
+
+    #[test]
+    fn unset_is_the_candidate() {
+        let c = cache();
+        assert_eq!(
+            env_file(c.path(), None).unwrap(),
+            c.path().join("kernel.env")
+        );
+    }
+
+    #[test]
+    fn version_abi_and_release_name_one_file() {
+        let c = cache();
+        let want = c.path().join("6.1.187-1/kernel.env");
+        for name in ["6.1.187-1", "6.1.0-53", "6.1.0-53-amd64"] {
+            assert_eq!(env_file(c.path(), Some(name)).unwrap(), want, "{name}");
+        }
+        assert_eq!(
+            env_file(c.path(), Some("6.1.0-57")).unwrap(),
+            c.path().join("6.1.192-3/kernel.env")
+        );
+    }
+
+    #[test]
+    fn release_not_set_up_says_how() {
+        let c = cache();
+        let err = env_file(c.path(), Some("6.1.0-47")).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "kernel 6.1.0-47 is not set up in {}: run ci/setup-kernel 6.1.0-47",
+                c.path().display()
+            )
+        );
+        // A version that is not set up either (no directory, no release of that name).
+        assert!(env_file(c.path(), Some("6.1.170-3")).is_err());
+    }
+
+    #[test]
+    fn path_like_names_are_refused() {
+        let c = cache();
+        for name in ["..", "../etc", "6.1.187-1/../x", ".hidden", ""] {
+            let err = env_file(c.path(), Some(name)).unwrap_err();
+            assert!(
+                err.to_string().contains("is not a kernel version"),
+                "{name}: {err}"
+            );
+        }
     }
 }
