@@ -47,10 +47,13 @@ impl KernelEnv {
         let kernel = std::env::var(KERNEL_VAR).ok().filter(|k| !k.is_empty());
         let file = env_file(&cache, kernel.as_deref())?;
         let text = std::fs::read_to_string(&file).with_context(|| {
+            let setup = match &kernel {
+                Some(k) => format!("ci/setup-kernel {k}"),
+                None => "ci/setup-kernel".to_string(),
+            };
             format!(
-                "cannot read {}: run ci/setup-kernel {} first to install Debian's kernel",
-                file.display(),
-                kernel.as_deref().unwrap_or_default()
+                "cannot read {}: run {setup} first to install Debian's kernel",
+                file.display()
             )
         })?;
         Self::parse(&cache, &text).with_context(|| format!("in {}", file.display()))
