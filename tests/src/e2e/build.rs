@@ -303,6 +303,7 @@ impl<'a> Context<'a> {
             .arg(&pkg_dir)
             .arg("--work")
             .arg(&work)
+            .args(self.h.env.symvers_args())
             .arg(&target));
         log_create(out, &result);
         result?;
@@ -409,6 +410,7 @@ impl<'a> Context<'a> {
             .arg(out)
             .arg("--work")
             .arg(&work)
+            .args(self.h.env.symvers_args())
             .args(extra));
         log_create(out, &result);
         result?;
@@ -462,6 +464,7 @@ impl<'a> Context<'a> {
             .arg(&trusted.0)
             .arg("--output")
             .arg(out)
+            .args(self.h.env.symvers_args())
             .arg(format!("{}/", src.display())));
         log_create(out, &result);
         for file in patched_files(patch)? {

@@ -3,6 +3,7 @@
 
 use anyhow::{bail, Context, Result};
 use std::collections::HashMap;
+use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 
 /// Default cache directory when `KSPLICE_CACHE` is not set.
@@ -90,6 +91,21 @@ impl KernelEnv {
         Ok(env)
     }
 
+    /// The `--symvers` option for `ksplice-create`: none for the candidate, whose installed
+    /// headers are where ksplice-create looks by default (so its runs keep proving that
+    /// lookup); another release's headers are unpacked under its cache (docs/releases.md),
+    /// where ksplice-create cannot guess them.
+    pub fn symvers_args(&self) -> Vec<OsString> {
+        let installed = Path::new("/usr/src").join(format!("linux-headers-{}", self.release));
+        if self.headers == installed {
+            return Vec::new();
+        }
+        vec![
+            "--symvers".into(),
+            self.headers.join("Module.symvers").into_os_string(),
+        ]
+    }
+
     /// Directory for what the end-to-end suite caches per kernel version.
     pub fn e2e_cache(&self) -> PathBuf {
         self.kdir.join("e2e")
@@ -161,6 +177,36 @@ mod tests {
         assert_eq!(
             err.to_string(),
             "KSPLICE_KRELEASE is missing: run ci/setup-kernel again"
+        );
+    }
+
+    fn env_with_headers(headers: &str) -> KernelEnv {
+        KernelEnv {
+            cache: "/c".into(),
+            version: "6.1.187-1".into(),
+            release: "6.1.0-53-amd64".into(),
+            kdir: "/c/6.1.187-1".into(),
+            source: "/c/6.1.187-1/source".into(),
+            vmlinuz: "/v".into(),
+            config: "/cfg".into(),
+            modules: "/m".into(),
+            headers: headers.into(),
+        }
+    }
+
+    /// Regression: ksplice-create looked for another release's Module.symvers in
+    /// /usr/src/linux-headers-<release>, where only the candidate's headers are installed.
+    #[test]
+    fn symvers_given_only_when_headers_are_not_installed() {
+        let installed = env_with_headers("/usr/src/linux-headers-6.1.0-53-amd64");
+        assert!(installed.symvers_args().is_empty());
+        let unpacked = "/c/6.1.187-1/headers/usr/src/linux-headers-6.1.0-53-amd64";
+        assert_eq!(
+            env_with_headers(unpacked).symvers_args(),
+            vec![
+                OsString::from("--symvers"),
+                OsString::from(format!("{unpacked}/Module.symvers"))
+            ]
         );
     }
 
