@@ -481,6 +481,16 @@ impl<'a> Context<'a> {
         if let Some(p) = &self.sample {
             return Ok(p.clone());
         }
+        // Another release's headers are unpacked, not installed: their kbuild (`scripts`)
+        // is missing, and make would fail with a message about a Makefile (docs/releases.md).
+        let headers = &self.h.env.headers;
+        if !headers.join("scripts").is_dir() {
+            bail!(
+                "building livepatch-sample.ko needs installed headers with kbuild; {} has none \
+                 (a release other than apt's candidate: see docs/releases.md)",
+                headers.display()
+            );
+        }
         let dir = self.dir.join("livepatch-sample");
         std::fs::create_dir_all(&dir)?;
         std::fs::copy(
