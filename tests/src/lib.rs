@@ -7,7 +7,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
 
-/// The kernel environment of `ci/setup-kernel` (`$KSPLICE_CACHE/kernel.env`),
+/// The kernel environment of `ci/setup-kernel` (`$KSPLICE_CACHE/kernel.env`, or the
+/// release `$KSPLICE_KERNEL` names: `$KSPLICE_CACHE/<version>/kernel.env`),
 /// read once; a test without it fails telling to run the set-up.
 pub fn kernel_env() -> &'static e2e::env::KernelEnv {
     static ENV: OnceLock<e2e::env::KernelEnv> = OnceLock::new();

@@ -304,6 +304,7 @@ impl<'a> Context<'a> {
             .arg(&pkg_dir)
             .arg("--work")
             .arg(&work)
+            .args(self.h.env.symvers_args())
             .arg(&target));
         log_create(out, &result);
         result?;
@@ -410,6 +411,7 @@ impl<'a> Context<'a> {
             .arg(out)
             .arg("--work")
             .arg(&work)
+            .args(self.h.env.symvers_args())
             .args(extra));
         log_create(out, &result);
         result?;
@@ -463,6 +465,7 @@ impl<'a> Context<'a> {
             .arg(&trusted.0)
             .arg("--output")
             .arg(out)
+            .args(self.h.env.symvers_args())
             .arg(format!("{}/", src.display())));
         log_create(out, &result);
         for file in patched_files(patch)? {
@@ -478,6 +481,16 @@ impl<'a> Context<'a> {
     fn sample_module(&mut self) -> Result<PathBuf> {
         if let Some(p) = &self.sample {
             return Ok(p.clone());
+        }
+        // Another release's headers are unpacked, not installed: their kbuild (`scripts`)
+        // is missing, and make would fail with a message about a Makefile (docs/releases.md).
+        let headers = &self.h.env.headers;
+        if !headers.join("scripts").is_dir() {
+            bail!(
+                "building livepatch-sample.ko needs installed headers with kbuild; {} has none \
+                 (a release other than apt's candidate: see docs/releases.md)",
+                headers.display()
+            );
         }
         let dir = self.dir.join("livepatch-sample");
         std::fs::create_dir_all(&dir)?;
