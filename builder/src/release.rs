@@ -49,60 +49,9 @@ pub struct ReleaseEnv {
 }
 
 impl ReleaseEnv {
-    /// The release named `kernel` (a package version such as `6.1.187-1`, an ABI such
-    /// as `6.1.0-53-amd64` or `6.1.0-53`, or [`CANDIDATE`]) in `cache`.
+    /// The release named `kernel` (see [`env_file`]) in `cache`.
     pub fn find(cache: &Path, kernel: &str) -> Result<ReleaseEnv> {
-        check_kernel_name(kernel)?;
-        let missing = || Error::Missing {
-            what: "kernel release",
-            hint: format!(
-                "{kernel} is not set up in {}: run ci/setup-kernel {}",
-                cache.display(),
-                if kernel == CANDIDATE { "" } else { kernel }
-            ),
-        };
-        if kernel == CANDIDATE {
-            let file = cache.join(ENV_FILE);
-            if !file.is_file() {
-                return Err(missing());
-            }
-            return Self::load(&file);
-        }
-        let direct = cache.join(kernel).join(ENV_FILE);
-        if direct.is_file() {
-            return Self::load(&direct);
-        }
-        // An ABI: the release whose env file names it.
-        let abi = abi_release(kernel);
-        let entries = std::fs::read_dir(cache).map_err(Error::io(cache))?;
-        let mut found = Vec::new();
-        for entry in entries {
-            let entry = entry.map_err(Error::io(cache))?;
-            let file = entry.path().join(ENV_FILE);
-            if !file.is_file() {
-                continue;
-            }
-            let env = Self::load(&file)?;
-            if env.release == abi {
-                found.push(env);
-            }
-        }
-        match found.len() {
-            0 => Err(missing()),
-            1 => Ok(found.remove(0)),
-            _ => Err(Error::InvalidOption {
-                option: "kernel",
-                reason: format!(
-                    "{kernel} names {} set-up releases ({}): give the package version",
-                    found.len(),
-                    found
-                        .iter()
-                        .map(|e| e.version.as_str())
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ),
-            }),
-        }
+        Self::load(&env_file(cache, kernel)?)
     }
 
     /// Reads one env file: `KEY=VALUE` lines, every key present, every path absolute
@@ -158,6 +107,63 @@ impl ReleaseEnv {
         check_kernel_name(&env.version)?;
         check_kernel_name(&env.release)?;
         Ok(env)
+    }
+}
+
+/// The env file of the release named `kernel` in `cache` — the one rule the
+/// builder, the e2e harness and `ci/kernel-env` follow (docs/releases.md):
+/// [`CANDIDATE`] is `cache/kernel.env`; a package version (`6.1.187-1`) is
+/// `cache/<version>/kernel.env`; an ABI (`6.1.0-53-amd64` or `6.1.0-53`) is the one
+/// `cache/*/kernel.env` whose `KSPLICE_KRELEASE` it names.
+pub fn env_file(cache: &Path, kernel: &str) -> Result<PathBuf> {
+    check_kernel_name(kernel)?;
+    let missing = || Error::Missing {
+        what: "kernel release",
+        hint: format!(
+            "{kernel} is not set up in {}: run ci/setup-kernel{}",
+            cache.display(),
+            if kernel == CANDIDATE {
+                String::new()
+            } else {
+                format!(" {kernel}")
+            }
+        ),
+    };
+    if kernel == CANDIDATE {
+        let file = cache.join(ENV_FILE);
+        return if file.is_file() {
+            Ok(file)
+        } else {
+            Err(missing())
+        };
+    }
+    let direct = cache.join(kernel).join(ENV_FILE);
+    if direct.is_file() {
+        return Ok(direct);
+    }
+    let wanted = format!("KSPLICE_KRELEASE={}", abi_release(kernel));
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(cache).map_err(Error::io(cache))? {
+        let file = entry.map_err(Error::io(cache))?.path().join(ENV_FILE);
+        if file.is_file() && read_bounded(&file)?.lines().any(|l| l.trim() == wanted) {
+            found.push(file);
+        }
+    }
+    found.sort();
+    match found.len() {
+        0 => Err(missing()),
+        1 => Ok(found.remove(0)),
+        n => Err(Error::InvalidOption {
+            option: "kernel",
+            reason: format!(
+                "{kernel} names {n} set-up releases ({}): give the package version",
+                found
+                    .iter()
+                    .map(|f| f.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        }),
     }
 }
 
@@ -448,6 +454,11 @@ pub fn release(opts: &ReleaseOptions, progress: &mut dyn Progress) -> Result<Rep
             second: env.release.clone(),
         });
     }
+    let version_file = profile_dir.join(manifests::profile::VERSION);
+    let kernel_version = std::fs::read_to_string(&version_file)
+        .map_err(Error::io(&version_file))?
+        .trim()
+        .to_owned();
     let mut report = Report {
         format: 1,
         kernel: ReportKernel {
@@ -495,7 +506,7 @@ pub fn release(opts: &ReleaseOptions, progress: &mut dyn Progress) -> Result<Rep
                 system_map: Some(profile_dir.join(manifests::profile::SYSTEM_MAP)),
                 target_image: Some(env.vmlinuz.clone()),
                 release: Some(profile.release.clone()),
-                version: Some(profile.version.clone()),
+                version: Some(kernel_version.clone()),
                 symvers: Some(env.symvers.clone()),
                 system_root: PathBuf::from("/"),
             },
@@ -747,7 +758,11 @@ mod tests {
             "b-fix.toml",
             "order = 10\ndescription = \"first\"\ncves = [\"CVE-2026-1234\"]\n",
         );
-        write(d.path(), "a-fix.toml", "order = 20\ndescription = \"second\"\n");
+        write(
+            d.path(),
+            "a-fix.toml",
+            "order = 20\ndescription = \"second\"\n",
+        );
         d
     }
 
@@ -781,9 +796,21 @@ mod tests {
         let cases: [(&str, &str, &str); 6] = [
             ("x.toml", "order = 1\ndescription = \"d\"\n", "x.patch"),
             ("x.toml", "order = 1\n", "description"),
-            ("x.toml", "order = 1\ndescription = \"d\"\nseverity = 3\n", "severity"),
-            ("x.toml", "order = 1\ndescription = \"two\\nlines\"\n", "control"),
-            ("x.toml", "order = 1\ndescription = \"d\"\ncves = [\"CVE-1\"]\n", "CVE"),
+            (
+                "x.toml",
+                "order = 1\ndescription = \"d\"\nseverity = 3\n",
+                "severity",
+            ),
+            (
+                "x.toml",
+                "order = 1\ndescription = \"two\\nlines\"\n",
+                "control",
+            ),
+            (
+                "x.toml",
+                "order = 1\ndescription = \"d\"\ncves = [\"CVE-1\"]\n",
+                "CVE",
+            ),
             ("Bad_Id.toml", "order = 1\ndescription = \"d\"\n", "Bad_Id"),
         ];
         for (name, text, needle) in cases {
@@ -797,7 +824,11 @@ mod tests {
             assert!(e.contains(name), "names the file: {e}");
         }
         let d = fix_dir();
-        write(d.path(), "c-fix.toml", "order = 10\ndescription = \"dup\"\n");
+        write(
+            d.path(),
+            "c-fix.toml",
+            "order = 10\ndescription = \"dup\"\n",
+        );
         write(d.path(), "c-fix.patch", "");
         let e = load_fixes(d.path()).unwrap_err().to_string();
         assert!(e.contains("same order 10"), "{e}");
@@ -904,7 +935,13 @@ mod tests {
         assert!(e.contains("run ci/setup-kernel 6.1.0-50"), "{e}");
         for bad in ["../etc", "", "6.1 0", "-x"] {
             assert!(
-                matches!(find(bad), Err(Error::InvalidOption { option: "kernel", .. })),
+                matches!(
+                    find(bad),
+                    Err(Error::InvalidOption {
+                        option: "kernel",
+                        ..
+                    })
+                ),
                 "{bad:?}"
             );
         }
@@ -948,11 +985,20 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("releases.toml");
         for (text, needle) in [
-            ("[[release]]\nkernel = \"6.1.0-53\"\n[[release]]\nkernel = \"6.1.0-53\"\n", "twice"),
+            (
+                "[[release]]\nkernel = \"6.1.0-53\"\n[[release]]\nkernel = \"6.1.0-53\"\n",
+                "twice",
+            ),
             ("[[release]]\nkernel = \"../x\"\n", "not a package version"),
             ("release = []\n", "no [[release]]"),
-            ("[[release]]\nkernel = \"6.1.0-53\"\narch = \"arm64\"\n", "arch"),
-            ("stream = \"Main\"\n[[release]]\nkernel = \"6.1.0-53\"\n", "lowercase"),
+            (
+                "[[release]]\nkernel = \"6.1.0-53\"\narch = \"arm64\"\n",
+                "arch",
+            ),
+            (
+                "stream = \"Main\"\n[[release]]\nkernel = \"6.1.0-53\"\n",
+                "lowercase",
+            ),
         ] {
             std::fs::write(&path, text).unwrap();
             let e = Releases::load(&path).unwrap_err().to_string();

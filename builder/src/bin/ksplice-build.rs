@@ -524,7 +524,11 @@ fn plan(args: &PlanArgs) -> Result<(), Failure> {
             .collect::<Vec<_>>()
             .join(", "),
         fixes.len(),
-        fixes.iter().map(|f| f.id.as_str()).collect::<Vec<_>>().join(", ")
+        fixes
+            .iter()
+            .map(|f| f.id.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
     );
     Ok(())
 }
@@ -547,7 +551,10 @@ mod progress {
                     .progress_chars("=> "),
             );
             bar.set_prefix(kernel.to_owned());
-            Box::new(Bar { bar, fix: String::new() })
+            Box::new(Bar {
+                bar,
+                fix: String::new(),
+            })
         } else {
             Box::new(Lines {
                 kernel: kernel.to_owned(),

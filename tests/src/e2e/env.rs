@@ -113,57 +113,13 @@ impl KernelEnv {
 }
 
 /// The environment file of a release under `cache`: without one, the candidate's
-/// `kernel.env`; a version, its `<version>/kernel.env`; an ABI (`6.1.0-53` or
-/// `6.1.0-53-amd64`), the `*/kernel.env` whose `KSPLICE_KRELEASE` it names.
+/// `kernel.env`; otherwise the builder's rule ([`builder::release::env_file`]: a
+/// version's `<version>/kernel.env`, an ABI's by its `KSPLICE_KRELEASE`).
 pub fn env_file(cache: &Path, kernel: Option<&str>) -> Result<PathBuf> {
     let Some(kernel) = kernel else {
         return Ok(cache.join(ENV_FILE));
     };
-    // The name becomes a path component: no separators, no `..`.
-    if kernel.is_empty() || kernel.contains(['/', '\\', '\0']) || kernel.starts_with('.') {
-        bail!("{KERNEL_VAR}={kernel:?} is not a kernel version or ABI name");
-    }
-    let by_version = cache.join(kernel).join(ENV_FILE);
-    if by_version.is_file() {
-        return Ok(by_version);
-    }
-    let release = if kernel.ends_with("-amd64") {
-        kernel.to_string()
-    } else {
-        format!("{kernel}-amd64")
-    };
-    let mut found = Vec::new();
-    if let Ok(dirs) = std::fs::read_dir(cache) {
-        for dir in dirs.flatten() {
-            let file = dir.path().join(ENV_FILE);
-            let Ok(text) = std::fs::read_to_string(&file) else {
-                continue;
-            };
-            if text
-                .lines()
-                .filter_map(|l| l.split_once('='))
-                .any(|(k, v)| k.trim() == "KSPLICE_KRELEASE" && v.trim() == release)
-            {
-                found.push(file);
-            }
-        }
-    }
-    found.sort();
-    match found.as_slice() {
-        [file] => Ok(file.clone()),
-        [] => bail!(
-            "kernel {kernel} is not set up in {}: run ci/setup-kernel {kernel}",
-            cache.display()
-        ),
-        many => bail!(
-            "kernel {kernel} names more than one release in {}: {}; set {KERNEL_VAR} to a version",
-            cache.display(),
-            many.iter()
-                .map(|f| f.display().to_string())
-                .collect::<Vec<_>>()
-                .join(", ")
-        ),
-    }
+    builder::release::env_file(cache, kernel).with_context(|| format!("{KERNEL_VAR}={kernel}"))
 }
 
 #[cfg(test)]
@@ -254,13 +210,13 @@ mod tests {
     #[test]
     fn release_not_set_up_says_how() {
         let c = cache();
-        let err = env_file(c.path(), Some("6.1.0-47")).unwrap_err();
-        assert_eq!(
-            err.to_string(),
-            format!(
-                "kernel 6.1.0-47 is not set up in {}: run ci/setup-kernel 6.1.0-47",
+        let err = format!("{:#}", env_file(c.path(), Some("6.1.0-47")).unwrap_err());
+        assert!(
+            err.contains(&format!(
+                "6.1.0-47 is not set up in {}: run ci/setup-kernel 6.1.0-47",
                 c.path().display()
-            )
+            )),
+            "{err}"
         );
         // A version that is not set up either (no directory, no release of that name).
         assert!(env_file(c.path(), Some("6.1.170-3")).is_err());
@@ -270,11 +226,8 @@ mod tests {
     fn path_like_names_are_refused() {
         let c = cache();
         for name in ["..", "../etc", "6.1.187-1/../x", ".hidden", ""] {
-            let err = env_file(c.path(), Some(name)).unwrap_err();
-            assert!(
-                err.to_string().contains("is not a kernel version"),
-                "{name}: {err}"
-            );
+            let err = format!("{:#}", env_file(c.path(), Some(name)).unwrap_err());
+            assert!(err.contains("is not a package version"), "{name}: {err}");
         }
     }
 }
