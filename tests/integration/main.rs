@@ -9,5 +9,6 @@ mod differ;
 mod module;
 mod package;
 mod profile;
+mod release;
 mod repo;
 mod tuf_repo;
