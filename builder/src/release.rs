@@ -431,10 +431,13 @@ pub fn release(opts: &ReleaseOptions, progress: &mut dyn Progress) -> Result<Rep
         reason: format!("the level ids would be invalid ({last_id}): {e}"),
     })?;
 
-    let profile_dir = opts.out.join("profile");
-    let packages = opts.out.join("packages");
-    let work = opts.out.join("work");
-    for d in [&opts.out, &packages, &work] {
+    // Absolute: the patch program and kbuild run in other directories.
+    std::fs::create_dir_all(&opts.out).map_err(Error::io(&opts.out))?;
+    let out = std::path::absolute(&opts.out).map_err(Error::io(&opts.out))?;
+    let profile_dir = out.join("profile");
+    let packages = out.join("packages");
+    let work = out.join("work");
+    for d in [&packages, &work] {
         std::fs::create_dir_all(d).map_err(Error::io(d))?;
     }
     let profile = crate::target::write_profile(
@@ -541,7 +544,7 @@ pub fn release(opts: &ReleaseOptions, progress: &mut dyn Progress) -> Result<Rep
                 accepted.push(fix);
                 report.levels.push(id.clone());
                 let name = pkg
-                    .strip_prefix(&opts.out)
+                    .strip_prefix(&out)
                     .unwrap_or(&pkg)
                     .display()
                     .to_string();
@@ -569,7 +572,7 @@ pub fn release(opts: &ReleaseOptions, progress: &mut dyn Progress) -> Result<Rep
     }
     report.seconds = started.elapsed().as_secs_f64();
     let json = serde_json::to_vec_pretty(&report).expect("invariant: the report serializes");
-    let path = opts.out.join("report.json");
+    let path = out.join("report.json");
     crate::atomic::write_atomic(&path, &json, 0o644)
         .map_err(|(path, source)| Error::Io { path, source })?;
     Ok(report)

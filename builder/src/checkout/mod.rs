@@ -295,6 +295,8 @@ fn write_blob(path: &Path, content: &[u8], mode: i32) -> Result<()> {
 /// Apply a unified diff to copies of the files it touches in `pre_tree`; the
 /// pre tree itself is left untouched.
 pub fn apply_patch(patch: &Path, pre_tree: &Path, scratch: &Path) -> Result<(Vec<Change>, String)> {
+    // `patch` runs in `scratch` (-d): a relative path must not be resolved there.
+    let patch = &std::path::absolute(patch).map_err(Error::io(patch))?;
     let text = std::fs::read_to_string(patch).map_err(Error::io(patch))?;
     let files = patch_files(&text);
     if files.is_empty() {
