@@ -543,11 +543,7 @@ pub fn release(opts: &ReleaseOptions, progress: &mut dyn Progress) -> Result<Rep
             Ok(pkg) => {
                 accepted.push(fix);
                 report.levels.push(id.clone());
-                let name = pkg
-                    .strip_prefix(&out)
-                    .unwrap_or(&pkg)
-                    .display()
-                    .to_string();
+                let name = pkg.strip_prefix(&out).unwrap_or(&pkg).display().to_string();
                 // A built level's scratch is not needed again.
                 let _ = std::fs::remove_dir_all(&level_work);
                 (Outcome::Built, Some(level), Some(name), None)

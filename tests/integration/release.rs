@@ -41,7 +41,12 @@ fn every_fix_is_built_or_reported_and_the_stream_skips_the_ones_that_fail() -> R
     std::fs::create_dir_all(&fixes)?;
     fix(&fixes, "cmdline-string", 10, "cmdline-string.patch")?;
     // Refused by the builder: a changed exported symbol's version.
-    fix(&fixes, "symvers-change", 20, "symvers-disagreement-FAIL.patch")?;
+    fix(
+        &fixes,
+        "symvers-change",
+        20,
+        "symvers-disagreement-FAIL.patch",
+    )?;
     // The same change again: on top of level 1 it no longer applies.
     fix(&fixes, "cmdline-again", 30, "cmdline-string.patch")?;
     fix(&fixes, "proc-version", 40, "proc-version.patch")?;
@@ -75,13 +80,21 @@ fn every_fix_is_built_or_reported_and_the_stream_skips_the_ones_that_fail() -> R
     let refused = outcome("symvers-change");
     assert_eq!(refused.outcome, Outcome::Refused);
     assert!(
-        refused.reason.as_deref().unwrap_or("").contains("symbol version"),
+        refused
+            .reason
+            .as_deref()
+            .unwrap_or("")
+            .contains("symbol version"),
         "{refused:?}"
     );
     let again = outcome("cmdline-again");
     assert_eq!(again.outcome, Outcome::NotApplicable);
     assert!(
-        again.reason.as_deref().unwrap_or("").contains("does not apply"),
+        again
+            .reason
+            .as_deref()
+            .unwrap_or("")
+            .contains("does not apply"),
         "{again:?}"
     );
     let pv = outcome("proc-version");
