@@ -21,14 +21,13 @@ impl release::Progress for Quiet {
     fn done(&mut self, _: &release::FixReport) {}
 }
 
+/// `<id>.toml` and, beside it, `<id>.patch`: a copy of tests/patches/`patch`.
 fn fix(dir: &Path, id: &str, order: u32, patch: &str) -> Result<()> {
     let patches = Path::new(env!("CARGO_MANIFEST_DIR")).join("patches");
+    std::fs::copy(patches.join(patch), dir.join(format!("{id}.patch"))).context("copy patch")?;
     std::fs::write(
         dir.join(format!("{id}.toml")),
-        format!(
-            "order = {order}\ndescription = \"{id}\"\npatch = \"{}\"\n",
-            patches.join(patch).display()
-        ),
+        format!("order = {order}\ndescription = \"{id}\"\n"),
     )
     .context("write fix")
 }
