@@ -197,20 +197,12 @@ fn check_kernel_name(kernel: &str) -> Result<()> {
 }
 
 fn read_bounded(file: &Path) -> Result<String> {
-    use std::io::Read;
-    let f = std::fs::File::open(file).map_err(Error::io(file))?;
-    let mut text = String::new();
-    f.take(MAX_INPUT + 1)
-        .read_to_string(&mut text)
-        .map_err(Error::io(file))?;
-    if text.len() as u64 > MAX_INPUT {
-        return Err(Error::Parse {
-            path: file.to_path_buf(),
-            line: 0,
-            reason: format!("larger than {MAX_INPUT} bytes"),
-        });
-    }
-    Ok(text)
+    let data = crate::target::from_image::read_limited(file, MAX_INPUT)?;
+    String::from_utf8(data).map_err(|_| Error::Parse {
+        path: file.to_path_buf(),
+        line: 0,
+        reason: "not UTF-8 text".into(),
+    })
 }
 
 // ---- fixes ---------------------------------------------------------------------------------

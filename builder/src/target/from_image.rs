@@ -164,7 +164,7 @@ pub fn write_profile(inputs: &ImageInputs, out: &Path) -> Result<ImageProfile> {
 }
 
 /// Read at most `limit` bytes; a larger file is refused, not cut.
-fn read_limited(path: &Path, limit: u64) -> Result<Vec<u8>> {
+pub(crate) fn read_limited(path: &Path, limit: u64) -> Result<Vec<u8>> {
     let file = std::fs::File::open(path).map_err(Error::io(path))?;
     let mut data = Vec::new();
     file.take(limit + 1)
