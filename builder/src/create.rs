@@ -236,12 +236,23 @@ pub fn create(opts: &Options, summary: &mut Summary) -> Result<PathBuf> {
             module::write_author_headers(&tree.join(kbuild::AUTHOR_INCLUDE))
                 .map_err(Error::Module)?;
         }
+        // The pre tree is pristine: an object an earlier run built there is up
+        // to date (a release job's later levels, any repeated build), and the
+        // post compile gets every job.
+        let stale: Vec<String> = objects
+            .iter()
+            .filter(|o| !kbuild::is_built(&trees.pre, o))
+            .cloned()
+            .collect();
+        if stale.is_empty() {
+            return make.objects(&trees.post, &objects);
+        }
         let half = Make {
             jobs: (make.jobs / 2).max(1),
             ..make.clone()
         };
         let (pre, post) = rayon::join(
-            || half.objects(&trees.pre, &objects),
+            || half.objects(&trees.pre, &stale),
             || half.objects(&trees.post, &objects),
         );
         pre?;

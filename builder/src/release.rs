@@ -388,6 +388,10 @@ pub struct ReportKernel {
     pub build_id: String,
     /// Seconds to write the profile from the packages (kallsyms decoded).
     pub profile_seconds: f64,
+    /// Seconds to fingerprint the pristine source (once per job; every level
+    /// reuses it to find the release's prepared tree).
+    #[serde(default)]
+    pub source_seconds: f64,
 }
 
 /// Where a long run says how far it is (a bar on a terminal, lines in a CI log).
@@ -454,13 +458,17 @@ pub fn release(opts: &ReleaseOptions, progress: &mut dyn Progress) -> Result<Rep
         .map_err(Error::io(&version_file))?
         .trim()
         .to_owned();
+    let profile_seconds = started.elapsed().as_secs_f64();
+    let fingerprint_started = Instant::now();
+    let fingerprint = crate::checkout::source_fingerprint(&env.source)?;
     let mut report = Report {
         format: 1,
         kernel: ReportKernel {
             version: env.version.clone(),
             release: env.release.clone(),
             build_id: profile.build_id.clone(),
-            profile_seconds: started.elapsed().as_secs_f64(),
+            profile_seconds,
+            source_seconds: fingerprint_started.elapsed().as_secs_f64(),
         },
         stream: opts.stream.clone(),
         fixes: Vec::new(),
@@ -494,6 +502,7 @@ pub fn release(opts: &ReleaseOptions, progress: &mut dyn Progress) -> Result<Rep
             source: crate::checkout::Source::Patch {
                 src: env.source.clone(),
                 patch: patch.clone(),
+                fingerprint: Some(fingerprint.clone()),
             },
             profile: ProfileInputs {
                 src: None,

@@ -276,6 +276,7 @@ fn every_fail_patch_is_refused_with_its_reason() -> Result<()> {
             Source::Patch {
                 src: src.clone(),
                 patch: patch.clone(),
+                fingerprint: None,
             },
             src_profile(&src),
             out.path(),

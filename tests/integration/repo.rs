@@ -481,6 +481,79 @@ fn repo_invalid_package_is_refused_and_changes_nothing() {
     );
 }
 
+/// A package of `id` built from `source` (its patch.diff), the module bytes
+/// and creation time `build` of one particular build.
+fn level_package(fx: &Fx, id: &str, source: &str, build: &str) -> PathBuf {
+    let mut m = manifests::manifest::example(id);
+    m.created = format!("2026-11-29T0{}:00:00Z", build.len() % 10);
+    let dir = fx.path(&format!("level-{id}-{build}"));
+    fs::create_dir_all(&dir).expect("dir");
+    let ko = dir.join("module.ko.src");
+    fs::write(&ko, format!("module built by {build}\n")).expect("ko");
+    let diff = dir.join("patch.diff.src");
+    fs::write(&diff, source).expect("diff");
+    let out = dir.join("out");
+    fs::create_dir_all(&out).expect("out");
+    let payload = [
+        (m.module.file.clone(), ko),
+        ("patch.diff".to_string(), diff),
+    ];
+    manifests::write_package(&out, &m, &[&fx.key], &payload).expect("package")
+}
+
+#[test]
+fn repo_rebuild_of_a_published_level_keeps_the_published_bytes() {
+    let fx = Fx::new();
+    fx.init(&[]);
+    let repo = fx.repo();
+    let r = repo.as_os_str();
+    let first = level_package(
+        &fx,
+        "main-6_1_0-57-amd64-1",
+        "--- a/x.c\n+++ b/x.c\n",
+        "run-1",
+    );
+    ok(&["repo".as_ref(), "add".as_ref(), r, first.as_os_str()]);
+    ok(&["repo".as_ref(), "publish".as_ref(), r]);
+    let before = tree(&repo);
+
+    // The pipeline runs again with the same fixes: other bytes, same source.
+    let again = level_package(
+        &fx,
+        "main-6_1_0-57-amd64-1",
+        "--- a/x.c\n+++ b/x.c\n",
+        "run-two",
+    );
+    assert_ne!(fs::read(&first).expect("a"), fs::read(&again).expect("b"));
+    let out = ok(&["repo".as_ref(), "add".as_ref(), r, again.as_os_str()]);
+    assert_eq!(
+        out,
+        "unchanged (a rebuild; the published bytes are kept) ksplice-main-6_1_0-57-amd64-1.tar.gz (channel stable)\n"
+    );
+    assert_eq!(tree(&repo), before, "a rebuild changed the repository");
+    ok(&["repo".as_ref(), "publish".as_ref(), r]);
+    let before = tree(&repo);
+    let tuf = load_ok(&repo);
+    assert_eq!(
+        read_target(&tuf, "ksplice-main-6_1_0-57-amd64-1.tar.gz"),
+        fs::read(&first).expect("bytes")
+    );
+
+    // Another source change under the same id is a conflict, as before.
+    let changed = level_package(
+        &fx,
+        "main-6_1_0-57-amd64-1",
+        "--- a/y.c\n+++ b/y.c\n",
+        "run-3",
+    );
+    let err = fails(
+        &["repo".as_ref(), "add".as_ref(), r, changed.as_os_str()],
+        2,
+    );
+    assert!(err.contains("--replace"), "{err}");
+    assert_eq!(tree(&repo), before, "a refused add changed the repository");
+}
+
 #[test]
 fn repo_commands_outside_a_repository_are_refused_without_writing() {
     let fx = Fx::new();

@@ -787,6 +787,7 @@ fn repo(command: RepoCommand) -> Result<(), Failure> {
                     repo::Staged::New => "staged",
                     repo::Staged::Replaced => "replaced",
                     repo::Staged::Unchanged => "unchanged",
+                    repo::Staged::Rebuilt => "unchanged (a rebuild; the published bytes are kept)",
                 };
                 println!("{what} {} (channel {})", info.target_name(), info.channel);
             }

@@ -133,6 +133,7 @@ fn source(cli: &Cli) -> anyhow::Result<Source> {
         (None, Some(p)) => Ok(Source::Patch {
             src,
             patch: p.clone(),
+            fingerprint: None,
         }),
         _ => anyhow::bail!("give exactly one of --diffext=EXT or --patch=FILE with SRC"),
     }

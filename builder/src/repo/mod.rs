@@ -211,6 +211,12 @@ pub enum Staged {
     Replaced,
     /// The same bytes were already in the repository: nothing changed.
     Unchanged,
+    /// Other bytes, but a rebuild of the update already in the repository: the
+    /// same id, target kernel, stream, module, text and source change
+    /// (`patch.diff`). A build is not byte-reproducible (creation time, the
+    /// signatures' inputs), so a re-run pipeline rebuilds every level; the
+    /// published bytes, which hosts may already run, are kept.
+    Rebuilt,
 }
 
 /// Stages `packages` for the next publish: each must be a well-formed signed
@@ -231,7 +237,8 @@ pub fn add(
     };
 
     // 1. Read and check every package; nothing is written yet.
-    let mut offered: BTreeMap<String, (StagedTarget, Vec<u8>)> = BTreeMap::new();
+    let mut offered: BTreeMap<String, (StagedTarget, Vec<u8>, manifests::Manifest)> =
+        BTreeMap::new();
     for path in packages {
         let package = |source| Error::Package {
             path: path.clone(),
@@ -258,7 +265,10 @@ pub fn add(
             length: bytes.len() as u64,
             ksplice: info,
         };
-        if offered.insert(m.id.clone(), (staged, bytes)).is_some() {
+        if offered
+            .insert(m.id.clone(), (staged, bytes, inspected.manifest.clone()))
+            .is_some()
+        {
             return Err(Error::DuplicateId { id: m.id.clone() });
         }
     }
@@ -266,7 +276,7 @@ pub fn add(
     // 2. Against the repository: same bytes are a no-op, other bytes need --replace.
     let mut outcome = Vec::new();
     let mut changed = Vec::new();
-    for (id, (staged, bytes)) in offered {
+    for (id, (staged, bytes, manifest)) in offered {
         let existing = config.targets.iter().position(|t| t.ksplice.id == id);
         let status = match existing.map(|i| &config.targets[i]) {
             None => Staged::New,
@@ -278,6 +288,7 @@ pub fn add(
                 }
             }
             Some(old) if old.sha256 == staged.sha256 => Staged::Unchanged,
+            Some(old) if same_build(&layout, old, &manifest)? => Staged::Rebuilt,
             Some(old) => {
                 return Err(Error::Conflict {
                     id,
@@ -286,11 +297,12 @@ pub fn add(
                 })
             }
         };
-        let info = match (&status, existing) {
-            (Staged::Unchanged, Some(i)) => config.targets[i].ksplice.clone(),
+        let kept = matches!(status, Staged::Unchanged | Staged::Rebuilt);
+        let info = match existing {
+            Some(i) if kept => config.targets[i].ksplice.clone(),
             _ => staged.ksplice.clone(),
         };
-        if status != Staged::Unchanged {
+        if !kept {
             changed.push((existing, staged, bytes));
         }
         outcome.push((info, status));
@@ -308,6 +320,38 @@ pub fn add(
     config.targets.sort_by(|a, b| a.name.cmp(&b.name));
     config.save(dir)?;
     Ok(outcome)
+}
+
+/// Whether `offered` is a rebuild of the published target `old` (see
+/// [`Staged::Rebuilt`]): everything a host sees of the update but the bytes
+/// of its build is the same. The published package is read back from the
+/// repository, bounded and checked like any package.
+fn same_build(layout: &Layout, old: &StagedTarget, offered: &manifests::Manifest) -> Result<bool> {
+    let path = layout.target_file(&old.sha256, &old.name);
+    let package = |source| Error::Package {
+        path: path.clone(),
+        source,
+    };
+    let bytes = manifests::read_package_file(&path).map_err(package)?;
+    let published = manifests::inspect_package_bytes(&bytes)
+        .map_err(package)?
+        .manifest;
+    let source = |m: &manifests::Manifest| {
+        m.files
+            .iter()
+            .find(|f| f.path == "patch.diff")
+            .map(|f| f.sha256.clone())
+    };
+    Ok(source(&published).is_some()
+        && source(&published) == source(offered)
+        && published.id == offered.id
+        && published.target == offered.target
+        && published.stream == offered.stream
+        && published.builds_on == offered.builds_on
+        && published.module.name == offered.module.name
+        && published.description == offered.description
+        && published.cves == offered.cves
+        && published.objects == offered.objects)
 }
 
 /// Options of [`publish`].

@@ -11,10 +11,13 @@
 //!   (the post tree is hard links to the pre tree), symlinks not followed,
 //!   mount points not entered. Other entries under `trees/` (the differ tests'
 //!   trees) are neither counted nor removed.
-//! - Walking a pair costs 0.6-0.75 s warm (180k inodes), so each pass walks
-//!   only the pair in use and pairs without a record, and records the result
-//!   in `pre-<key>.size`; other pairs count at their recorded size, measured
-//!   when each was last opened (a run adds a few objects after that).
+//! - Walking a pair costs 0.6-0.75 s warm (180k inodes), 2-3 s on a busy
+//!   machine, so each pass walks only pairs without a record, and the pair in
+//!   use when it was prepared by this run or its record is older than
+//!   [`REMEASURE`]; the result is recorded in `pre-<key>.size`. Other pairs
+//!   count at their recorded size (a run adds a few objects after that). A
+//!   release job opens its pair once per fix: its levels after the first
+//!   reuse the record instead of walking 180k inodes again.
 //! - While usage exceeds the cap, the least recently used pair other than the
 //!   one in use is removed, if its lock can be taken without waiting: a pair
 //!   a concurrent run holds is never removed.
@@ -46,6 +49,8 @@ pub const DEFAULT_MAX: u64 = 20 << 30;
 const EVICT_LOCK: &str = "evict.lock";
 const SIZE: &str = ".size";
 const EVICTING: &str = ".evicting-";
+/// How old the record of the pair in use may be before a pass walks it again.
+pub const REMEASURE: Duration = Duration::from_secs(10 * 60);
 
 /// Binary unit suffixes of [`parse_size`].
 const UNITS: [(char, u32); 4] = [('K', 10), ('M', 20), ('G', 30), ('T', 40)];
@@ -160,8 +165,10 @@ impl Report {
 }
 
 /// Evict least-recently-used pairs under `base` (`<cache>/trees`) until they
-/// take at most `max` bytes, never the pair `in_use` (its key, locked by the caller).
-pub(crate) fn run(base: &Path, in_use: &str, max: u64) -> Result<Report> {
+/// take at most `max` bytes, never the pair `in_use` (its key, locked by the
+/// caller). `prepared`: the caller has just (re)built that pair, so any record
+/// of its size is stale.
+pub(crate) fn run(base: &Path, in_use: &str, max: u64, prepared: bool) -> Result<Report> {
     let start = Instant::now();
     let mut report = Report {
         max,
@@ -189,13 +196,15 @@ pub(crate) fn run(base: &Path, in_use: &str, max: u64) -> Result<Report> {
         report.leftovers.push(name.clone());
     }
 
-    // 3. Measure the pair in use and the pairs never measured, each inode
-    //    once; the others count at their recorded size.
+    // 3. Measure the pairs never measured and the pair in use when its record
+    //    is stale, each inode once; the others count at their recorded size.
     let mut usage = Usage::new(base)?;
     let mut candidates = Vec::new();
     for key in &listing.keys {
         let recorded = if key == in_use {
-            None
+            (!prepared)
+                .then(|| read_size_within(base, key, REMEASURE))
+                .flatten()
         } else {
             read_size(base, key)
         };
@@ -280,6 +289,15 @@ fn last_used(base: &Path, key: &str) -> SystemTime {
 fn read_size(base: &Path, key: &str) -> Option<u64> {
     let text = std::fs::read_to_string(base.join(format!("pre-{key}{SIZE}"))).ok()?;
     text.trim().parse().ok()
+}
+
+/// [`read_size`], if the record was written less than `age` ago.
+fn read_size_within(base: &Path, key: &str, age: Duration) -> Option<u64> {
+    let written = std::fs::metadata(base.join(format!("pre-{key}{SIZE}")))
+        .and_then(|m| m.modified())
+        .ok()?;
+    let elapsed = SystemTime::now().duration_since(written).ok()?;
+    (elapsed < age).then(|| read_size(base, key)).flatten()
 }
 
 fn write_size(base: &Path, key: &str, bytes: u64) -> Result<()> {
@@ -494,7 +512,7 @@ mod tests {
         pair(base, "ddd", 64, 400);
         let max = bytes(base, "aaa") + bytes(base, "ddd");
         let lru_bytes = bytes(base, "bbb");
-        let r = run(base, "aaa", max).unwrap();
+        let r = run(base, "aaa", max, false).unwrap();
         assert_eq!(evicted(&r), ["pre-bbb", "pre-ccc"]);
         assert_eq!(
             r.evicted[0].last_used,
@@ -515,7 +533,7 @@ mod tests {
         );
 
         // Under the cap: nothing more goes.
-        let r = run(base, "ddd", max).unwrap();
+        let r = run(base, "ddd", max, false).unwrap();
         assert!(r.evicted.is_empty() && r.notes().is_empty());
     }
 
@@ -525,7 +543,7 @@ mod tests {
         let base = d.path();
         pair(base, "old", 256, 100);
         pair(base, "new", 16, 200);
-        let r = run(base, "old", 1).unwrap();
+        let r = run(base, "old", 1, false).unwrap();
         assert_eq!(evicted(&r), ["pre-new"]);
         assert_eq!(entries(base), ["pre-old", "pre-old.post"]);
         assert_eq!(r.in_use, ("pre-old".to_owned(), bytes(base, "old")));
@@ -539,6 +557,40 @@ mod tests {
     }
 
     #[test]
+    fn the_pair_in_use_is_walked_again_only_when_prepared_or_its_record_is_stale() {
+        let d = tempfile::tempdir().unwrap();
+        let base = d.path();
+        pair(base, "mine", 64, 100);
+        let real = bytes(base, "mine");
+        // First pass: no record, walked and recorded.
+        assert_eq!(run(base, "mine", u64::MAX, false).unwrap().in_use.1, real);
+        assert_eq!(read_size(base, "mine"), Some(real));
+
+        // The pair grows; a fresh record stands for it (a release job's next level).
+        std::fs::write(base.join("pre-mine/fs/b.o"), vec![1u8; 256 * 1024]).unwrap();
+        let grown = bytes(base, "mine");
+        assert!(grown > real);
+        assert_eq!(run(base, "mine", u64::MAX, false).unwrap().in_use.1, real);
+
+        // Prepared by this run: the record is stale whatever its age.
+        assert_eq!(run(base, "mine", u64::MAX, true).unwrap().in_use.1, grown);
+
+        // A record older than REMEASURE is walked again.
+        std::fs::write(base.join("pre-mine/fs/c.o"), vec![2u8; 256 * 1024]).unwrap();
+        let record = File::options()
+            .write(true)
+            .open(base.join(format!("pre-mine{SIZE}")))
+            .unwrap();
+        record
+            .set_modified(SystemTime::now() - REMEASURE - Duration::from_secs(60))
+            .unwrap();
+        assert_eq!(
+            run(base, "mine", u64::MAX, false).unwrap().in_use.1,
+            bytes(base, "mine")
+        );
+    }
+
+    #[test]
     fn a_pair_locked_by_another_run_is_skipped() {
         let d = tempfile::tempdir().unwrap();
         let base = d.path();
@@ -547,7 +599,7 @@ mod tests {
         pair(base, "idle", 16, 200);
         let held = File::open(base.join("pre-busy.lock")).unwrap();
         held.lock().unwrap();
-        let r = run(base, "mine", bytes(base, "mine")).unwrap();
+        let r = run(base, "mine", bytes(base, "mine"), false).unwrap();
         assert_eq!(evicted(&r), ["pre-idle"]);
         assert_eq!(r.kept_locked, ["pre-busy"]);
         assert_eq!(
@@ -562,7 +614,7 @@ mod tests {
 
         // Released, it is the next to go.
         drop(held);
-        let r = run(base, "mine", bytes(base, "mine")).unwrap();
+        let r = run(base, "mine", bytes(base, "mine"), false).unwrap();
         assert_eq!(evicted(&r), ["pre-busy"]);
     }
 
@@ -574,7 +626,7 @@ mod tests {
         pair(base, "other", 16, 100);
         let held = open_lock(&base.join(EVICT_LOCK)).unwrap();
         held.lock().unwrap();
-        let r = run(base, "mine", 1).unwrap();
+        let r = run(base, "mine", 1, false).unwrap();
         assert!(r.busy && r.evicted.is_empty() && r.notes().is_empty());
         assert_eq!(
             entries(base),
@@ -635,13 +687,13 @@ mod tests {
         std::fs::rename(base.join("pre-gone"), base.join(".evicting-pre-gone")).unwrap();
         std::fs::remove_file(base.join(".evicting-pre-gone/fs/a.o")).unwrap();
         std::fs::write(base.join(".evicting-stray"), "x").unwrap();
-        let r = run(base, "live", u64::MAX).unwrap();
+        let r = run(base, "live", u64::MAX, false).unwrap();
         assert_eq!(r.leftovers, [".evicting-pre-gone", ".evicting-stray"]);
         assert_eq!(
             entries(base),
             ["pre-gone.post", "pre-live", "pre-live.post"]
         );
-        let r = run(base, "live", bytes(base, "live")).unwrap();
+        let r = run(base, "live", bytes(base, "live"), false).unwrap();
         assert_eq!(evicted(&r), ["pre-gone"]);
         assert!(r.leftovers.is_empty());
         assert_eq!(entries(base), ["pre-live", "pre-live.post"]);
@@ -654,7 +706,7 @@ mod tests {
         pair(base, "mine", 16, 300);
         std::fs::create_dir(base.join("differ-fsproc-pre-6.1")).unwrap();
         std::fs::write(base.join("differ-fsproc-pre-6.1/x.o"), vec![0; 65536]).unwrap();
-        let r = run(base, "mine", 1).unwrap();
+        let r = run(base, "mine", 1, false).unwrap();
         assert_eq!(r.total, bytes(base, "mine"));
         assert_eq!(
             entries(base),
@@ -673,9 +725,9 @@ mod tests {
         let max = bytes(base, "mine") + small + bytes(base, "new");
         // Recorded as huge: evicted though it is small on disk.
         write_size(base, "small", 1 << 40).unwrap();
-        // A bogus record of the pair in use is measured again.
+        // The record of a pair in use that this run prepared again is stale.
         write_size(base, "mine", 1 << 40).unwrap();
-        let r = run(base, "mine", max).unwrap();
+        let r = run(base, "mine", max, true).unwrap();
         assert_eq!(evicted(&r), ["pre-small"]);
         assert_eq!(r.evicted[0].bytes, 1 << 40);
         assert_eq!(read_size(base, "small"), None, "removed with its pair");

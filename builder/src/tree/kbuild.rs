@@ -159,9 +159,35 @@ pub fn object_outputs(tree: &Path, obj: &str) -> Vec<PathBuf> {
     ]
 }
 
+/// Whether kbuild finished building `obj` in `tree`: the object and its
+/// `.cmd` file both exist. kbuild writes `.cmd` (fixdep) only after the
+/// compile and objtool succeeded, and deletes the object of a failed or
+/// interrupted command, so both present means a complete build. In a pristine
+/// pre tree (sources never change, the tree's key covers config, release and
+/// flags) such an object is up to date, and `make` on it would only spend
+/// kbuild's start-up (about 2 s of compiler probes) finding that out.
+pub fn is_built(tree: &Path, obj: &str) -> bool {
+    let outputs = object_outputs(tree, obj);
+    outputs[0].is_file() && outputs[1].is_file()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_object_is_built_when_it_and_its_cmd_file_exist() {
+        let d = tempfile::tempdir().expect("tempdir");
+        let t = d.path();
+        std::fs::create_dir_all(t.join("fs/proc")).expect("mkdir");
+        assert!(!is_built(t, "fs/proc/cmdline.o"));
+        std::fs::write(t.join("fs/proc/cmdline.o"), b"obj").expect("write");
+        assert!(!is_built(t, "fs/proc/cmdline.o"), "no .cmd: unfinished");
+        std::fs::write(t.join("fs/proc/.cmdline.o.cmd"), b"cmd").expect("write");
+        assert!(is_built(t, "fs/proc/cmdline.o"));
+        std::fs::remove_file(t.join("fs/proc/cmdline.o")).expect("rm");
+        assert!(!is_built(t, "fs/proc/cmdline.o"), ".cmd alone: object gone");
+    }
 
     #[test]
     fn compile_lines_tell_vmlinux_from_modules() {

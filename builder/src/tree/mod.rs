@@ -117,7 +117,7 @@ impl Trees {
             link_copy(&pre_dir, &post_dir)?;
         }
         // Measured now that this run's pair exists at its real size.
-        let eviction = evict::run(&base, &key, cache_max)?;
+        let eviction = evict::run(&base, &key, cache_max, !reused)?;
         Ok(Trees {
             pre: pre_dir,
             post: post_dir,
