@@ -355,6 +355,7 @@ pub fn create(opts: &Options, summary: &mut Summary) -> Result<PathBuf> {
             work_dir: work.join("module"),
             objects: patch_objects,
             patching,
+            jobs: make.jobs,
         })
         .map_err(Error::Module)
     })?;

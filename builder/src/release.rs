@@ -436,6 +436,7 @@ pub fn release(opts: &ReleaseOptions, progress: &mut dyn Progress) -> Result<Rep
     for d in [&packages, &work] {
         std::fs::create_dir_all(d).map_err(Error::io(d))?;
     }
+    remove_stale_packages(&packages)?;
     let profile = crate::target::write_profile(
         &ImageInputs {
             image: env.vmlinuz.clone(),
@@ -458,6 +459,8 @@ pub fn release(opts: &ReleaseOptions, progress: &mut dyn Progress) -> Result<Rep
         .map_err(Error::io(&version_file))?
         .trim()
         .to_owned();
+    // Read and decompressed once: every level's offline run-pre reads it.
+    let image = std::sync::Arc::new(crate::target::identity::TargetImage::load(&env.vmlinuz)?);
     let profile_seconds = started.elapsed().as_secs_f64();
     let fingerprint_started = Instant::now();
     let fingerprint = crate::checkout::source_fingerprint(&env.source)?;
@@ -513,6 +516,7 @@ pub fn release(opts: &ReleaseOptions, progress: &mut dyn Progress) -> Result<Rep
                 version: Some(kernel_version.clone()),
                 symvers: Some(env.symvers.clone()),
                 system_root: PathBuf::from("/"),
+                loaded_image: Some(std::sync::Arc::clone(&image)),
             },
             id: Some(id.clone()),
             description: Some(level_description(&opts.stream, level, &level_fixes)),
@@ -573,6 +577,22 @@ pub fn release(opts: &ReleaseOptions, progress: &mut dyn Progress) -> Result<Rep
     crate::atomic::write_atomic(&path, &json, 0o644)
         .map_err(|(path, source)| Error::Io { path, source })?;
     Ok(report)
+}
+
+/// The packages an earlier run left in `OUT/packages/`: after this run the
+/// directory holds exactly the packages `report.json` names. Only package
+/// files go (`ksplice-*.tar.gz`, unlinked, links not followed).
+fn remove_stale_packages(dir: &Path) -> Result<()> {
+    for entry in std::fs::read_dir(dir).map_err(Error::io(dir))? {
+        let entry = entry.map_err(Error::io(dir))?;
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with("ksplice-") && name.ends_with(".tar.gz") {
+            let path = entry.path();
+            std::fs::remove_file(&path).map_err(Error::io(&path))?;
+        }
+    }
+    Ok(())
 }
 
 /// A fix's own failure, reported and skipped; `None` for errors that would stop

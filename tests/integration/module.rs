@@ -172,6 +172,7 @@ fn build_with(
         release: kernel().release.clone(),
         work_dir: root.join("module"),
         patching,
+        jobs: 2,
         objects: vec![PatchObject {
             target: "vmlinux".into(),
             path: patch,
@@ -458,6 +459,7 @@ fn missing_replacement_function_is_refused() {
         release: kernel().release.clone(),
         work_dir: root.join("module"),
         patching: Default::default(),
+        jobs: 2,
         objects: vec![PatchObject {
             target: "vmlinux".into(),
             path: patch,
@@ -668,6 +670,7 @@ fn build_differ_cmdline_update() -> PathBuf {
         release: kernel().release.clone(),
         work_dir: root.join("module"),
         patching: Default::default(),
+        jobs: 2,
         objects: vec![pobj],
     };
     module::build(&inputs).expect("build")
@@ -708,6 +711,7 @@ fn build_cross_update() -> PathBuf {
         release: kernel().release.clone(),
         work_dir: root.join("module"),
         patching: Default::default(),
+        jobs: 2,
         objects: vec![
             PatchObject {
                 target: "vmlinux".into(),
@@ -860,6 +864,7 @@ fn build_xfs_update() -> PathBuf {
         release: kernel().release.clone(),
         work_dir: root.join("module"),
         patching: Default::default(),
+        jobs: 2,
         objects: vec![pobj],
     })
     .expect("build")
@@ -991,6 +996,7 @@ fn module_symbol_in_a_load_time_section_is_refused() {
         release: kernel().release.clone(),
         work_dir: root.join("module"),
         patching: Default::default(),
+        jobs: 2,
         objects: vec![PatchObject {
             target: "xfs".into(),
             path: patch,

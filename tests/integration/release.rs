@@ -50,6 +50,11 @@ fn every_fix_is_built_or_reported_and_the_stream_skips_the_ones_that_fail() -> R
     fix(&fixes, "cmdline-again", 30, "cmdline-string.patch")?;
     fix(&fixes, "proc-version", 40, "proc-version.patch")?;
     let out = dir.path().join("out");
+    // An earlier run's package in a reused output directory: removed, so the
+    // directory holds what the report names. Other files stay.
+    std::fs::create_dir_all(out.join("packages"))?;
+    std::fs::write(out.join("packages/ksplice-main-old-1.tar.gz"), b"stale")?;
+    std::fs::write(out.join("packages/NOTES"), b"mine")?;
     let opts = ReleaseOptions {
         kernel: env.version.clone(),
         fixes,
@@ -114,5 +119,18 @@ fn every_fix_is_built_or_reported_and_the_stream_skips_the_ones_that_fail() -> R
     let on_disk: release::Report =
         serde_json::from_slice(&std::fs::read(out.join("report.json"))?)?;
     assert_eq!(on_disk.levels, report.levels);
+    let mut listed: Vec<String> = std::fs::read_dir(out.join("packages"))?
+        .map(|e| Ok(e?.file_name().to_string_lossy().into_owned()))
+        .collect::<Result<_>>()?;
+    listed.sort();
+    let mut named: Vec<String> = report
+        .fixes
+        .iter()
+        .filter_map(|f| f.package.as_deref())
+        .map(|p| p.trim_start_matches("packages/").to_owned())
+        .chain(["NOTES".to_owned()])
+        .collect();
+    named.sort();
+    assert_eq!(listed, named);
     Ok(())
 }

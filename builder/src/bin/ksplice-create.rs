@@ -177,6 +177,7 @@ fn main() {
                     version: cli.kernel_version.clone(),
                     symvers: cli.symvers.clone(),
                     system_root: PathBuf::from("/"),
+                    loaded_image: None,
                 },
                 id: cli.id.clone(),
                 description: cli.description.clone(),

@@ -329,6 +329,7 @@ mod tests {
                 }],
             }],
             patching,
+            jobs: 1,
         }
     }
 
@@ -403,6 +404,7 @@ mod tests {
                 },
             ],
             patching: Patching::Stack,
+            jobs: 1,
         };
         let targets = crate::module::validate(&inputs).expect("valid");
         let mut hooks = vec![Hooks::default(), Hooks::default()];

@@ -14,7 +14,7 @@ const OUTPUT_TAIL: usize = 4000;
 /// kernel symbols as `.klp.sym.*` undefined symbols, which modpost would
 /// otherwise reject; [`super::inspect::check`] afterwards makes sure nothing
 /// else is left unresolved.
-pub(crate) fn run(tree: &Path, dir: &Path, name: &ModuleName) -> Result<PathBuf> {
+pub(crate) fn run(tree: &Path, dir: &Path, name: &ModuleName, jobs: usize) -> Result<PathBuf> {
     let ko = module_path(dir, name);
     // A stale module from an earlier build must not pass for this one.
     match std::fs::remove_file(&ko) {
@@ -27,6 +27,7 @@ pub(crate) fn run(tree: &Path, dir: &Path, name: &ModuleName) -> Result<PathBuf>
         .arg("-C")
         .arg(tree)
         .arg(m_arg)
+        .arg(format!("-j{}", jobs.max(1)))
         .arg("KBUILD_MODPOST_WARN=1")
         .arg("modules")
         // Flags meant for the pre/post objects must not leak into the template.

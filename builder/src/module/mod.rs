@@ -170,6 +170,8 @@ pub struct Inputs {
     pub objects: Vec<PatchObject>,
     /// How the livepatch combines with the ones already enabled.
     pub patching: Patching,
+    /// `make -j`: the generated sources compile in parallel.
+    pub jobs: usize,
 }
 
 /// How an update's livepatch combines with the livepatches already enabled
@@ -210,7 +212,7 @@ pub fn build(inputs: &Inputs) -> Result<PathBuf> {
         .map(|(i, obj)| callbacks::run(obj, i, &defs, &dir.join(generate::shipped_name(i))))
         .collect::<Result<Vec<_>>>()?;
     generate::run(inputs, &targets, &hooks, dir)?;
-    let ko = kbuild::run(&inputs.kernel_tree, dir, &inputs.name)?;
+    let ko = kbuild::run(&inputs.kernel_tree, dir, &inputs.name, inputs.jobs)?;
     klp::run(&ko)?;
     inspect::check(&ko, &inputs.name, &inputs.release, &inputs.kernel_tree)?;
     Ok(ko)
@@ -382,6 +384,7 @@ mod tests {
             work_dir: "/nonexistent".into(),
             objects,
             patching: Patching::Stack,
+            jobs: 1,
         }
     }
 

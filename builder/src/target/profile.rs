@@ -1,6 +1,7 @@
 //! The target kernel's profile: SRC/ksplice/ files and options, checked against each other.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use manifests::profile as layout;
 
@@ -20,6 +21,9 @@ pub struct ProfileInputs {
     pub symvers: Option<PathBuf>,
     /// Root for `/usr/src/linux-headers-<release>` and `/boot` (tests use a fake root).
     pub system_root: PathBuf,
+    /// The image `target_image` names, already read: a release job reads
+    /// (and decompresses) its image once for all its levels.
+    pub loaded_image: Option<Arc<TargetImage>>,
 }
 
 /// Everything the builder knows about the kernel the update is for.
@@ -32,7 +36,7 @@ pub struct Profile {
     pub config: PathBuf,
     pub system_map: PathBuf,
     pub symvers: PathBuf,
-    pub image: Option<TargetImage>,
+    pub image: Option<Arc<TargetImage>>,
 }
 
 fn read_trimmed(path: &Path) -> Result<Option<String>> {
@@ -130,7 +134,11 @@ impl Profile {
             let p = inp.system_root.join(format!("boot/vmlinuz-{}", rel.1));
             p.is_file().then_some(p)
         });
-        let image = image_path.map(|p| TargetImage::load(&p)).transpose()?;
+        let image = match (&inp.loaded_image, image_path) {
+            (Some(loaded), _) => Some(Arc::clone(loaded)),
+            (None, Some(p)) => Some(Arc::new(TargetImage::load(&p)?)),
+            (None, None) => None,
+        };
         let (release, version) = match &image {
             Some(img) => {
                 let src = format!("{} banner", img.path.display());
