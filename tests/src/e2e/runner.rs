@@ -235,52 +235,91 @@ impl Harness {
             }
         }
 
-        // 3. The systemd host boots its own disk, several times.
+        // 3. Scenarios with a guest limit beyond the default (the soak, about 10 of
+        //    the suite's 20 minutes) boot alone, beside the others: with one vCPU
+        //    thread per guest (qemu.rs) the two boots use both cores.
+        let (long, boot_list): (Vec<_>, Vec<_>) = boot_list.into_iter().partition(|(s, _, _)| {
+            s.guest
+                .as_ref()
+                .is_some_and(|g| scenario::guest_timeout(g) > 180)
+        });
+        let trust = ctx.trust();
         let (systemd, boot_list): (Vec<_>, Vec<_>) = boot_list
             .into_iter()
             .partition(|(s, _, _)| matches!(s.build, Build::SystemdHost { .. }));
-        for (_, built, build_s) in &systemd {
-            rows.push(super::systemd::run(self, built, ctx.trust(), *build_s));
-        }
+        std::thread::scope(|scope| -> Result<()> {
+            let long_boot = (!long.is_empty()).then(|| {
+                let long = &long;
+                scope.spawn(move || self.boot_rows("long", long, trust))
+            });
 
-        // 4. One boot for every other scenario that built.
-        if !boot_list.is_empty() {
-            let plan: Vec<(Scenario, build::Built)> = boot_list
-                .iter()
-                .map(|(s, p, _)| (s.clone(), p.clone()))
-                .collect();
-            let (log, ended) = self.boot("main", &plan, ctx.trust())?;
-            for (s, _, build_s) in &boot_list {
-                let mut row = match log.scenarios.get(&s.name) {
-                    Some(g) => {
-                        let mut r = Row::new(
-                            &s.name,
-                            match g.passed {
-                                Some(true) => Outcome::Pass,
-                                Some(false) => Outcome::Fail(failed_step(g)),
-                                None => Outcome::Fail(format!("did not finish ({ended:?})")),
-                            },
-                        );
-                        r.apply_s = g.step_secs("apply");
-                        if !g.metrics.is_empty() {
-                            r.note = Some(
-                                g.metrics
-                                    .iter()
-                                    .map(|(k, v)| format!("{k} {v}"))
-                                    .collect::<Vec<_>>()
-                                    .join(", "),
-                            );
-                        }
-                        r
-                    }
-                    None => Row::new(&s.name, Outcome::Fail(format!("did not run ({ended:?})"))),
-                };
-                row.build_s = Some(*build_s);
-                rows.push(row);
+            // 4. The systemd host boots its own disk, several times.
+            for (_, built, build_s) in &systemd {
+                rows.push(super::systemd::run(self, built, trust, *build_s));
             }
-        }
+
+            // 5. One boot for every other scenario that built.
+            let main = if boot_list.is_empty() {
+                Ok(Vec::new())
+            } else {
+                self.boot_rows("main", &boot_list, trust)
+            };
+            let long_rows = match long_boot {
+                Some(handle) => handle
+                    .join()
+                    .unwrap_or_else(|_| Err(anyhow::anyhow!("the long scenarios' boot panicked"))),
+                None => Ok(Vec::new()),
+            };
+            rows.extend(main?);
+            rows.extend(long_rows?);
+            Ok(())
+        })?;
         let order: Vec<String> = selected.iter().map(|s| s.name.clone()).collect();
         rows.sort_by_key(|r| order.iter().position(|n| *n == r.scenario));
+        Ok(rows)
+    }
+
+    /// Boot `name` with the scenarios of `list` and give each its row.
+    fn boot_rows(
+        &self,
+        name: &str,
+        list: &[(Scenario, build::Built, f64)],
+        trust: Option<&Path>,
+    ) -> Result<Vec<Row>> {
+        let plan: Vec<(Scenario, build::Built)> = list
+            .iter()
+            .map(|(s, p, _)| (s.clone(), p.clone()))
+            .collect();
+        let (log, ended) = self.boot(name, &plan, trust)?;
+        let mut rows = Vec::new();
+        for (s, _, build_s) in list {
+            let mut row = match log.scenarios.get(&s.name) {
+                Some(g) => {
+                    let mut r = Row::new(
+                        &s.name,
+                        match g.passed {
+                            Some(true) => Outcome::Pass,
+                            Some(false) => Outcome::Fail(failed_step(g)),
+                            None => Outcome::Fail(format!("did not finish ({ended:?})")),
+                        },
+                    );
+                    r.apply_s = g.step_secs("apply");
+                    if !g.metrics.is_empty() {
+                        r.note = Some(
+                            g.metrics
+                                .iter()
+                                .map(|(k, v)| format!("{k} {v}"))
+                                .collect::<Vec<_>>()
+                                .join(", "),
+                        );
+                    }
+                    r
+                }
+                None => Row::new(&s.name, Outcome::Fail(format!("did not run ({ended:?})"))),
+            };
+            row.build_s = Some(*build_s);
+            rows.push(row);
+        }
         Ok(rows)
     }
 
@@ -419,7 +458,7 @@ impl Harness {
             )),
         };
         eprintln!(
-            "e2e: booting {} with {} scenario(s), serial log {}",
+            "e2e: boot {name}: {} with {} scenario(s), serial log {}",
             self.env.release,
             plan.len(),
             serial.display()
@@ -430,7 +469,7 @@ impl Harness {
             Show::All => println!("{line}"),
             Show::Markers => {
                 if line.contains("@@KSPLICE ") || line.starts_with("!!") {
-                    eprintln!("  guest: {line}");
+                    eprintln!("  {name}: {line}");
                 }
             }
             Show::Scripts => {
@@ -444,7 +483,7 @@ impl Harness {
             }
         })?;
         eprintln!(
-            "e2e: boot ended after {:.1} s: {ended:?}",
+            "e2e: boot {name} ended after {:.1} s: {ended:?}",
             took.as_secs_f64()
         );
         report_kernel_trouble(&b.kernel_log);
