@@ -352,6 +352,57 @@ fn new_export_is_refused() {
     refused("new-export", &["fixture_new_export"]);
 }
 
+/// Issue 12: `__BTF_ID__<kind>__<name>__<COUNTER><LINE>` (include/linux/btf_ids.h) is renamed
+/// by any edit above it; the renamed IDs were refused as a change in an unknown section
+/// (`.BTF_ids`). They pair by name without the counter, so only the real change remains.
+#[test]
+fn btf_ids_renamed_by_their_counter_are_unchanged() {
+    let (pre, post) = objects("btf-ids-renumbered");
+    let btf = |obj: &[u8]| -> BTreeSet<String> {
+        symbol_names(obj)
+            .into_iter()
+            .filter(|n| n.starts_with("__BTF_ID__"))
+            .collect()
+    };
+    assert!(
+        btf(&pre).len() == 2 && btf(&pre).is_disjoint(&btf(&post)),
+        "the fixture no longer renames its BTF IDs: {:?} {:?}",
+        btf(&pre),
+        btf(&post)
+    );
+    let (obj, _) = patch("btf-ids-renumbered", &["fixture_other"], &[]);
+    assert_eq!(defined(&obj), names(&["ksp0_fixture_other"]));
+}
+
+/// Issue 12: a vmlinux-resident file whose lines shift renames its initcall
+/// (`__initcall__kmod_<mod>__<COUNTER>_<LINE>_<fn><level>`) and moves `__LINE__` immediates in
+/// `__init` code: no functional change, not a changed `__init` function.
+#[test]
+fn initcall_and_init_code_moved_by_a_line_shift_are_no_change() {
+    let (pre, post) = objects("initcall-line-shift");
+    let initcall = |obj: &[u8]| {
+        symbol_names(obj)
+            .into_iter()
+            .find(|n| n.starts_with("__initcall__kmod_fixture__"))
+            .expect("the fixture has an initcall")
+    };
+    assert_ne!(
+        initcall(&pre),
+        initcall(&post),
+        "the initcall is no longer renamed"
+    );
+    match run("initcall-line-shift") {
+        Ok(Outcome::NoChange { report }) => {
+            assert_eq!(
+                report.line_only,
+                vec!["fixture_setup".to_string()],
+                "{report}"
+            )
+        }
+        other => panic!("expected no functional change, got {other:?}"),
+    }
+}
+
 /// `KPATCH_*_CALLBACK` tables are kept whole as new sections, with the functions their slots
 /// point to (new code, plus a copy of an unchanged function used as a callback) and what those
 /// need; `KPATCH_PRINTK` calls `_printk` behind `jiffies`.

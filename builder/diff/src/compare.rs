@@ -214,6 +214,11 @@ impl Cmp<'_, '_> {
         if ea.kind != eb.kind || ea.size != eb.size {
             return Status::Changed;
         }
+        // In a section the differ does not understand, where an entry sits may be what it
+        // means (`.BTF_ids` lists are read by index): a moved entry is a changed one.
+        if pre.sec(ea.sec).kind == Kind::Unknown && ea.start != eb.start {
+            return Status::Changed;
+        }
         if !self.same_relas(a, b) {
             return Status::Changed;
         }

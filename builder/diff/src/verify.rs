@@ -123,6 +123,23 @@ pub(crate) fn run(
             });
         }
     }
+    // Bytes of a not-understood section that no named object covers (`BTF_ID_FLAGS` writes
+    // its flags after the 4-byte ID symbol) are compared as a whole: a change there would
+    // otherwise be dropped without a word.
+    for s in post.sections.iter().filter(|s| s.kind == Kind::Unknown) {
+        let Some(p) = pre.section_by_name(s.name).map(|id| pre.sec(id)) else {
+            continue;
+        };
+        if gaps(post, s) != gaps(pre, p) {
+            out.push(Refusal {
+                symbol: s.name.to_string(),
+                section: s.name.to_string(),
+                reason:
+                    "change outside the named objects of a section the differ does not understand"
+                        .to_string(),
+            });
+        }
+    }
     // The module step reads a callback table as one 8-byte R_X86_64_64 pointer per slot
     // (docs/loader-module.md); anything else would be refused there, after the build.
     for s in post.sections.iter().filter(|s| s.kind == Kind::Callbacks) {
@@ -169,4 +186,23 @@ pub(crate) fn run(
     out.sort_by(|a, b| (&a.symbol, &a.section, &a.reason).cmp(&(&b.symbol, &b.section, &b.reason)));
     out.dedup();
     out
+}
+
+/// The bytes of `s` outside its named entities, with their offsets (a whole-section entity
+/// covers everything: nothing is left).
+fn gaps(obj: &Object<'_>, s: &super::load::Section<'_>) -> Vec<(u64, u8)> {
+    let mut covered = vec![false; s.data.len()];
+    for &e in &s.entities {
+        let e = obj.ent(e);
+        let lo = (e.start as usize).min(covered.len());
+        let hi = (e.start.saturating_add(e.size) as usize).min(covered.len());
+        covered[lo..hi].iter_mut().for_each(|c| *c = true);
+    }
+    s.data
+        .iter()
+        .enumerate()
+        .filter(|&(i, _)| !covered[i])
+        .map(|(i, &b)| (i as u64, b))
+        .chain(std::iter::once((s.size, 0)))
+        .collect()
 }
