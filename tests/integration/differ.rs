@@ -374,6 +374,43 @@ fn btf_ids_renamed_by_their_counter_are_unchanged() {
     assert_eq!(defined(&obj), names(&["ksp0_fixture_other"]));
 }
 
+/// Issue 12: "post object is malformed: relocation against unsupported symbol \"\"": a
+/// relocation against the null symbol (S = 0) in changed code. An absolute one is a value (its
+/// addend) and is copied as such; an `R_X86_64_NONE` does nothing and is dropped.
+#[test]
+fn relocations_against_the_null_symbol_are_carried() {
+    let (obj, report) = patch("null-symbol-reloc", &["fixture_abs"], &[]);
+    let file = object::File::parse(&*obj).expect("parse patch object");
+    let text = file
+        .section_by_name(".text.ksp0_fixture_abs")
+        .expect("the patched function's section");
+    let relocs: Vec<(u64, object::RelocationFlags, object::RelocationTarget, i64)> = text
+        .relocations()
+        .map(|(at, r)| (at, r.flags(), r.target(), r.addend()))
+        .filter(|(_, _, t, _)| *t == object::RelocationTarget::Absolute)
+        .collect();
+    assert_eq!(
+        relocs,
+        vec![(
+            7,
+            object::RelocationFlags::Elf {
+                r_type: object::elf::R_X86_64_64
+            },
+            object::RelocationTarget::Absolute,
+            0x1234
+        )],
+        "{report}"
+    );
+    // The absolute field is skipped by run-pre (its value is in the code), never value-checked.
+    let rp = &report.run_pre[0];
+    assert!(
+        rp.skip.iter().any(|&(s, l)| s <= 7 && 7 + 8 <= s + l),
+        "{:?}",
+        rp.skip
+    );
+    assert!(rp.relocs.iter().all(|r| r.offset != 7), "{:?}", rp.relocs);
+}
+
 /// Issue 12: a vmlinux-resident file whose lines shift renames its initcall
 /// (`__initcall__kmod_<mod>__<COUNTER>_<LINE>_<fn><level>`) and moves `__LINE__` immediates in
 /// `__init` code: no functional change, not a changed `__init` function.

@@ -181,6 +181,7 @@ impl Cmp<'_, '_> {
                 }
                 false
             }
+            (Target::Abs { addend: x }, Target::Abs { addend: y }) => x == y,
             (Target::Undef { sym: a, addend: x }, Target::Undef { sym: b, addend: y })
             | (Target::Other { sym: a, addend: x }, Target::Other { sym: b, addend: y }) => {
                 x == y && pre.sym(a).name == post.sym(b).name
@@ -259,6 +260,7 @@ fn line_only(a: &[u8], b: &[u8], post: &Object<'_>, id: EntId) -> bool {
                         post.sym(sym).name.to_string()
                     }
                     Target::Ent { ent, .. } => base_name(post.ent(ent).name),
+                    Target::Abs { .. } => String::new(),
                 };
                 (at, LINE_FUNCS.contains(&name.as_str()))
             })
