@@ -485,7 +485,8 @@ fn make_dir(tree: &Path, obj: &str) -> String {
 }
 
 /// Exported symbol versions must not change: modules built against the old
-/// CRCs would no longer match (kpatch's "symvers disagreement").
+/// CRCs would no longer match (kpatch's "symvers disagreement"). New exports
+/// are refused too (the differ says why); removed ones are not changes.
 fn symver_changes(pre: &Path, post: &Path, objects: &[String]) -> Result<Vec<Refusal>> {
     let mut out = Vec::new();
     for obj in objects {
@@ -500,9 +501,12 @@ fn symver_changes(pre: &Path, post: &Path, objects: &[String]) -> Result<Vec<Ref
         names.sort();
         names.dedup();
         let show = |v: Option<&u32>| v.map_or("none".to_string(), |c| format!("{c:#010x}"));
+        // A removed export is no change for the running kernel: the update
+        // never edits its export table, so the old export simply stays (and
+        // the differ replaces the function if its code changed).
         let changed: Vec<String> = names
             .into_iter()
-            .filter(|n| a.get(*n) != b.get(*n))
+            .filter(|n| b.contains_key(*n) && a.get(*n) != b.get(*n))
             .map(|n| format!("{n} {} -> {}", show(a.get(n)), show(b.get(n))))
             .collect();
         // One refusal per object keeps the summary on one screen.
