@@ -508,7 +508,11 @@ fn removed_export_is_kept_by_the_running_kernel() -> Result<()> {
     let f = "fs/proc/generic.c";
     let text = std::fs::read_to_string(src.join(f))?;
     let line = "EXPORT_SYMBOL(proc_create_mount_point);\n";
-    assert_eq!(text.matches(line).count(), 1, "{f} no longer has the export");
+    assert_eq!(
+        text.matches(line).count(),
+        1,
+        "{f} no longer has the export"
+    );
     std::fs::write(src.join(format!("{f}.new")), text.replacen(line, "", 1))?;
     let out = tempfile::tempdir()?;
     let (opts, _etc) = options(

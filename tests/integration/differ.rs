@@ -440,6 +440,50 @@ fn initcall_and_init_code_moved_by_a_line_shift_are_no_change() {
     }
 }
 
+/// Issue 12: `__init` code refused as changed though only the displacement of a call to
+/// another `__init` function differed (one `.init.text` section: gas resolves those calls, so
+/// another order or size of the callees moves them). Calls that reach the same function are
+/// the same code.
+#[test]
+fn init_calls_that_reach_the_same_functions_are_unchanged() {
+    let (pre, post) = objects("init-reordered");
+    let code = |obj: &[u8]| {
+        let file = object::File::parse(obj).expect("parse");
+        let sym = file
+            .symbols()
+            .find(|s| s.name() == Ok("fixture_init"))
+            .expect("fixture_init");
+        let sec = file
+            .section_by_index(sym.section_index().expect("section"))
+            .expect("section");
+        let data = sec.data().expect("data");
+        data[sym.address() as usize..(sym.address() + sym.size()) as usize].to_vec()
+    };
+    assert_ne!(
+        code(&pre),
+        code(&post),
+        "the fixture no longer moves fixture_init's calls"
+    );
+    assert!(
+        matches!(run("init-reordered"), Ok(Outcome::NoChange { .. })),
+        "{:?}",
+        run("init-reordered")
+    );
+}
+
+/// The other side of the rule above: a call without a relocation that now reaches another
+/// function is a changed `__init` function, still refused by name.
+#[test]
+fn init_call_to_another_function_is_still_refused() {
+    // `module_init` makes fixture_init the alias `init_module`: the global name is reported.
+    // Only the two call displacements differ (the helpers are called in the other order).
+    let report = refused("init-call-retargeted", &["init_module"]);
+    assert_eq!(
+        report.refusals[0].reason,
+        "changed __init/__exit code or data cannot be patched"
+    );
+}
+
 /// `KPATCH_*_CALLBACK` tables are kept whole as new sections, with the functions their slots
 /// point to (new code, plus a copy of an unchanged function used as a callback) and what those
 /// need; `KPATCH_PRINTK` calls `_printk` behind `jiffies`.
