@@ -421,26 +421,16 @@ fn classify_objects(
     let mut dirs: HashMap<String, HashMap<String, ObjectBuild>> = HashMap::new();
     let mut jobs = Vec::new();
     for (obj, reasons) in objects {
-        let known = std::fs::read_to_string(kbuild::object_outputs(pre, obj)[1].clone())
-            .ok()
-            .and_then(|text| kbuild::parse_compile_lines(&text).remove(obj));
-        let build = match known {
-            Some(b) => Some(b),
-            None => {
-                let dir = make_dir(pre, obj);
-                if !dirs.contains_key(&dir) {
-                    let listing = make.dry_run_dir(pre, &dir)?;
-                    dirs.insert(dir.clone(), listing);
-                }
-                dirs[&dir].get(obj).cloned()
-            }
-        };
+        let build = make.locate(pre, obj, &mut dirs)?;
         let c_file = format!("{}.c", obj.trim_end_matches(".o"));
         // kbuild compiles a listed object even when no parent descends into
         // its directory; the parents' Makefiles say whether one does.
-        let off = build
-            .as_ref()
-            .and_then(|_| affected::dir_disabled(pre, &make_dir(pre, obj), &config));
+        let off = build.as_ref().and_then(|b| {
+            let dir = b
+                .foreign_dir()
+                .map_or_else(|| kbuild::make_dir(pre, obj), str::to_string);
+            affected::dir_disabled(pre, &dir, &config)
+        });
         if let Some(why) = off {
             if changed.contains(c_file.as_str()) {
                 refusals.push(Refusal {
@@ -451,8 +441,9 @@ fn classify_objects(
             continue;
         }
         match build {
+            // make is asked for the name kbuild gives it (`amdgpu/../display/..`).
             Some(b) => jobs.push(Job {
-                object: obj.clone(),
+                object: b.path,
                 target: b.module.unwrap_or_else(|| "vmlinux".to_string()),
             }),
             // Reached only through a header: not in this kernel, nothing to patch.
@@ -466,22 +457,6 @@ fn classify_objects(
         }
     }
     Ok(jobs)
-}
-
-/// The directory kbuild descends into for `obj`: the nearest one with a
-/// Makefile or Kbuild (objects of a composite may sit in subdirectories).
-fn make_dir(tree: &Path, obj: &str) -> String {
-    let mut dir = Path::new(obj).parent();
-    while let Some(d) = dir {
-        if d.as_os_str().is_empty() {
-            break;
-        }
-        if tree.join(d).join("Makefile").is_file() || tree.join(d).join("Kbuild").is_file() {
-            return d.to_string_lossy().into_owned();
-        }
-        dir = d.parent();
-    }
-    ".".into()
 }
 
 /// Exported symbol versions must not change: modules built against the old
