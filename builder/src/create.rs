@@ -565,8 +565,10 @@ fn diff_one(
     };
     let mut outcome = diff::diff(&pre, &post, &cx);
     // Offline run-pre: each replaced function's pre code must be in the image.
-    if let (Ok(diff::Outcome::Patch { report, .. }), Some(image)) = (&outcome, &profile.image) {
+    // Jumps the image's assembler relaxed are compared as the image has them.
+    if let (Ok(diff::Outcome::Patch { report, .. }), Some(image)) = (&mut outcome, &profile.image) {
         if job.target == "vmlinux" {
+            crate::target::runpre::realign(report, map, image);
             let (fixed, refusals) = crate::target::runpre::check(report, map, image);
             if !refusals.is_empty() {
                 let mut report = report.clone();
@@ -579,6 +581,9 @@ fn diff_one(
                 // diff so `.klp.sym` names and run-pre data carry it.
                 cx.sympos.extend(fixed);
                 outcome = diff::diff(&pre, &post, &cx);
+                if let Ok(diff::Outcome::Patch { report, .. }) = &mut outcome {
+                    crate::target::runpre::realign(report, map, image);
+                }
             }
         }
     }
