@@ -484,6 +484,21 @@ fn init_call_to_another_function_is_still_refused() {
     );
 }
 
+/// A changed function that calls another function of its shared section (`.sched.text`)
+/// through a displacement the assembler resolved: its copy in the patch object would call a
+/// wrong address (the differ used to emit exactly that). Refused by name until such calls are
+/// turned into relocations.
+#[test]
+fn call_without_relocation_inside_a_shared_section_is_refused() {
+    let report = refused("shared-section-call", &["fixture_caller"]);
+    assert!(
+        report.refusals[0].reason.starts_with(
+            "calls or jumps to fixture_helper in the same section without a relocation"
+        ),
+        "{report}"
+    );
+}
+
 /// `KPATCH_*_CALLBACK` tables are kept whole as new sections, with the functions their slots
 /// point to (new code, plus a copy of an unchanged function used as a callback) and what those
 /// need; `KPATCH_PRINTK` calls `_printk` behind `jiffies`.
