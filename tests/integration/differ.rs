@@ -499,6 +499,30 @@ fn call_without_relocation_inside_a_shared_section_is_refused() {
     );
 }
 
+/// Safety (issue 12: never relaxed to raise the numbers): a structure that gains a field
+/// changes the running kernel's object of that type; refused by the object's name.
+#[test]
+fn changed_structure_layout_of_existing_data_is_refused() {
+    let report = refused("struct-layout-changed", &["fixture_conf"]);
+    assert_eq!(
+        report.refusals[0].reason,
+        "changed data exists in the running kernel"
+    );
+}
+
+/// Safety: a changed `noinstr` function (no ftrace entry, its own `.noinstr.text`) is refused
+/// by name, also now that calls inside shared sections are compared by their target.
+#[test]
+fn changed_noinstr_function_is_refused() {
+    let report = refused("noinstr-changed", &["fixture_entry_work"]);
+    assert!(
+        report.refusals[0]
+            .reason
+            .starts_with("changed function has no ftrace entry"),
+        "{report}"
+    );
+}
+
 /// `KPATCH_*_CALLBACK` tables are kept whole as new sections, with the functions their slots
 /// point to (new code, plus a copy of an unchanged function used as a callback) and what those
 /// need; `KPATCH_PRINTK` calls `_printk` behind `jiffies`.
