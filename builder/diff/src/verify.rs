@@ -29,6 +29,14 @@ pub(crate) fn ftrace_entries(obj: &Object<'_>) -> HashSet<EntId> {
     out
 }
 
+/// Tracing metadata the running kernel keeps for the functions it has (see the removal rule
+/// in `run`).
+const METADATA: &[&str] = &[
+    "_ftrace_events",
+    "__syscalls_metadata",
+    "_error_injection_whitelist",
+];
+
 pub(crate) fn run(
     pair: &Pair<'_>,
     status: &Statuses,
@@ -110,11 +118,6 @@ pub(crate) fn run(
         // The running kernel keeps its tracing metadata for the functions it has; a post build
         // without it (KPATCH_SYSCALL_DEFINEx leaves SYSCALL_METADATA and ALLOW_ERROR_INJECTION
         // out on purpose) changes nothing there, and nothing in the patch refers to it.
-        const METADATA: &[&str] = &[
-            "_ftrace_events",
-            "__syscalls_metadata",
-            "_error_injection_whitelist",
-        ];
         if pre.sec(e.sec).kind == Kind::Unknown && !METADATA.contains(&pre.sec(e.sec).name) {
             out.push(Refusal {
                 symbol: e.name.to_string(),
@@ -143,7 +146,12 @@ pub(crate) fn run(
     // Bytes of a not-understood section that no named object covers (`BTF_ID_FLAGS` writes
     // its flags after the 4-byte ID symbol) are compared as a whole: a change there would
     // otherwise be dropped without a word.
-    for s in post.sections.iter().filter(|s| s.kind == Kind::Unknown) {
+    // Tracing metadata may lose entries (the removal rule above): its size may shrink.
+    for s in post
+        .sections
+        .iter()
+        .filter(|s| s.kind == Kind::Unknown && !METADATA.contains(&s.name))
+    {
         let Some(p) = pre.section_by_name(s.name).map(|id| pre.sec(id)) else {
             continue;
         };
