@@ -411,6 +411,20 @@ fn relocations_against_the_null_symbol_are_carried() {
     assert!(rp.relocs.iter().all(|r| r.offset != 7), "{:?}", rp.relocs);
 }
 
+/// Issue 12, the other side: a reference into a section the differ keeps nothing of (here
+/// `.discard.*`) cannot be carried; it is refused by name with that reason (it was the same
+/// "malformed" error, exit 1).
+#[test]
+fn reference_into_a_dropped_section_is_refused_by_name() {
+    let report = refused("refers-into-discard", &["fixture_marker"]);
+    assert!(
+        report.refusals[0]
+            .reason
+            .starts_with("included code refers into .discard.fixture"),
+        "{report}"
+    );
+}
+
 /// Issue 12: a vmlinux-resident file whose lines shift renames its initcall
 /// (`__initcall__kmod_<mod>__<COUNTER>_<LINE>_<fn><level>`) and moves `__LINE__` immediates in
 /// `__init` code: no functional change, not a changed `__init` function.
