@@ -433,26 +433,16 @@ fn classify_objects(
     let mut dirs: HashMap<String, HashMap<String, ObjectBuild>> = HashMap::new();
     let mut jobs = Vec::new();
     for (obj, reasons) in objects {
-        let known = std::fs::read_to_string(kbuild::object_outputs(pre, obj)[1].clone())
-            .ok()
-            .and_then(|text| kbuild::parse_compile_lines(&text).remove(obj));
-        let build = match known {
-            Some(b) => Some(b),
-            None => {
-                let dir = make_dir(pre, obj);
-                if !dirs.contains_key(&dir) {
-                    let listing = make.dry_run_dir(pre, &dir)?;
-                    dirs.insert(dir.clone(), listing);
-                }
-                dirs[&dir].get(obj).cloned()
-            }
-        };
+        let build = make.locate(pre, obj, &mut dirs)?;
         let c_file = format!("{}.c", obj.trim_end_matches(".o"));
         // kbuild compiles a listed object even when no parent descends into
         // its directory; the parents' Makefiles say whether one does.
-        let off = build
-            .as_ref()
-            .and_then(|_| affected::dir_disabled(pre, &make_dir(pre, obj), &config));
+        let off = build.as_ref().and_then(|b| {
+            let dir = b
+                .foreign_dir()
+                .map_or_else(|| kbuild::make_dir(pre, obj), str::to_string);
+            affected::dir_disabled(pre, &dir, &config)
+        });
         if let Some(why) = off {
             if changed.contains(c_file.as_str()) {
                 refusals.push(Refusal {
@@ -463,8 +453,9 @@ fn classify_objects(
             continue;
         }
         match build {
+            // make is asked for the name kbuild gives it (`amdgpu/../display/..`).
             Some(b) => jobs.push(Job {
-                object: obj.clone(),
+                object: b.path,
                 target: b.module.unwrap_or_else(|| "vmlinux".to_string()),
             }),
             // Reached only through a header: not in this kernel, nothing to patch.
@@ -480,24 +471,9 @@ fn classify_objects(
     Ok(jobs)
 }
 
-/// The directory kbuild descends into for `obj`: the nearest one with a
-/// Makefile or Kbuild (objects of a composite may sit in subdirectories).
-fn make_dir(tree: &Path, obj: &str) -> String {
-    let mut dir = Path::new(obj).parent();
-    while let Some(d) = dir {
-        if d.as_os_str().is_empty() {
-            break;
-        }
-        if tree.join(d).join("Makefile").is_file() || tree.join(d).join("Kbuild").is_file() {
-            return d.to_string_lossy().into_owned();
-        }
-        dir = d.parent();
-    }
-    ".".into()
-}
-
 /// Exported symbol versions must not change: modules built against the old
-/// CRCs would no longer match (kpatch's "symvers disagreement").
+/// CRCs would no longer match (kpatch's "symvers disagreement"). New exports
+/// are refused too (the differ says why); removed ones are not changes.
 fn symver_changes(pre: &Path, post: &Path, objects: &[String]) -> Result<Vec<Refusal>> {
     let mut out = Vec::new();
     for obj in objects {
@@ -512,9 +488,12 @@ fn symver_changes(pre: &Path, post: &Path, objects: &[String]) -> Result<Vec<Ref
         names.sort();
         names.dedup();
         let show = |v: Option<&u32>| v.map_or("none".to_string(), |c| format!("{c:#010x}"));
+        // A removed export is no change for the running kernel: the update
+        // never edits its export table, so the old export simply stays (and
+        // the differ replaces the function if its code changed).
         let changed: Vec<String> = names
             .into_iter()
-            .filter(|n| a.get(*n) != b.get(*n))
+            .filter(|n| b.contains_key(*n) && a.get(*n) != b.get(*n))
             .map(|n| format!("{n} {} -> {}", show(a.get(n)), show(b.get(n))))
             .collect();
         // One refusal per object keeps the summary on one screen.
@@ -598,8 +577,10 @@ fn diff_one(
     };
     let mut outcome = diff::diff(&pre, &post, &cx);
     // Offline run-pre: each replaced function's pre code must be in the image.
-    if let (Ok(diff::Outcome::Patch { report, .. }), Some(image)) = (&outcome, &profile.image) {
+    // Jumps the image's assembler relaxed are compared as the image has them.
+    if let (Ok(diff::Outcome::Patch { report, .. }), Some(image)) = (&mut outcome, &profile.image) {
         if job.target == "vmlinux" {
+            crate::target::runpre::realign(report, map, image);
             let (fixed, refusals) = crate::target::runpre::check(report, map, image);
             if !refusals.is_empty() {
                 let mut report = report.clone();
@@ -612,6 +593,9 @@ fn diff_one(
                 // diff so `.klp.sym` names and run-pre data carry it.
                 cx.sympos.extend(fixed);
                 outcome = diff::diff(&pre, &post, &cx);
+                if let Ok(diff::Outcome::Patch { report, .. }) = &mut outcome {
+                    crate::target::runpre::realign(report, map, image);
+                }
             }
         }
     }

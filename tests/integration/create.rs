@@ -499,6 +499,89 @@ fn every_unpatchable_change_is_refused_in_one_run() -> Result<()> {
     Ok(())
 }
 
+/// Issue 12: a removed `EXPORT_SYMBOL` was refused ("exported symbol versions change
+/// (proc_create_mount_point 0x... -> none)") although the running kernel simply keeps
+/// exporting it: the update never edits the kernel's export table, and the function itself did
+/// not change. An added or re-versioned export stays refused (differ, symver check).
+#[test]
+fn removed_export_is_kept_by_the_running_kernel() -> Result<()> {
+    let src = src_tree("exports")?;
+    let f = "fs/proc/generic.c";
+    let text = std::fs::read_to_string(src.join(f))?;
+    let line = "EXPORT_SYMBOL(proc_create_mount_point);\n";
+    assert_eq!(
+        text.matches(line).count(),
+        1,
+        "{f} no longer has the export"
+    );
+    std::fs::write(src.join(format!("{f}.new")), text.replacen(line, "", 1))?;
+    let out = tempfile::tempdir()?;
+    let (opts, _etc) = options(
+        Source::DiffExt {
+            src: src.clone(),
+            ext: "new".into(),
+        },
+        src_profile(&src),
+        out.path(),
+    );
+    let mut summary = Summary::default();
+    let result = create(&opts, &mut summary);
+    std::fs::remove_file(src.join(format!("{f}.new")))?;
+    match result {
+        Err(Error::NoChange { objects }) => {
+            assert_eq!(objects, vec!["fs/proc/generic.o".to_string()], "{summary}")
+        }
+        other => panic!(
+            "expected no functional change, got {:?}\n{summary}",
+            other.map_err(|e| e.to_string())
+        ),
+    }
+    Ok(())
+}
+
+/// Issue 12: amdgpu's display code is compiled by amdgpu's Makefile as
+/// `drivers/gpu/drm/amd/amdgpu/../display/...` (its own directories hold Makefile
+/// fragments only), and was refused as "not built by the target's config". It is found
+/// under the name kbuild gives it, built as part of the amdgpu module, and diffed.
+#[test]
+fn amdgpu_display_code_built_through_dot_dot_is_found() -> Result<()> {
+    let src = src_tree("dotdot")?;
+    let f = "drivers/gpu/drm/amd/display/dc/basics/conversion.c";
+    let text = std::fs::read_to_string(src.join(f))?;
+    let from = "\tgcd = find_gcd(num, den);\n";
+    assert_eq!(text.matches(from).count(), 1, "{f} changed upstream");
+    let post = text.replacen(from, "\tgcd = den ? find_gcd(num, den) : 1;\n", 1);
+    std::fs::write(src.join(format!("{f}.new")), post)?;
+    let out = tempfile::tempdir()?;
+    let (opts, _etc) = options(
+        Source::DiffExt {
+            src: src.clone(),
+            ext: "new".into(),
+        },
+        src_profile(&src),
+        out.path(),
+    );
+    let mut summary = Summary::default();
+    let result = create(&opts, &mut summary);
+    std::fs::remove_file(src.join(format!("{f}.new")))?;
+    let objects: Vec<(String, String, Vec<String>)> = summary
+        .objects
+        .iter()
+        .map(|o| (o.object.clone(), o.target.clone(), o.changed.clone()))
+        .collect();
+    assert_eq!(
+        objects,
+        vec![(
+            "drivers/gpu/drm/amd/amdgpu/../display/dc/basics/conversion.o".to_string(),
+            "amdgpu".to_string(),
+            vec!["reduce_fraction".to_string()]
+        )],
+        "{summary}\n{:?}",
+        result.map_err(|e| e.to_string())
+    );
+    Ok(())
+}
+
 /// Regression (issue 9 §5): a mistyped flag exited 2, which the exit-code
 /// table reserves for "refused"; it is a usage error (1). `--help` is 0.
 #[test]

@@ -352,6 +352,191 @@ fn new_export_is_refused() {
     refused("new-export", &["fixture_new_export"]);
 }
 
+/// Issue 12: `__BTF_ID__<kind>__<name>__<COUNTER><LINE>` (include/linux/btf_ids.h) is renamed
+/// by any edit above it; the renamed IDs were refused as a change in an unknown section
+/// (`.BTF_ids`). They pair by name without the counter, so only the real change remains.
+#[test]
+fn btf_ids_renamed_by_their_counter_are_unchanged() {
+    let (pre, post) = objects("btf-ids-renumbered");
+    let btf = |obj: &[u8]| -> BTreeSet<String> {
+        symbol_names(obj)
+            .into_iter()
+            .filter(|n| n.starts_with("__BTF_ID__"))
+            .collect()
+    };
+    assert!(
+        btf(&pre).len() == 2 && btf(&pre).is_disjoint(&btf(&post)),
+        "the fixture no longer renames its BTF IDs: {:?} {:?}",
+        btf(&pre),
+        btf(&post)
+    );
+    let (obj, _) = patch("btf-ids-renumbered", &["fixture_other"], &[]);
+    assert_eq!(defined(&obj), names(&["ksp0_fixture_other"]));
+}
+
+/// Issue 12: "post object is malformed: relocation against unsupported symbol \"\"": a
+/// relocation against the null symbol (S = 0) in changed code. An absolute one is a value (its
+/// addend) and is copied as such; an `R_X86_64_NONE` does nothing and is dropped.
+#[test]
+fn relocations_against_the_null_symbol_are_carried() {
+    let (obj, report) = patch("null-symbol-reloc", &["fixture_abs"], &[]);
+    let file = object::File::parse(&*obj).expect("parse patch object");
+    let text = file
+        .section_by_name(".text.ksp0_fixture_abs")
+        .expect("the patched function's section");
+    let relocs: Vec<(u64, object::RelocationFlags, object::RelocationTarget, i64)> = text
+        .relocations()
+        .map(|(at, r)| (at, r.flags(), r.target(), r.addend()))
+        .filter(|(_, _, t, _)| *t == object::RelocationTarget::Absolute)
+        .collect();
+    assert_eq!(
+        relocs,
+        vec![(
+            7,
+            object::RelocationFlags::Elf {
+                r_type: object::elf::R_X86_64_64
+            },
+            object::RelocationTarget::Absolute,
+            0x1234
+        )],
+        "{report}"
+    );
+    // The absolute field is skipped by run-pre (its value is in the code), never value-checked.
+    let rp = &report.run_pre[0];
+    assert!(
+        rp.skip.iter().any(|&(s, l)| s <= 7 && 7 + 8 <= s + l),
+        "{:?}",
+        rp.skip
+    );
+    assert!(rp.relocs.iter().all(|r| r.offset != 7), "{:?}", rp.relocs);
+}
+
+/// Issue 12, the other side: a reference into a section the differ keeps nothing of (here
+/// `.discard.*`) cannot be carried; it is refused by name with that reason (it was the same
+/// "malformed" error, exit 1).
+#[test]
+fn reference_into_a_dropped_section_is_refused_by_name() {
+    let report = refused("refers-into-discard", &["fixture_marker"]);
+    assert!(
+        report.refusals[0]
+            .reason
+            .starts_with("included code refers into .discard.fixture"),
+        "{report}"
+    );
+}
+
+/// Issue 12: a vmlinux-resident file whose lines shift renames its initcall
+/// (`__initcall__kmod_<mod>__<COUNTER>_<LINE>_<fn><level>`) and moves `__LINE__` immediates in
+/// `__init` code: no functional change, not a changed `__init` function.
+#[test]
+fn initcall_and_init_code_moved_by_a_line_shift_are_no_change() {
+    let (pre, post) = objects("initcall-line-shift");
+    let initcall = |obj: &[u8]| {
+        symbol_names(obj)
+            .into_iter()
+            .find(|n| n.starts_with("__initcall__kmod_fixture__"))
+            .expect("the fixture has an initcall")
+    };
+    assert_ne!(
+        initcall(&pre),
+        initcall(&post),
+        "the initcall is no longer renamed"
+    );
+    match run("initcall-line-shift") {
+        Ok(Outcome::NoChange { report }) => {
+            assert_eq!(
+                report.line_only,
+                vec!["fixture_setup".to_string()],
+                "{report}"
+            )
+        }
+        other => panic!("expected no functional change, got {other:?}"),
+    }
+}
+
+/// Issue 12: `__init` code refused as changed though only the displacement of a call to
+/// another `__init` function differed (one `.init.text` section: gas resolves those calls, so
+/// another order or size of the callees moves them). Calls that reach the same function are
+/// the same code.
+#[test]
+fn init_calls_that_reach_the_same_functions_are_unchanged() {
+    let (pre, post) = objects("init-reordered");
+    let code = |obj: &[u8]| {
+        let file = object::File::parse(obj).expect("parse");
+        let sym = file
+            .symbols()
+            .find(|s| s.name() == Ok("fixture_init"))
+            .expect("fixture_init");
+        let sec = file
+            .section_by_index(sym.section_index().expect("section"))
+            .expect("section");
+        let data = sec.data().expect("data");
+        data[sym.address() as usize..(sym.address() + sym.size()) as usize].to_vec()
+    };
+    assert_ne!(
+        code(&pre),
+        code(&post),
+        "the fixture no longer moves fixture_init's calls"
+    );
+    assert!(
+        matches!(run("init-reordered"), Ok(Outcome::NoChange { .. })),
+        "{:?}",
+        run("init-reordered")
+    );
+}
+
+/// The other side of the rule above: a call without a relocation that now reaches another
+/// function is a changed `__init` function, still refused by name.
+#[test]
+fn init_call_to_another_function_is_still_refused() {
+    // `module_init` makes fixture_init the alias `init_module`: the global name is reported.
+    // Only the two call displacements differ (the helpers are called in the other order).
+    let report = refused("init-call-retargeted", &["init_module"]);
+    assert_eq!(
+        report.refusals[0].reason,
+        "changed __init/__exit code or data cannot be patched"
+    );
+}
+
+/// A changed function that calls another function of its shared section (`.sched.text`)
+/// through a displacement the assembler resolved: its copy in the patch object would call a
+/// wrong address (the differ used to emit exactly that). Refused by name until such calls are
+/// turned into relocations.
+#[test]
+fn call_without_relocation_inside_a_shared_section_is_refused() {
+    let report = refused("shared-section-call", &["fixture_caller"]);
+    assert!(
+        report.refusals[0].reason.starts_with(
+            "calls or jumps to fixture_helper in the same section without a relocation"
+        ),
+        "{report}"
+    );
+}
+
+/// Safety (issue 12: never relaxed to raise the numbers): a structure that gains a field
+/// changes the running kernel's object of that type; refused by the object's name.
+#[test]
+fn changed_structure_layout_of_existing_data_is_refused() {
+    let report = refused("struct-layout-changed", &["fixture_conf"]);
+    assert_eq!(
+        report.refusals[0].reason,
+        "changed data exists in the running kernel"
+    );
+}
+
+/// Safety: a changed `noinstr` function (no ftrace entry, its own `.noinstr.text`) is refused
+/// by name, also now that calls inside shared sections are compared by their target.
+#[test]
+fn changed_noinstr_function_is_refused() {
+    let report = refused("noinstr-changed", &["fixture_entry_work"]);
+    assert!(
+        report.refusals[0]
+            .reason
+            .starts_with("changed function has no ftrace entry"),
+        "{report}"
+    );
+}
+
 /// `KPATCH_*_CALLBACK` tables are kept whole as new sections, with the functions their slots
 /// point to (new code, plus a copy of an unchanged function used as a callback) and what those
 /// need; `KPATCH_PRINTK` calls `_printk` behind `jiffies`.

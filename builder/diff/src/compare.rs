@@ -181,6 +181,7 @@ impl Cmp<'_, '_> {
                 }
                 false
             }
+            (Target::Abs { addend: x }, Target::Abs { addend: y }) => x == y,
             (Target::Undef { sym: a, addend: x }, Target::Undef { sym: b, addend: y })
             | (Target::Other { sym: a, addend: x }, Target::Other { sym: b, addend: y }) => {
                 x == y && pre.sym(a).name == post.sym(b).name
@@ -214,6 +215,11 @@ impl Cmp<'_, '_> {
         if ea.kind != eb.kind || ea.size != eb.size {
             return Status::Changed;
         }
+        // In a section the differ does not understand, where an entry sits may be what it
+        // means (`.BTF_ids` lists are read by index): a moved entry is a changed one.
+        if pre.sec(ea.sec).kind == Kind::Unknown && ea.start != eb.start {
+            return Status::Changed;
+        }
         if !self.same_relas(a, b) {
             return Status::Changed;
         }
@@ -221,10 +227,74 @@ impl Cmp<'_, '_> {
         if ba == bb {
             return Status::Unchanged;
         }
-        if ea.kind == EntKind::Func && line_only(ba, bb, post, b) {
+        if ea.kind != EntKind::Func {
+            return Status::Changed;
+        }
+        let (ba, bb) = self.blank_local_branches(a, b, ba, bb);
+        if ba == bb {
+            return Status::Unchanged;
+        }
+        if line_only(&ba, &bb, post, b) {
             return Status::LineOnly;
         }
         Status::Changed
+    }
+
+    /// Functions that share one section (`__init` code in `.init.text`, `__sched`,
+    /// `__meminit`, `noinstr`, ...) call each other through displacements gas resolves itself,
+    /// without a relocation: when gcc emits them in another order, or one of them changes
+    /// size, every such call changes bytes though it reaches the same function. Returns the
+    /// two codes with the rel32 of each `call` / `jmp` / `jcc` blanked where, in both builds,
+    /// it has no relocation and lands exactly on the start of another function, and the two
+    /// functions are correlated. Anything else keeps its bytes and stays a difference.
+    fn blank_local_branches(&self, a: EntId, b: EntId, ba: &[u8], bb: &[u8]) -> (Vec<u8>, Vec<u8>) {
+        let (pre, post) = (&self.pair.pre, &self.pair.post);
+        let (mut na, mut nb) = (ba.to_vec(), bb.to_vec());
+        let relocated = |obj: &Object<'_>, id: EntId, f: usize| {
+            let at = obj.ent(id).start + f as u64;
+            obj.ent_relas(id)
+                .iter()
+                .any(|r| r.offset < at + 4 && at < r.offset + u64::from(r.width()))
+        };
+        // The function a rel32 field at `f` of `id` lands on, if it lands on a start.
+        let callee = |obj: &Object<'_>, id: EntId, code: &[u8], f: usize| -> Option<EntId> {
+            let rel = i32::from_le_bytes(code.get(f..f + 4)?.try_into().ok()?);
+            let target = (obj.ent(id).start as i64) + f as i64 + 4 + i64::from(rel);
+            let t = obj.entity_at(obj.ent(id).sec, target, false)?;
+            let te = obj.ent(t);
+            (t != id && te.kind == EntKind::Func && te.start as i64 == target).then_some(t)
+        };
+        let mut i = 0;
+        while i < ba.len() {
+            if ba[i] == bb[i] {
+                i += 1;
+                continue;
+            }
+            let field = (i.saturating_sub(3)..=i).find(|&f| {
+                let opcode = |c: &[u8]| {
+                    (f >= 1 && matches!(c[f - 1], 0xe8 | 0xe9))
+                        || (f >= 2 && c[f - 2] == 0x0f && (0x80..=0x8f).contains(&c[f - 1]))
+                };
+                f + 4 <= ba.len()
+                    && opcode(ba)
+                    && ba[f.saturating_sub(2)..f] == bb[f.saturating_sub(2)..f]
+                    && !relocated(pre, a, f)
+                    && !relocated(post, b, f)
+                    && matches!(
+                        (callee(pre, a, ba, f), callee(post, b, bb, f)),
+                        (Some(x), Some(y)) if self.pair.to_post.get(&x) == Some(&y)
+                    )
+            });
+            match field {
+                Some(f) => {
+                    na[f..f + 4].fill(0);
+                    nb[f..f + 4].fill(0);
+                    i = f + 4;
+                }
+                None => i += 1,
+            }
+        }
+        (na, nb)
     }
 }
 
@@ -254,6 +324,7 @@ fn line_only(a: &[u8], b: &[u8], post: &Object<'_>, id: EntId) -> bool {
                         post.sym(sym).name.to_string()
                     }
                     Target::Ent { ent, .. } => base_name(post.ent(ent).name),
+                    Target::Abs { .. } => String::new(),
                 };
                 (at, LINE_FUNCS.contains(&name.as_str()))
             })

@@ -28,6 +28,16 @@ pub(crate) fn base_name(name: &str) -> String {
         let trimmed = out.trim_end_matches(|c: char| c.is_ascii_digit()).len();
         out.truncate(trimmed);
     }
+    // `__BTF_ID__<kind>__<name>__<COUNTER><LINE>` (include/linux/btf_ids.h `__ID`): any edit
+    // above it renames every BTF ID of the file. `compare` still requires the renamed entry to
+    // sit where it sat (a list is read by index).
+    if let Some(rest) = out.strip_prefix("__BTF_ID__") {
+        if let Some((head, tail)) = rest.rsplit_once("__") {
+            if !head.is_empty() && !tail.is_empty() && tail.bytes().all(|b| b.is_ascii_digit()) {
+                out.truncate("__BTF_ID__".len() + head.len() + 2);
+            }
+        }
+    }
     out
 }
 
@@ -188,6 +198,19 @@ mod tests {
         assert_eq!(base_name("__UNIQUE_ID_ddebug473.50"), "__UNIQUE_ID_ddebug");
         assert_eq!(base_name(".data..percpu"), ".data..percpu");
         assert_eq!(base_name("plain"), "plain");
+        assert_eq!(
+            base_name("__BTF_ID__struct__task_struct__19411"),
+            "__BTF_ID__struct__task_struct__"
+        );
+        assert_eq!(
+            base_name("__BTF_ID__func__bpf_sk2__7120"),
+            "__BTF_ID__func__bpf_sk2__"
+        );
+        // Sets have no counter: kept whole.
+        assert_eq!(
+            base_name("__BTF_ID__set8__fixture_kfuncs"),
+            "__BTF_ID__set8__fixture_kfuncs"
+        );
     }
 
     #[test]

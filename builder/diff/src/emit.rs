@@ -258,11 +258,11 @@ pub(crate) fn run(pair: &Pair<'_>, sel: &Selection, cx: &Cx) -> Result<Emitted, 
     }
 
     // 2. Relocations of included entities.
-    let map_target = |out: &mut Out<'_>, t: Target| -> Result<(SymbolId, i64), Error> {
+    let map_target = |out: &mut Out<'_>, t: Target| -> Result<(Option<SymbolId>, i64), Error> {
         match t {
             Target::Ent { ent, off } => {
                 if let Some(&(_, sym)) = out.ents.get(&ent) {
-                    return Ok((sym, off));
+                    return Ok((Some(sym), off));
                 }
                 let Some(&pre_id) = pair.to_pre.get(&ent) else {
                     return Err(Error::Malformed {
@@ -284,13 +284,15 @@ pub(crate) fn run(pair: &Pair<'_>, sel: &Selection, cx: &Cx) -> Result<Emitted, 
                     });
                 };
                 let ext = external(cx, pe.name, true, pair.pre.sym(psym).bind);
-                Ok((out.extern_sym(ext), off))
+                Ok((Some(out.extern_sym(ext)), off))
             }
             Target::Undef { sym, addend } => {
                 let s = post.sym(sym);
                 let ext = external(cx, s.name, false, s.bind);
-                Ok((out.extern_sym(ext), addend))
+                Ok((Some(out.extern_sym(ext)), addend))
             }
+            // Still against the null symbol: the value is the addend in every link.
+            Target::Abs { addend } => Ok((None, addend)),
             Target::Other { sym, .. } => Err(Error::Malformed {
                 side: Side::Post,
                 detail: format!(
@@ -321,7 +323,7 @@ pub(crate) fn run(pair: &Pair<'_>, sel: &Selection, cx: &Cx) -> Result<Emitted, 
             let (sym, addend) = map_target(&mut out, t)?;
             relas.push(OutRela {
                 r_offset: r.offset - e.start,
-                symbol: Some(sym),
+                symbol: sym,
                 r_type: r.r_type,
                 r_addend: addend,
             });
@@ -365,13 +367,13 @@ pub(crate) fn run(pair: &Pair<'_>, sel: &Selection, cx: &Cx) -> Result<Emitted, 
                     // The anchor belongs to `owner` even at its end address.
                     let o = post.sym(r.sym);
                     let pos = o.value as i64 + r.addend;
-                    (out.ents[&owner].1, pos - post.ent(owner).start as i64)
+                    (Some(out.ents[&owner].1), pos - post.ent(owner).start as i64)
                 } else {
                     map_target(&mut out, post.resolve(r, 0, false))?
                 };
                 relas.push(OutRela {
                     r_offset: new_off,
-                    symbol: Some(sym),
+                    symbol: sym,
                     r_type: r.r_type,
                     r_addend: addend,
                 });
@@ -593,7 +595,8 @@ fn checked_relocs(pre: &Object<'_>, pid: EntId, sites: &[(u32, u32)], cx: &Cx) -
                 }
                 (ext, addend)
             }
-            Target::Other { .. } => continue,
+            // An absolute value is in the compared bytes' place: nothing to resolve.
+            Target::Other { .. } | Target::Abs { .. } => continue,
         };
         if REWRITTEN_TARGETS.iter().any(|p| target.name.starts_with(p)) {
             continue;

@@ -182,6 +182,24 @@ impl Walk<'_, '_> {
             for r in relas {
                 match self.pair.post.resolve_in(sec, &r) {
                     Target::Ent { ent, .. } if ent != id => self.need(id, ent),
+                    Target::Other { sym, .. } if self.post().sec(sec).kind != Kind::Callbacks => {
+                        // Nothing a patch object could point at: a file symbol, or a section
+                        // the differ keeps no entities for (ignored or special sections).
+                        let post = self.post();
+                        let s = post.sym(sym);
+                        let target = match s.section {
+                            Some(t) if s.name.is_empty() => post.sec(t).name,
+                            _ => s.name,
+                        };
+                        let p = Refusal {
+                            symbol: post.ent(id).name.to_string(),
+                            section: post.sec(sec).name.to_string(),
+                            reason: format!(
+                                "included code refers into {target}, which a patch object cannot carry"
+                            ),
+                        };
+                        self.sel.problems.push(p);
+                    }
                     Target::Undef { sym, .. } | Target::Other { sym, .. }
                         if self.post().sec(sec).kind == Kind::Callbacks =>
                     {
@@ -220,7 +238,7 @@ impl Walk<'_, '_> {
                 let ext = super::emit::external(self.cx, s.name, false, s.bind);
                 (ext.object != "vmlinux").then(|| s.name.to_string())
             }
-            Target::Other { .. } => None,
+            Target::Other { .. } | Target::Abs { .. } => None,
         }
     }
 

@@ -157,7 +157,11 @@ pub(crate) enum Target {
     Ent { ent: EntId, off: i64 },
     /// An undefined (external) symbol plus addend.
     Undef { sym: SymId, addend: i64 },
-    /// Something the differ cannot map (absolute or common symbol, ignored section).
+    /// The null symbol (index 0, S = 0): the field's value is the addend alone (gas writes
+    /// this for an absolute `.reloc`), the same in every link.
+    Abs { addend: i64 },
+    /// Something the differ cannot map (a file symbol, a section without entities such as
+    /// an ignored or special section): refused when included code refers to it.
     Other { sym: SymId, addend: i64 },
 }
 
@@ -342,6 +346,11 @@ pub(crate) fn run(data: &[u8], side: Side) -> Result<Object<'_>, Error> {
         };
         let mut out = Vec::with_capacity(relas.len());
         for r in relas {
+            // R_X86_64_NONE changes nothing when linked (objtool turns the relocations of the
+            // calls and jumps it NOPs into these; gas writes them for `.reloc` directives).
+            if r.r_type(endian, false) == elf::R_X86_64_NONE {
+                continue;
+            }
             let sym = r.r_sym(endian, false);
             if sym as usize >= symbols.len() {
                 return Err(malformed(
@@ -523,9 +532,12 @@ impl<'a> Object<'a> {
     /// Map a relocation to an entity-relative target. `bias` is the relocation's code bias when
     /// it sits in code, 0 in data and tables.
     pub fn resolve(&self, r: &Rela, bias: i64, allow_end: bool) -> Target {
+        if r.sym.0 == 0 {
+            return Target::Abs { addend: r.addend };
+        }
         let sym = self.sym(r.sym);
         let Some(sec) = sym.section else {
-            return if sym.st_type == elf::STT_FILE || r.sym.0 == 0 {
+            return if sym.st_type == elf::STT_FILE {
                 Target::Other {
                     sym: r.sym,
                     addend: r.addend,

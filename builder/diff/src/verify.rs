@@ -29,6 +29,14 @@ pub(crate) fn ftrace_entries(obj: &Object<'_>) -> HashSet<EntId> {
     out
 }
 
+/// Tracing metadata the running kernel keeps for the functions it has (see the removal rule
+/// in `run`).
+const METADATA: &[&str] = &[
+    "_ftrace_events",
+    "__syscalls_metadata",
+    "_error_injection_whitelist",
+];
+
 pub(crate) fn run(
     pair: &Pair<'_>,
     status: &Statuses,
@@ -110,16 +118,50 @@ pub(crate) fn run(
         // The running kernel keeps its tracing metadata for the functions it has; a post build
         // without it (KPATCH_SYSCALL_DEFINEx leaves SYSCALL_METADATA and ALLOW_ERROR_INJECTION
         // out on purpose) changes nothing there, and nothing in the patch refers to it.
-        const METADATA: &[&str] = &[
-            "_ftrace_events",
-            "__syscalls_metadata",
-            "_error_injection_whitelist",
-        ];
         if pre.sec(e.sec).kind == Kind::Unknown && !METADATA.contains(&pre.sec(e.sec).name) {
             out.push(Refusal {
                 symbol: e.name.to_string(),
                 section: pre.sec(e.sec).name.to_string(),
                 reason: "removed from a section the differ does not understand".to_string(),
+            });
+        }
+    }
+    // 4. A call or jump the assembler resolved inside a section several functions share
+    //    (`.sched.text`, `.meminit.text`, a cold function beside its `.cold` part) has no
+    //    relocation: copied into the patch object it would reach whatever lies at that
+    //    distance from the copy.
+    for &id in sel.included.keys() {
+        for target in local_branch_targets(post, id) {
+            let e = post.ent(id);
+            out.push(Refusal {
+                symbol: e.name.to_string(),
+                section: post.sec(e.sec).name.to_string(),
+                reason: format!(
+                    "calls or jumps to {} in the same section without a relocation (resolved by the assembler): a copy of the function cannot carry that reference",
+                    post.ent(target).name
+                ),
+            });
+        }
+    }
+    // Bytes of a not-understood section that no named object covers (`BTF_ID_FLAGS` writes
+    // its flags after the 4-byte ID symbol) are compared as a whole: a change there would
+    // otherwise be dropped without a word.
+    // Tracing metadata may lose entries (the removal rule above): its size may shrink.
+    for s in post
+        .sections
+        .iter()
+        .filter(|s| s.kind == Kind::Unknown && !METADATA.contains(&s.name))
+    {
+        let Some(p) = pre.section_by_name(s.name).map(|id| pre.sec(id)) else {
+            continue;
+        };
+        if gaps(post, s) != gaps(pre, p) {
+            out.push(Refusal {
+                symbol: s.name.to_string(),
+                section: s.name.to_string(),
+                reason:
+                    "change outside the named objects of a section the differ does not understand"
+                        .to_string(),
             });
         }
     }
@@ -168,5 +210,70 @@ pub(crate) fn run(
     }
     out.sort_by(|a, b| (&a.symbol, &a.section, &a.reason).cmp(&(&b.symbol, &b.section, &b.reason)));
     out.dedup();
+    out
+}
+
+/// The bytes of `s` outside its named entities, with their offsets (a whole-section entity
+/// covers everything: nothing is left).
+fn gaps(obj: &Object<'_>, s: &super::load::Section<'_>) -> Vec<(u64, u8)> {
+    let mut covered = vec![false; s.data.len()];
+    for &e in &s.entities {
+        let e = obj.ent(e);
+        let lo = (e.start as usize).min(covered.len());
+        let hi = (e.start.saturating_add(e.size) as usize).min(covered.len());
+        covered[lo..hi].iter_mut().for_each(|c| *c = true);
+    }
+    s.data
+        .iter()
+        .enumerate()
+        .filter(|&(i, _)| !covered[i])
+        .map(|(i, &b)| (i as u64, b))
+        .chain(std::iter::once((s.size, 0)))
+        .collect()
+}
+
+/// Functions of its own section that function `id` reaches by a `call`, `jmp` or `jcc` rel32
+/// without a relocation (the assembler resolved it): rel32 fields, not covered by any
+/// relocation, that land exactly on the start of another function of the section. Only
+/// sections with more than one function can have them.
+pub(crate) fn local_branch_targets(obj: &Object<'_>, id: EntId) -> Vec<EntId> {
+    let e = obj.ent(id);
+    let sec = obj.sec(e.sec);
+    let funcs = sec
+        .entities
+        .iter()
+        .filter(|&&x| obj.ent(x).kind == EntKind::Func)
+        .count();
+    if e.kind != EntKind::Func || funcs < 2 {
+        return Vec::new();
+    }
+    let code = obj.ent_bytes(id);
+    let relas = obj.ent_relas(id);
+    let mut out = Vec::new();
+    for f in 1..code.len().saturating_sub(3) {
+        let near = matches!(code[f - 1], 0xe8 | 0xe9)
+            || (f >= 2 && code[f - 2] == 0x0f && (0x80..=0x8f).contains(&code[f - 1]));
+        if !near {
+            continue;
+        }
+        let at = e.start + f as u64;
+        if relas
+            .iter()
+            .any(|r| r.offset < at + 4 && at < r.offset + u64::from(r.width()))
+        {
+            continue;
+        }
+        let Ok(field) = <[u8; 4]>::try_from(&code[f..f + 4]) else {
+            continue;
+        };
+        let target = at as i64 + 4 + i64::from(i32::from_le_bytes(field));
+        let Some(t) = obj.entity_at(e.sec, target, false) else {
+            continue;
+        };
+        let te = obj.ent(t);
+        if t != id && te.kind == EntKind::Func && te.start as i64 == target && !out.contains(&t) {
+            out.push(t);
+        }
+    }
     out
 }

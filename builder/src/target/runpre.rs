@@ -229,6 +229,147 @@ pub fn check(
     (fixed, refusals)
 }
 
+/// The image's encoding of a function that differs from the pre build's only
+/// in jumps the assembler relaxed: the image was built without
+/// `-ffunction-sections`, so a tail `jmp` (or `jcc`) to a static function of
+/// the same file is resolved by gas and may be the short form (`eb rel8`,
+/// `7x rel8`) where the relocatable pre object has `e9 rel32` / `0f 8x rel32`
+/// with a relocation. Each such jump must reach, in the image, exactly where
+/// the pre build's relocation points (`S + A + 4`, S from the target's
+/// symbol table); every other byte must match outside the skip ranges, which
+/// move with the code. Returns the rewritten run-pre data (code, skip ranges
+/// and checked relocations at their image offsets; the short jumps are then
+/// compared byte for byte, which pins their targets, as the kernel's check
+/// does) or `None` when the function is not such a case.
+fn realigned(
+    rp: &diff::RunPre,
+    func: u64,
+    map: &SystemMap,
+    image: &TargetImage,
+    shift: u64,
+) -> Option<diff::RunPre> {
+    // Up to the pre length of image bytes: the image code is never longer.
+    let live = image.bytes_at(func, rp.code.len() as u64)?;
+    let code = &rp.code;
+    let skipped = |i: usize| {
+        rp.skip
+            .iter()
+            .find(|&&(s, l)| i >= s as usize && i < s as usize + l as usize)
+            .map(|&(s, l)| s as usize + l as usize)
+    };
+    let (mut i, mut j) = (0usize, 0usize);
+    let mut out = Vec::with_capacity(code.len());
+    let mut skip = Vec::new();
+    // Pre offset -> image offset, for the relocations that stay checked.
+    let mut moved: HashMap<u32, u32> = HashMap::new();
+    let mut relaxed = Vec::new();
+    while i < code.len() {
+        // A near jump (e9 / 0f 8x) whose rel32 is a checked PC32 relocation,
+        // where the image has the short form of the same jump.
+        let (near, short) = match (code[i], code.get(i + 1), live.get(j)) {
+            (0xe9, _, Some(0xeb)) => (5, 0xeb),
+            (0x0f, Some(&cc), Some(&b)) if (0x80..=0x8f).contains(&cc) && b == cc - 0x10 => (6, b),
+            _ => (0, 0),
+        };
+        if near > 0 && skipped(i).is_none() {
+            let field = (i + near - 4) as u32;
+            let target = rp
+                .relocs
+                .iter()
+                .find(|r| r.offset == field && r.kind == RelocKind::Pc32)?;
+            let rel8 = i8::from_le_bytes([*live.get(j + 1)?]);
+            let lands = (func + j as u64 + 2).wrapping_add_signed(i64::from(rel8));
+            let reaches = candidates(map, &target.target)
+                .iter()
+                .any(|s| unshift(s.addr, shift).wrapping_add_signed(target.addend + 4) == lands);
+            if !reaches {
+                return None;
+            }
+            out.extend_from_slice(&[short, live[j + 1]]);
+            relaxed.push(field);
+            i += near;
+            j += 2;
+            continue;
+        }
+        if let Some(end) = skipped(i) {
+            let n = end - i;
+            let bytes = live.get(j..j + n)?;
+            for k in 0..n {
+                moved.insert((i + k) as u32, (j + k) as u32);
+            }
+            skip.push((j as u32, n as u32));
+            out.extend_from_slice(bytes);
+            i = end;
+            j += n;
+            continue;
+        }
+        if live.get(j) != Some(&code[i]) {
+            return None;
+        }
+        out.push(code[i]);
+        i += 1;
+        j += 1;
+    }
+    if relaxed.is_empty() {
+        return None;
+    }
+    let relocs = rp
+        .relocs
+        .iter()
+        .filter(|r| !relaxed.contains(&r.offset))
+        .map(|r| {
+            Some(RunPreReloc {
+                offset: *moved.get(&r.offset)?,
+                ..r.clone()
+            })
+        })
+        .collect::<Option<Vec<_>>>()?;
+    Some(diff::RunPre {
+        code: out,
+        skip,
+        relocs,
+        ..rp.clone()
+    })
+}
+
+/// Rewrite the run-pre data of every replaced function whose pre code
+/// matches the image only through relaxed jumps (see `realigned`) at exactly
+/// one of its System.map candidates, so that `check` here and the update
+/// module's own check in the kernel compare the image's encoding. Functions
+/// that match as they are, or not even so, are left alone (and `check`
+/// decides). Returns the names rewritten.
+pub fn realign(report: &mut diff::Report, map: &SystemMap, image: &TargetImage) -> Vec<String> {
+    let mut done = Vec::new();
+    let Some(map_text) = map.unique_vmlinux("_text") else {
+        return done;
+    };
+    let shift = map_text.wrapping_sub(image.text_addr);
+    for rp in &mut report.run_pre {
+        let addrs: Vec<u64> = map
+            .lookup("vmlinux", &rp.name)
+            .filter(|s| s.is_text())
+            .map(|s| s.addr.wrapping_sub(shift))
+            .collect();
+        let as_is = addrs.iter().any(|&a| {
+            image
+                .bytes_at(a, rp.code.len() as u64)
+                .is_some_and(|live| first_mismatch(&rp.code, live, &rp.skip).is_none())
+        });
+        if as_is {
+            continue;
+        }
+        let found: Vec<diff::RunPre> = addrs
+            .iter()
+            .filter_map(|&a| realigned(rp, a, map, image, shift))
+            .collect();
+        if let [one] = found.as_slice() {
+            *rp = one.clone();
+            done.push(rp.name.clone());
+        }
+    }
+    done
+}
+
 /// Offset of the first byte that differs outside the skip ranges.
 fn first_mismatch(pre: &[u8], live: &[u8], skip: &[(u32, u32)]) -> Option<usize> {
     let skipped = |i: usize| {
@@ -463,6 +604,77 @@ mod tests {
             live_target(&image, BASE, &r(RelocKind::Abs32, 4)),
             Some(0xcccc_cccc - 4)
         );
+    }
+
+    /// `fix` at +0x10 ends in a tail jump to `helper` at +0x20 that the image
+    /// encodes short (`eb 07`); `other` sits at +0x28.
+    fn short_jump_image() -> (TargetImage, SystemMap) {
+        const BASE: u64 = 0xffffffff81000000;
+        let mut text = vec![0xccu8; 0x40];
+        text[0x10..0x15].copy_from_slice(&[0xe8, 0x11, 0x22, 0x33, 0x44]);
+        text[0x15..0x17].copy_from_slice(&[0x31, 0xc0]);
+        text[0x17..0x19].copy_from_slice(&[0xeb, 0x07]);
+        let map = SystemMap::parse(
+            "ffffffff83000000 T _text\nffffffff83000010 t fix\n\
+             ffffffff83000020 t helper\nffffffff83000028 t other\n",
+            Path::new("map"),
+        )
+        .expect("map");
+        (elf_image(BASE, &text), map)
+    }
+
+    /// The pre build: ftrace call, `xor %eax,%eax`, `jmp <target>` (rel32 relocated).
+    fn tail_jump_report(target: &str) -> diff::Report {
+        let mut r = report(
+            "fix",
+            &[0xe8, 0, 0, 0, 0, 0x31, 0xc0, 0xe9, 0, 0, 0, 0],
+            vec![(0, 5), (8, 4)],
+        );
+        r.run_pre[0].relocs = vec![RunPreReloc {
+            offset: 8,
+            kind: RelocKind::Pc32,
+            target: local(target, 0),
+            addend: -4,
+        }];
+        r
+    }
+
+    /// Issue 12: "expected e9 found eb": the image's tail jump to the same
+    /// function is the short form. Realigned, the run-pre data is the image's
+    /// encoding (what the kernel will compare too) and the check passes.
+    #[test]
+    fn a_relaxed_tail_jump_to_the_same_function_is_accepted() {
+        let (image, map) = short_jump_image();
+        let mut r = tail_jump_report("helper");
+        let (_, refusals) = check(&r, &map, &image);
+        assert!(
+            refusals.len() == 1 && refusals[0].reason.contains("expected e9 found eb"),
+            "{refusals:?}"
+        );
+        assert_eq!(realign(&mut r, &map, &image), vec!["fix".to_string()]);
+        let rp = &r.run_pre[0];
+        assert_eq!(
+            rp.code,
+            [0xe8, 0x11, 0x22, 0x33, 0x44, 0x31, 0xc0, 0xeb, 0x07]
+        );
+        assert_eq!(rp.skip, vec![(0, 5)]);
+        assert!(rp.relocs.is_empty(), "{:?}", rp.relocs);
+        let (_, refusals) = check(&r, &map, &image);
+        assert!(refusals.is_empty(), "{refusals:?}");
+    }
+
+    /// The short jump reaches another function than the pre build's, or
+    /// another byte differs: nothing is rewritten and the check refuses.
+    #[test]
+    fn a_relaxed_jump_elsewhere_or_another_difference_stays_refused() {
+        let (image, map) = short_jump_image();
+        let mut r = tail_jump_report("other");
+        assert!(realign(&mut r, &map, &image).is_empty());
+        assert_eq!(check(&r, &map, &image).1.len(), 1);
+        let mut r = tail_jump_report("helper");
+        r.run_pre[0].code[6] = 0xc9;
+        assert!(realign(&mut r, &map, &image).is_empty());
+        assert_eq!(check(&r, &map, &image).1.len(), 1);
     }
 
     #[test]

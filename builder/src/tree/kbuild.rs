@@ -73,6 +73,120 @@ impl Make {
         }
         Ok(parse_compile_lines(&String::from_utf8_lossy(&out.stdout)))
     }
+
+    /// Where and how kbuild builds `obj` (a path in the tree): the compile
+    /// line of an earlier build's `.cmd` file, else what `make -n` of the
+    /// nearest directory with a Makefile compiles, else what the Makefiles
+    /// of nearby directories compile through `../` (amdgpu's Makefile builds
+    /// `amdgpu/../display/dc/core/dc.o`; the display directories have no
+    /// kbuild Makefile of their own). `listings` caches `make -n` per
+    /// directory. `None`: kbuild does not build it under this config.
+    pub fn locate(
+        &self,
+        tree: &Path,
+        obj: &str,
+        listings: &mut HashMap<String, HashMap<String, ObjectBuild>>,
+    ) -> Result<Option<ObjectBuild>> {
+        let cmd = object_outputs(tree, obj)[1].clone();
+        if let Some(b) = std::fs::read_to_string(&cmd)
+            .ok()
+            .and_then(|text| parse_compile_lines(&text).remove(obj))
+        {
+            return Ok(Some(b));
+        }
+        let own = make_dir(tree, obj);
+        if let Some(b) = self.listing(tree, &own, listings)?.get(obj) {
+            return Ok(Some(b.clone()));
+        }
+        // A Makefile that names no objects (`obj-...`) is a fragment another
+        // directory's Makefile includes: look for that one among the
+        // siblings of the ancestors (not above two levels below the top)
+        // whose Makefile reaches out of its directory. A real kbuild
+        // Makefile decides alone: its object is not built.
+        let names_objects = |dir: &str| {
+            ["Makefile", "Kbuild"].iter().any(|m| {
+                std::fs::read_to_string(tree.join(dir).join(m)).is_ok_and(|t| t.contains("obj-"))
+            })
+        };
+        if names_objects(&own) {
+            return Ok(None);
+        }
+        let mut dirs = Vec::new();
+        let mut ancestor = Path::new(&own).parent();
+        while let Some(a) = ancestor.filter(|a| a.components().count() >= 2) {
+            let mut found: Vec<String> = std::fs::read_dir(tree.join(a))
+                .into_iter()
+                .flatten()
+                .flatten()
+                .map(|e| a.join(e.file_name()).to_string_lossy().into_owned())
+                .filter(|d| {
+                    ["Makefile", "Kbuild"].iter().any(|m| {
+                        std::fs::read_to_string(tree.join(d).join(m))
+                            .is_ok_and(|t| t.contains("../"))
+                    })
+                })
+                .collect();
+            found.sort();
+            dirs.extend(found);
+            ancestor = a.parent();
+        }
+        for dir in dirs {
+            // A directory make cannot list is not where the object comes from.
+            let Ok(listing) = self.listing(tree, &dir, listings) else {
+                continue;
+            };
+            if let Some(b) = listing.get(obj) {
+                return Ok(Some(b.clone()));
+            }
+        }
+        Ok(None)
+    }
+
+    /// `dry_run_dir`, once per directory.
+    fn listing<'l>(
+        &self,
+        tree: &Path,
+        dir: &str,
+        listings: &'l mut HashMap<String, HashMap<String, ObjectBuild>>,
+    ) -> Result<&'l HashMap<String, ObjectBuild>> {
+        if !listings.contains_key(dir) {
+            let listing = self.dry_run_dir(tree, dir)?;
+            listings.insert(dir.to_string(), listing);
+        }
+        Ok(&listings[dir])
+    }
+}
+
+/// The directory kbuild descends into for `obj`: the nearest one with a
+/// Makefile or Kbuild (objects of a composite may sit in subdirectories).
+pub fn make_dir(tree: &Path, obj: &str) -> String {
+    let mut dir = Path::new(obj).parent();
+    while let Some(d) = dir {
+        if d.as_os_str().is_empty() {
+            break;
+        }
+        if tree.join(d).join("Makefile").is_file() || tree.join(d).join("Kbuild").is_file() {
+            return d.to_string_lossy().into_owned();
+        }
+        dir = d.parent();
+    }
+    ".".into()
+}
+
+/// `a/b/../c/./d` -> `a/c/d`: the tree path of an object kbuild names
+/// through `../`.
+pub fn normalize(path: &str) -> String {
+    let mut out: Vec<&str> = Vec::new();
+    for part in path.split('/') {
+        match part {
+            "" | "." => {}
+            ".." if out.last().is_some_and(|p| *p != "..") => {
+                out.pop();
+            }
+            p => out.push(p),
+        }
+    }
+    out.join("/")
 }
 
 /// How kbuild compiles one object: into vmlinux or as part of a module.
@@ -80,11 +194,23 @@ impl Make {
 pub struct ObjectBuild {
     /// `None`: built into vmlinux; `Some(name)`: part of module `name`.
     pub module: Option<String>,
+    /// The object as kbuild names it, which is what `make` must be asked
+    /// for: its path in the tree, or a path through `../` when another
+    /// directory's Makefile builds it.
+    pub path: String,
+}
+
+impl ObjectBuild {
+    /// The directory kbuild descends into to build it, when that is not the
+    /// object's own (a path through `../`).
+    pub fn foreign_dir(&self) -> Option<&str> {
+        self.path.split_once("/../").map(|(dir, _)| dir)
+    }
 }
 
 /// Read `gcc ... -c -o OBJ SRC` lines: `-DMODULE` marks module objects and
 /// `-DKBUILD_MODNAME='"name"'` names the module (kbuild evaluated the
-/// Makefiles and the config for us).
+/// Makefiles and the config for us). Keys are tree paths (`../` resolved).
 pub fn parse_compile_lines(text: &str) -> HashMap<String, ObjectBuild> {
     let mut out = HashMap::new();
     for line in text.lines() {
@@ -109,9 +235,11 @@ pub fn parse_compile_lines(text: &str) -> HashMap<String, ObjectBuild> {
                     .map(|n| n.trim_matches(['\'', '"', '\\']).to_string())
                     .unwrap_or_default()
             });
-            // The first compile line of an object is the command itself.
-            out.entry(obj.trim_start_matches("./").to_string())
-                .or_insert(ObjectBuild { module });
+            // The first compile line of an object is the command itself. Keyed
+            // by its tree path: kbuild may name it through `../`.
+            let path = obj.trim_start_matches("./").to_string();
+            out.entry(normalize(&path))
+                .or_insert(ObjectBuild { module, path });
         }
     }
     out
@@ -201,15 +329,34 @@ gcc -o scripts/foo scripts/foo.c\n";
             HashMap::from([
                 (
                     "fs/proc/cmdline.o".to_string(),
-                    ObjectBuild { module: None }
+                    ObjectBuild {
+                        module: None,
+                        path: "fs/proc/cmdline.o".into()
+                    }
                 ),
                 (
                     "fs/xfs/xfs_stats.o".to_string(),
                     ObjectBuild {
-                        module: Some("xfs".into())
+                        module: Some("xfs".into()),
+                        path: "fs/xfs/xfs_stats.o".into()
                     }
                 ),
             ])
         );
+    }
+
+    /// Issue 12: amdgpu's Makefile compiles its display code as
+    /// `amdgpu/../display/...`; the object is found under its tree path and
+    /// keeps the name make must be given.
+    #[test]
+    fn objects_named_through_dot_dot_are_keyed_by_their_tree_path() {
+        let text = "gcc -DMODULE -DKBUILD_BASENAME='\"dc\"' -DKBUILD_MODNAME='\"amdgpu\"' -c -o drivers/gpu/drm/amd/amdgpu/../display/dc/core/dc.o drivers/gpu/drm/amd/amdgpu/../display/dc/core/dc.c\n";
+        let m = parse_compile_lines(text);
+        let b = &m["drivers/gpu/drm/amd/display/dc/core/dc.o"];
+        assert_eq!(b.module.as_deref(), Some("amdgpu"));
+        assert_eq!(b.path, "drivers/gpu/drm/amd/amdgpu/../display/dc/core/dc.o");
+        assert_eq!(b.foreign_dir(), Some("drivers/gpu/drm/amd/amdgpu"));
+        assert_eq!(normalize("a/b/../c/./d"), "a/c/d");
+        assert_eq!(normalize("../x"), "../x");
     }
 }
