@@ -329,6 +329,29 @@ fn line_shift_only_is_no_change() {
 }
 
 #[test]
+fn syscall_redefined_without_its_metadata_moves_the_others_and_is_a_patch() {
+    // KPATCH_SYSCALL_DEFINEx leaves the changed call's SYSCALL_METADATA out (the running
+    // kernel keeps its own): the other calls' entries in __syscalls_metadata move up.
+    // Moved tracing metadata is no change; the changed call is the patch.
+    match run("syscall-metadata-left-out") {
+        Ok(Outcome::Patch { report, .. }) => {
+            let changed = set(report.changed());
+            assert!(
+                changed.iter().any(|f| f.contains("ksplice_fx_c")),
+                "{changed:?}"
+            );
+            assert!(
+                !changed
+                    .iter()
+                    .any(|f| f.contains("ksplice_fx_a") || f.contains("ksplice_fx_b")),
+                "{changed:?}"
+            );
+        }
+        other => panic!("expected a patch, got {other:?}"),
+    }
+}
+
+#[test]
 fn changed_data_is_refused() {
     refused("data-changed", &["fixture_limit"]);
 }
