@@ -470,7 +470,7 @@ fn classify_objects(
 
 /// The directory kbuild descends into for `obj`: the nearest one with a
 /// Makefile or Kbuild (objects of a composite may sit in subdirectories).
-fn make_dir(tree: &Path, obj: &str) -> String {
+pub(crate) fn make_dir(tree: &Path, obj: &str) -> String {
     let mut dir = Path::new(obj).parent();
     while let Some(d) = dir {
         if d.as_os_str().is_empty() {
