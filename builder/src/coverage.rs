@@ -43,6 +43,9 @@ pub const DEFAULT_TO: &str = "6.1.190-1";
 pub const DEFAULT_SAMPLE_VMLINUX: usize = 5;
 pub const DEFAULT_SAMPLE_MODULES: usize = 3;
 
+/// Patches whose pre objects are compiled together before they build.
+const CHUNK: usize = 16;
+
 /// A `--limit K` run asks kbuild about K times this many changed `.c` files.
 const LIMIT_CLASSIFY: usize = 4;
 
@@ -756,9 +759,8 @@ pub fn run(opts: &CoverageOptions, progress: &mut dyn Progress) -> Result<(Corpu
         patch: dummy,
     })?;
     let mut rng = Rng::new(opts.seed);
-    let (corpus, groups) = {
-        let t = Instant::now();
-        let trees = Trees::open(
+    let open_trees = || {
+        Trees::open(
             &opts.cache,
             &co.pre,
             &co.pre_id,
@@ -766,7 +768,11 @@ pub fn run(opts: &CoverageOptions, progress: &mut dyn Progress) -> Result<(Corpu
             &old.symvers,
             &make,
             opts.cache_max,
-        )?;
+        )
+    };
+    let (pre, builds, changed, order) = {
+        let t = Instant::now();
+        let trees = open_trees()?;
         progress.note(&format!(
             "prepared tree {} ({:.0} s)",
             trees.pre.display(),
@@ -791,7 +797,6 @@ pub fn run(opts: &CoverageOptions, progress: &mut dyn Progress) -> Result<(Corpu
             c_files.len(),
             t.elapsed().as_secs_f64()
         ));
-        // The patches this run builds, in order.
         let mut order: Vec<String> = c_files.iter().map(|c| c.path.clone()).collect();
         // In a limited run, the split keeps only the files kbuild was asked about.
         let changed: Vec<Changed> = match opts.limit {
@@ -800,91 +805,96 @@ pub fn run(opts: &CoverageOptions, progress: &mut dyn Progress) -> Result<(Corpu
                 .filter(|c| !c.path.ends_with(".c") || order.contains(&c.path))
                 .cloned()
                 .collect(),
-            None => changed.clone(),
+            None => changed,
         };
         if opts.limit.is_some() {
             rng.shuffle(&mut order);
             // Built files only, so the limit goes to patches that can give an update.
             order.retain(|f| builds.get(f).is_some_and(|b| b.is_ok()));
         }
-        // Compile the planned pre objects once: their `.cmd` files hold the
-        // dependency lists (and the objects are the pre side of every build after).
-        let to_compile: Vec<String> = order
+        (trees.pre.clone(), builds, changed, order)
+    };
+    let is_built = |f: &str| builds.get(f).is_some_and(|b| b.is_ok());
+    // A changed .c file's headers come from its pre object's `.cmd` file, so the pre
+    // objects are compiled before their patches (they are the pre side of the build
+    // after, too), a chunk at a time under the tree's lock, so records come early.
+    let compile = |files: &[String], progress: &mut dyn Progress| -> Result<()> {
+        let objects: Vec<String> = files
             .iter()
-            .take(opts.limit.map_or(usize::MAX, |l| l.saturating_mul(2)))
-            .filter(|f| builds.get(*f).is_some_and(|b| b.is_ok()))
+            .filter(|f| is_built(f))
             .map(|f| object_of(f))
-            .filter(|o| !trees.pre.join(o).is_file())
+            .filter(|o| !kbuild::object_outputs(&pre, o)[1].is_file())
             .collect();
-        let t = Instant::now();
-        for chunk in to_compile.chunks(200) {
-            make.objects_keep_going(&trees.pre, chunk)?;
+        if objects.is_empty() {
+            return Ok(());
         }
+        let t = Instant::now();
+        let trees = open_trees()?;
+        make.objects_keep_going(&trees.pre, &objects)?;
         progress.note(&format!(
             "compiled {} pre objects for their dependency lists ({:.0} s)",
-            to_compile.len(),
+            objects.len(),
             t.elapsed().as_secs_f64()
         ));
-        let pre = trees.pre.clone();
-        let deps = |c: &str| -> Option<BTreeSet<String>> {
-            let obj = object_of(c);
-            let cmd = kbuild::object_outputs(&pre, &obj)[1].clone();
-            std::fs::read_to_string(cmd)
-                .ok()
-                .map(|t| parse_cmd_deps(&t))
-        };
-        let new_src = new.source.clone();
-        let includes = |c: &str| -> Vec<String> {
-            std::fs::read(new_src.join(c))
-                .map(|b| include_names(&b))
-                .unwrap_or_default()
-        };
-        let split = split(&changed, &deps, &includes);
-        drop(trees);
-
-        let mut built = BTreeMap::new();
-        let mut not_built = BTreeMap::new();
-        for (f, b) in &builds {
-            match b {
-                Ok(target) => {
-                    built.insert(f.clone(), target.clone());
-                }
-                Err(why) => {
-                    not_built.insert(f.clone(), why.clone());
-                }
-            }
-        }
-        let mut planned: Vec<String> = if opts.limit.is_some() {
+        Ok(())
+    };
+    let deps = |c: &str| -> Option<BTreeSet<String>> {
+        let cmd = kbuild::object_outputs(&pre, &object_of(c))[1].clone();
+        std::fs::read_to_string(cmd)
+            .ok()
+            .map(|t| parse_cmd_deps(&t))
+    };
+    let new_src = new.source.clone();
+    let includes = |c: &str| -> Vec<String> {
+        std::fs::read(new_src.join(c))
+            .map(|b| include_names(&b))
+            .unwrap_or_default()
+    };
+    let planned: Vec<String> = match opts.limit {
+        Some(limit) => {
+            let first: Vec<String> = order
+                .iter()
+                .take(limit.saturating_mul(2))
+                .cloned()
+                .collect();
+            compile(&first, progress)?;
             // Header-free patches first: they touch one object, build fastest and are
             // the likeliest to give the sample its updates.
-            let has_headers: BTreeSet<&str> = split
+            let s = split(&changed, &deps, &includes);
+            let has_headers: BTreeSet<&str> = s
                 .groups
                 .iter()
                 .filter(|g| !g.headers.is_empty())
                 .map(|g| g.file.as_str())
                 .collect();
-            let mut o = order.clone();
+            let mut o = first;
             o.sort_by_key(|f| has_headers.contains(f.as_str()));
+            o.truncate(limit);
             o
-        } else {
-            split.groups.iter().map(|g| g.file.clone()).collect()
-        };
-        if let Some(l) = opts.limit {
-            planned.truncate(l);
         }
-        let corpus = Corpus {
-            from: old.version.clone(),
-            to: new.version.clone(),
-            release: profile.release.clone(),
-            changed: changed.len(),
-            split: split.clone(),
-            built,
-            not_built,
-            planned,
-            limit: opts.limit,
-        };
-        (corpus, split.groups)
+        None => changed
+            .iter()
+            .filter(|c| c.path.ends_with(".c"))
+            .map(|c| c.path.clone())
+            .collect(),
     };
+    let mut corpus = Corpus {
+        from: old.version.clone(),
+        to: new.version.clone(),
+        release: profile.release.clone(),
+        changed: changed.len(),
+        split: split(&changed, &deps, &includes),
+        built: BTreeMap::new(),
+        not_built: BTreeMap::new(),
+        planned,
+        limit: opts.limit,
+    };
+    for (f, b) in &builds {
+        match b {
+            Ok(target) => corpus.built.insert(f.clone(), target.clone()),
+            Err(why) => corpus.not_built.insert(f.clone(), why.clone()),
+        };
+    }
     write_json(&out.join(CORPUS), &corpus)?;
 
     // Signing key of this output directory (the VM trusts it for the sample).
@@ -899,40 +909,58 @@ pub fn run(opts: &CoverageOptions, progress: &mut dyn Progress) -> Result<(Corpu
     let trust = manifests::TrustPolicy::new(vec![key.public()], 1)?;
 
     let mut records = load_records(&out.join(RECORDS))?;
-    let groups: BTreeMap<&str, &Group> = groups.iter().map(|g| (g.file.as_str(), g)).collect();
     let total = corpus.planned.len();
-    for (index, file) in corpus.planned.iter().enumerate() {
-        let Some(group) = groups.get(file.as_str()) else {
-            continue;
-        };
+    let planned = corpus.planned.clone();
+    'chunks: for (c, chunk) in planned.chunks(CHUNK).enumerate() {
         if opts.limit.is_some() && enough_for_sample(&records, opts) {
             progress.note("the sample has its updates: stopping (--limit)");
             break;
         }
-        let text = patch_text(&old.source, &new.source, group)?;
-        let sha = hex::encode(Sha256::digest(text.as_bytes()));
-        if records
+        compile(chunk, progress)?;
+        // The split as far as the dependency lists go now (the header-only class
+        // shrinks as more objects are compiled).
+        corpus.split = split(&changed, &deps, &includes);
+        write_json(&out.join(CORPUS), &corpus)?;
+        let groups: BTreeMap<&str, &Group> = corpus
+            .split
+            .groups
             .iter()
-            .any(|r| r.file == group.file && r.patch_sha256 == sha)
-        {
-            continue;
+            .map(|g| (g.file.as_str(), g))
+            .collect();
+        for (i, file) in chunk.iter().enumerate() {
+            let index = c * CHUNK + i;
+            let Some(group) = groups.get(file.as_str()) else {
+                continue;
+            };
+            if opts.limit.is_some() && enough_for_sample(&records, opts) {
+                progress.note("the sample has its updates: stopping (--limit)");
+                break 'chunks;
+            }
+            let text = patch_text(&old.source, &new.source, group)?;
+            let sha = hex::encode(Sha256::digest(text.as_bytes()));
+            if records
+                .iter()
+                .any(|r| r.file == group.file && r.patch_sha256 == sha)
+            {
+                continue;
+            }
+            let record = build_one(
+                opts,
+                &out,
+                &old,
+                &profile,
+                &kernel_version,
+                &key_path,
+                &corpus,
+                index,
+                group,
+                &text,
+                sha,
+            )?;
+            append_record(&out.join(RECORDS), &record)?;
+            progress.record(index, total, &record);
+            records.push(record);
         }
-        let record = build_one(
-            opts,
-            &out,
-            &old,
-            &profile,
-            &kernel_version,
-            &key_path,
-            &corpus,
-            index,
-            group,
-            &text,
-            sha,
-        )?;
-        append_record(&out.join(RECORDS), &record)?;
-        progress.record(index, total, &record);
-        records.push(record);
     }
 
     // The sample: its packages and the trust policy, beside sample.json.
@@ -1013,10 +1041,13 @@ fn kbuild_builds(
     for f in files {
         let obj = object_of(&f.path);
         let cmd = kbuild::object_outputs(tree, &obj)[1].clone();
-        match std::fs::read_to_string(&cmd)
-            .ok()
-            .and_then(|t| kbuild::parse_compile_lines(&t).remove(&obj))
-        {
+        match std::fs::read_to_string(&cmd).ok().and_then(|t| {
+            // kbuild names some objects through `../` in their own `.cmd` file too.
+            kbuild::parse_compile_lines(&t)
+                .into_iter()
+                .find(|(o, _)| normalize(o) == obj)
+                .map(|(_, b)| b)
+        }) {
             Some(b) => {
                 known.insert(obj, b);
             }

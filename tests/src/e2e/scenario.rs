@@ -510,6 +510,43 @@ fn refusal_reason(base: &str) -> &'static str {
 mod tests {
     use super::*;
 
+    /// The harness reads the sample the coverage tool writes: same file, same fields,
+    /// same scenario name; a module file gets two cases' time.
+    #[test]
+    fn the_coverage_sample_is_read_as_the_builder_writes_it() {
+        use builder::coverage::{Sample, SampleUpdate, SAMPLE_FILE, SCENARIO};
+        assert_eq!(SCENARIO, COVERAGE);
+        assert_eq!(SAMPLE_FILE, "sample.json");
+        let d = tempfile::tempdir().unwrap();
+        let update = |id: &str, target: &str| SampleUpdate {
+            id: id.into(),
+            file: format!("{id}.c"),
+            target: target.into(),
+            package: format!("ksplice-{id}.tar.gz"),
+        };
+        let written = Sample {
+            release: "6.1.0-53-amd64".into(),
+            seed: 1,
+            trust: "trust.toml".into(),
+            updates: vec![update("a", "vmlinux"), update("b", "xfs")],
+        };
+        std::fs::write(
+            d.path().join(SAMPLE_FILE),
+            serde_json::to_vec(&written).unwrap(),
+        )
+        .unwrap();
+        let read = CoverageSample::load(d.path()).unwrap();
+        assert_eq!(read.release, "6.1.0-53-amd64");
+        assert_eq!(read.updates[1].target, "xfs");
+        assert_eq!(read.updates[1].package, "ksplice-b.tar.gz");
+        assert_eq!(read.timeout(), 120 + 60 * 3);
+        let missing = CoverageSample::load(&d.path().join("nowhere")).unwrap_err();
+        assert!(
+            format!("{missing:#}").contains("run ci/coverage"),
+            "{missing:#}"
+        );
+    }
+
     #[test]
     fn every_patch_gets_a_scenario() {
         let dir = tempfile::tempdir().unwrap();
