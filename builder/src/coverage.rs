@@ -698,7 +698,7 @@ pub struct Corpus {
     pub built: BTreeMap<String, String>,
     /// The changed `.c` files kbuild does not build, with why when known.
     pub not_built: BTreeMap<String, String>,
-    /// The patches this run builds, in order (all of them unless `--limit`).
+    /// The patches this run builds, in order (all of them, seeded order, unless `--limit`).
     pub planned: Vec<String>,
     pub limit: Option<usize>,
 }
@@ -872,11 +872,17 @@ pub fn run(opts: &CoverageOptions, progress: &mut dyn Progress) -> Result<(Corpu
             o.truncate(limit);
             o
         }
-        None => changed
-            .iter()
-            .filter(|c| c.path.ends_with(".c"))
-            .map(|c| c.path.clone())
-            .collect(),
+        None => {
+            // Seeded order: a run stopped early is a random sample of the corpus, not
+            // its first directories.
+            let mut all: Vec<String> = changed
+                .iter()
+                .filter(|c| c.path.ends_with(".c"))
+                .map(|c| c.path.clone())
+                .collect();
+            rng.shuffle(&mut all);
+            all
+        }
     };
     let mut corpus = Corpus {
         from: old.version.clone(),
@@ -899,14 +905,9 @@ pub fn run(opts: &CoverageOptions, progress: &mut dyn Progress) -> Result<(Corpu
 
     // Signing key of this output directory (the VM trusts it for the sample).
     let key_path = out.join("sign.key");
-    let key = if key_path.exists() {
-        manifests::SigningKey::load(&key_path)?
-    } else {
-        let k = manifests::SigningKey::generate()?;
-        k.save_new(&key_path)?;
-        k
-    };
-    let trust = manifests::TrustPolicy::new(vec![key.public()], 1)?;
+    if !key_path.exists() {
+        manifests::SigningKey::generate()?.save_new(&key_path)?;
+    }
 
     let mut records = load_records(&out.join(RECORDS))?;
     let total = corpus.planned.len();
@@ -956,6 +957,8 @@ pub fn run(opts: &CoverageOptions, progress: &mut dyn Progress) -> Result<(Corpu
                 group,
                 &text,
                 sha,
+                &pre,
+                &new.source,
             )?;
             append_record(&out.join(RECORDS), &record)?;
             progress.record(index, total, &record);
@@ -963,13 +966,34 @@ pub fn run(opts: &CoverageOptions, progress: &mut dyn Progress) -> Result<(Corpu
         }
     }
 
-    // The sample: its packages and the trust policy, beside sample.json.
-    let picked = sample(
+    write_sample(
+        &out,
+        &corpus,
         &records,
         opts.sample_vmlinux,
         opts.sample_modules,
         opts.seed,
-    );
+    )?;
+    let planned: BTreeSet<&str> = corpus.planned.iter().map(String::as_str).collect();
+    records.retain(|r| planned.contains(r.file.as_str()));
+    Ok((corpus, records))
+}
+
+/// Draw the seeded sample from `records` and write `OUT/sample/`: `sample.json`, the
+/// sampled packages, and the trust policy of the run's signing key (`OUT/sign.key`).
+/// `run` does it at its end; `ksplice-build coverage sample` does it for a run that
+/// was stopped early.
+pub fn write_sample(
+    out: &Path,
+    corpus: &Corpus,
+    records: &[Record],
+    vmlinux: usize,
+    modules: usize,
+    seed: u64,
+) -> Result<Sample> {
+    let key = manifests::SigningKey::load(&out.join("sign.key"))?;
+    let trust = manifests::TrustPolicy::new(vec![key.public()], 1)?;
+    let picked = sample(records, vmlinux, modules, seed);
     let sdir = out.join(SAMPLE_DIR);
     if sdir.exists() {
         std::fs::remove_dir_all(&sdir).map_err(Error::io(&sdir))?;
@@ -995,18 +1019,14 @@ pub fn run(opts: &CoverageOptions, progress: &mut dyn Progress) -> Result<(Corpu
             package: name,
         });
     }
-    write_json(
-        &sdir.join(SAMPLE_FILE),
-        &Sample {
-            release: corpus.release.clone(),
-            seed: opts.seed,
-            trust: "trust.toml".into(),
-            updates,
-        },
-    )?;
-    let planned: BTreeSet<&str> = corpus.planned.iter().map(String::as_str).collect();
-    records.retain(|r| planned.contains(r.file.as_str()));
-    Ok((corpus, records))
+    let sample = Sample {
+        release: corpus.release.clone(),
+        seed,
+        trust: "trust.toml".into(),
+        updates,
+    };
+    write_json(&sdir.join(SAMPLE_FILE), &sample)?;
+    Ok(sample)
 }
 
 fn enough_for_sample(records: &[Record], opts: &CoverageOptions) -> bool {
@@ -1060,6 +1080,33 @@ fn kbuild_builds(
     // ask for the Makefile directories of every parent too, one make for all.
     let dirs: Vec<String> = dirs.into_iter().collect();
     for chunk in dirs.chunks(64) {
+        for (obj, b) in make.dry_run_dirs(tree, chunk)? {
+            known.entry(normalize(&obj)).or_insert(b);
+        }
+    }
+    // Still unknown: kbuild may build it from another directory's Makefile (amdgpu's
+    // `../display`): ask the two-level directory above, once per such directory.
+    let wider: BTreeSet<String> = files
+        .iter()
+        .map(|f| object_of(&f.path))
+        .filter(|o| !known.contains_key(o))
+        .filter_map(|o| {
+            let parts: Vec<&str> = o.split('/').collect();
+            (parts.len() > 3).then(|| parts[..2].join("/"))
+        })
+        // Other architectures' and user-space directories are no kbuild object
+        // directories of this build.
+        .filter(|d| {
+            let top = d.split('/').next().unwrap_or_default();
+            !matches!(
+                top,
+                "tools" | "scripts" | "samples" | "usr" | "Documentation"
+            ) && (top != "arch" || d == "arch/x86")
+        })
+        .filter(|d| tree.join(d).join("Makefile").is_file())
+        .collect();
+    let wider: Vec<String> = wider.into_iter().collect();
+    for chunk in wider.chunks(16) {
         for (obj, b) in make.dry_run_dirs(tree, chunk)? {
             known.entry(normalize(&obj)).or_insert(b);
         }
@@ -1128,6 +1175,8 @@ fn build_one(
     group: &Group,
     text: &str,
     sha: String,
+    pre: &Path,
+    corpus_new: &Path,
 ) -> Result<Record> {
     let started = Instant::now();
     let stem = Path::new(&group.file)
@@ -1164,6 +1213,29 @@ fn build_one(
         }
     }
     record.id = Some(id.clone());
+    // The builder's own first rule, asked before its build: a header change that
+    // reaches more objects than a live update may rebuild is refused whatever the
+    // objects (the builder would classify every one of them with kbuild first: hours
+    // for the core headers a stable update touches).
+    let changes: Vec<checkout::Change> = std::iter::once(&group.file)
+        .chain(&group.headers)
+        .map(|rel| checkout::Change {
+            path: rel.clone(),
+            content: std::fs::read(corpus_new.join(rel)).ok(),
+        })
+        .collect();
+    if !group.headers.is_empty() {
+        let plan = affected::plan(pre, &changes)?;
+        if plan.objects.len() > affected::MAX_OBJECTS {
+            let e = Error::Refused(plan.refusals);
+            let (outcome, reason, rules) = classify(&e);
+            record.outcome = outcome;
+            record.reason = Some(reason);
+            record.rules = rules;
+            record.seconds = started.elapsed().as_secs_f64();
+            return Ok(record);
+        }
+    }
     let patch = out.join("patches").join(format!("{id}.patch"));
     std::fs::write(&patch, text).map_err(Error::io(&patch))?;
     let work = out.join("work").join(&id);

@@ -664,6 +664,21 @@ enum CoverageCommand {
     /// The table from OUT (and the VM sample's serial log), printed and, with --doc,
     /// written as docs/coverage.md.
     Report(CoverageReportArgs),
+    /// Draw the seeded VM sample again from OUT's records (a run stopped early
+    /// writes none): OUT/sample/.
+    Sample(CoverageSampleArgs),
+}
+
+#[derive(Debug, Args)]
+struct CoverageSampleArgs {
+    #[arg(long, value_name = "DIR")]
+    out: PathBuf,
+    #[arg(long, default_value_t = builder::coverage::DEFAULT_SAMPLE_VMLINUX)]
+    sample_vmlinux: usize,
+    #[arg(long, default_value_t = builder::coverage::DEFAULT_SAMPLE_MODULES)]
+    sample_modules: usize,
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
 }
 
 #[derive(Debug, Args)]
@@ -768,6 +783,23 @@ fn coverage(command: CoverageCommand) -> Result<(), Failure> {
             };
             let (corpus, records) = builder::coverage::run(&opts, &mut progress)?;
             println!("{}", builder::coverage::table(&corpus, &records, None));
+            Ok(())
+        }
+        CoverageCommand::Sample(args) => {
+            let corpus = builder::coverage::load_corpus(&args.out)?;
+            let records =
+                builder::coverage::load_records(&args.out.join(builder::coverage::RECORDS))?;
+            let sample = builder::coverage::write_sample(
+                &args.out,
+                &corpus,
+                &records,
+                args.sample_vmlinux,
+                args.sample_modules,
+                args.seed,
+            )?;
+            for u in &sample.updates {
+                println!("{} {} ({})", u.id, u.file, u.target);
+            }
             Ok(())
         }
         CoverageCommand::Report(args) => {
