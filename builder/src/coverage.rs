@@ -402,6 +402,8 @@ pub fn normalize_reason(reason: &str) -> String {
         .collect();
     words
         .join(" ")
+        .replace(" ;", ";")
+        .replace(" ,", ",")
         .trim_end_matches([';', ',', '.', ':', ' '])
         .to_owned()
 }
@@ -910,6 +912,7 @@ pub fn run(opts: &CoverageOptions, progress: &mut dyn Progress) -> Result<(Corpu
     }
 
     let mut records = load_records(&out.join(RECORDS))?;
+    let wide = WideCache::default();
     let total = corpus.planned.len();
     let planned = corpus.planned.clone();
     'chunks: for (c, chunk) in planned.chunks(CHUNK).enumerate() {
@@ -959,6 +962,7 @@ pub fn run(opts: &CoverageOptions, progress: &mut dyn Progress) -> Result<(Corpu
                 sha,
                 &pre,
                 &new.source,
+                &wide,
             )?;
             append_record(&out.join(RECORDS), &record)?;
             progress.record(index, total, &record);
@@ -1162,6 +1166,9 @@ pub fn patch_text(old: &Path, new: &Path, group: &Group) -> Result<String> {
     Ok(text)
 }
 
+/// Header sets known too wide for any one `.c` file (`Some(refusals)`) or not.
+type WideCache = std::cell::RefCell<BTreeMap<Vec<String>, Option<Vec<crate::error::Refusal>>>>;
+
 #[allow(clippy::too_many_arguments)]
 fn build_one(
     opts: &CoverageOptions,
@@ -1177,6 +1184,7 @@ fn build_one(
     sha: String,
     pre: &Path,
     corpus_new: &Path,
+    wide: &WideCache,
 ) -> Result<Record> {
     let started = Instant::now();
     let stem = Path::new(&group.file)
@@ -1225,9 +1233,25 @@ fn build_one(
         })
         .collect();
     if !group.headers.is_empty() {
-        let plan = affected::plan(pre, &changes)?;
-        if plan.objects.len() > affected::MAX_OBJECTS {
-            let e = Error::Refused(plan.refusals);
+        // Many patches carry the same core headers: their reach is asked once (a
+        // different .c file adds at most its own object to it).
+        let cached = wide.borrow().get(&group.headers).cloned();
+        let refusals = match cached {
+            Some(r) => r,
+            None => {
+                let plan = affected::plan(pre, &changes)?;
+                let r =
+                    (plan.objects.len() > affected::MAX_OBJECTS + 1).then(|| plan.refusals.clone());
+                wide.borrow_mut().insert(group.headers.clone(), r.clone());
+                if plan.objects.len() > affected::MAX_OBJECTS {
+                    Some(plan.refusals)
+                } else {
+                    None
+                }
+            }
+        };
+        if let Some(refusals) = refusals {
+            let e = Error::Refused(refusals);
             let (outcome, reason, rules) = classify(&e);
             record.outcome = outcome;
             record.reason = Some(reason);
@@ -1481,7 +1505,7 @@ pub fn table(corpus: &Corpus, records: &[Record], vm: Option<&VmResults>) -> Str
     row("refused", n(Outcome::Refused).to_string());
     row("build error", n(Outcome::BuildError).to_string());
     row(
-        "not built (found by the builder)",
+        "records of files not built (kbuild, or the builder's own check)",
         n(Outcome::NotBuilt).to_string(),
     );
     if n(Outcome::Failed) > 0 {
