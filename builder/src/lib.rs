@@ -5,13 +5,15 @@
 //! `tree` (prepared pre and post trees, kbuild compiling single objects),
 //! `diff` (the object differ, a crate of its own), `module` (the update
 //! module), and `create`, which runs them in order and packages the result;
-//! `target` is what the build knows of the kernel it builds for. `release` builds
+//! `target` is what the build knows of the kernel it builds for; `coverage` builds
+//! every changed file between two releases and counts what became an update. `release` builds
 //! every fix for one kernel release and plans the CI jobs of all releases; `repo` is the
 //! publishing end: a TUF repository of packages for mirrors (docs/fleet.md).
 #![forbid(unsafe_code)]
 
 mod atomic;
 pub mod checkout;
+pub mod coverage;
 pub mod create;
 /// The object differ is a library of its own (`builder/diff`, like kpatch's
 /// create-diff-object is a tool of its own); re-exported under its stage name.

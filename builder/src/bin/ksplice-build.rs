@@ -58,6 +58,12 @@ enum Command {
     /// releases.toml) after checking releases.toml and the fixes (docs/pipeline.md):
     /// exit 0 written, 2 refused input, 1 I/O.
     Plan(PlanArgs),
+    /// The coverage corpus (docs/coverage.md): every changed `.c` file between two
+    /// kernel releases built as a live update for the older one, a JSON record each,
+    /// and the table: exit 0 ran (whatever the outcomes), 2 refused options, 1 a
+    /// release is not set up, or I/O.
+    #[command(subcommand)]
+    Coverage(CoverageCommand),
 }
 
 fn main() -> ExitCode {
@@ -78,6 +84,7 @@ fn main() -> ExitCode {
         Command::Repo(command) => finish(repo(command)),
         Command::Profile(args) => finish(profile(&args)),
         Command::Release(args) => finish(release(&args)),
+        Command::Coverage(command) => finish(coverage(command)),
         Command::Plan(args) => finish(plan(&args)),
     }
 }
@@ -641,6 +648,185 @@ mod progress {
                 self.kernel,
                 done_text(r)
             );
+        }
+    }
+}
+
+// ---- coverage --------------------------------------------------------------------------------
+
+#[derive(Debug, Subcommand)]
+enum CoverageCommand {
+    /// Split the change between --from and --to into one patch per changed .c file
+    /// and build each against --from; writes OUT/corpus.json, OUT/records.jsonl (one
+    /// record per patch, appended as they finish: a second run resumes), OUT/sample/
+    /// (the seeded VM sample: sample.json, its packages, trust.toml); prints the table.
+    Run(CoverageRunArgs),
+    /// The table from OUT (and the VM sample's serial log), printed and, with --doc,
+    /// written as docs/coverage.md.
+    Report(CoverageReportArgs),
+    /// Draw the seeded VM sample again from OUT's records (a run stopped early
+    /// writes none): OUT/sample/.
+    Sample(CoverageSampleArgs),
+}
+
+#[derive(Debug, Args)]
+struct CoverageSampleArgs {
+    #[arg(long, value_name = "DIR")]
+    out: PathBuf,
+    #[arg(long, default_value_t = builder::coverage::DEFAULT_SAMPLE_VMLINUX)]
+    sample_vmlinux: usize,
+    #[arg(long, default_value_t = builder::coverage::DEFAULT_SAMPLE_MODULES)]
+    sample_modules: usize,
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+}
+
+#[derive(Debug, Args)]
+struct CoverageRunArgs {
+    /// The older release (package version or ABI, set up by ci/setup-kernel).
+    #[arg(long, default_value = builder::coverage::DEFAULT_FROM)]
+    from: String,
+    /// The newer release.
+    #[arg(long, default_value = builder::coverage::DEFAULT_TO)]
+    to: String,
+    #[arg(long, value_name = "DIR")]
+    out: PathBuf,
+    /// Built vmlinux updates in the VM sample.
+    #[arg(long, default_value_t = builder::coverage::DEFAULT_SAMPLE_VMLINUX)]
+    sample_vmlinux: usize,
+    /// Built module updates in the VM sample.
+    #[arg(long, default_value_t = builder::coverage::DEFAULT_SAMPLE_MODULES)]
+    sample_modules: usize,
+    /// Seed of the sample (and of the --limit order).
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Parallel compile jobs inside each build (patches share one prepared tree and
+    /// build one after the other).
+    #[arg(short = 'j', long = "jobs", default_value_t = 2)]
+    jobs: usize,
+    /// Build at most K patches, in seeded order, stopping once the sample has its
+    /// updates (the test command's small run); default every patch.
+    #[arg(long, value_name = "K")]
+    limit: Option<usize>,
+}
+
+#[derive(Debug, Args)]
+struct CoverageReportArgs {
+    #[arg(long, value_name = "DIR")]
+    out: PathBuf,
+    /// The serial log of the boot that ran the coverage-sample scenario.
+    #[arg(long, value_name = "FILE")]
+    vm_log: Option<PathBuf>,
+    /// Write the table as this markdown file (docs/coverage.md).
+    #[arg(long, value_name = "FILE")]
+    doc: Option<PathBuf>,
+    /// The command line that produced OUT, quoted in the document.
+    #[arg(long, value_name = "TEXT", default_value = "ci/coverage --full")]
+    command: String,
+}
+
+struct CoverageLines {
+    started: std::time::Instant,
+}
+
+impl builder::coverage::Progress for CoverageLines {
+    fn note(&mut self, text: &str) {
+        eprintln!(
+            "coverage: [{:>5.0} s] {text}",
+            self.started.elapsed().as_secs_f64()
+        );
+    }
+    fn record(&mut self, index: usize, total: usize, r: &builder::coverage::Record) {
+        let why = r
+            .rules
+            .first()
+            .map(|w| format!(": {w}"))
+            .unwrap_or_default();
+        eprintln!(
+            "coverage: [{:>5.0} s] {}/{} {} ({}): {}{why} ({:.0} s)",
+            self.started.elapsed().as_secs_f64(),
+            index + 1,
+            total,
+            r.file,
+            r.target.as_deref().unwrap_or("-"),
+            r.outcome.as_str(),
+            r.seconds
+        );
+    }
+}
+
+fn coverage(command: CoverageCommand) -> Result<(), Failure> {
+    match command {
+        CoverageCommand::Run(args) => {
+            let cache_max = builder::tree::evict::max_from_env(
+                std::env::var_os(builder::tree::evict::MAX_VAR).as_deref(),
+            )
+            .map_err(|e| Failure {
+                code: EXIT_ERROR,
+                error: e.into(),
+            })?;
+            let opts = builder::coverage::CoverageOptions {
+                from: args.from,
+                to: args.to,
+                out: args.out.clone(),
+                sample_vmlinux: args.sample_vmlinux,
+                sample_modules: args.sample_modules,
+                seed: args.seed,
+                jobs: args.jobs,
+                limit: args.limit,
+                cache: cache_dir(),
+                cache_max,
+                etc_dir: args.out.join("etc"),
+            };
+            let mut progress = CoverageLines {
+                started: std::time::Instant::now(),
+            };
+            let (corpus, records) = builder::coverage::run(&opts, &mut progress)?;
+            println!("{}", builder::coverage::table(&corpus, &records, None));
+            Ok(())
+        }
+        CoverageCommand::Sample(args) => {
+            let corpus = builder::coverage::load_corpus(&args.out)?;
+            let records =
+                builder::coverage::load_records(&args.out.join(builder::coverage::RECORDS))?;
+            let sample = builder::coverage::write_sample(
+                &args.out,
+                &corpus,
+                &records,
+                args.sample_vmlinux,
+                args.sample_modules,
+                args.seed,
+            )?;
+            for u in &sample.updates {
+                println!("{} {} ({})", u.id, u.file, u.target);
+            }
+            Ok(())
+        }
+        CoverageCommand::Report(args) => {
+            let corpus = builder::coverage::load_corpus(&args.out)?;
+            let planned: std::collections::BTreeSet<&str> =
+                corpus.planned.iter().map(String::as_str).collect();
+            let mut records =
+                builder::coverage::load_records(&args.out.join(builder::coverage::RECORDS))?;
+            records.retain(|r| planned.contains(r.file.as_str()));
+            let vm = match &args.vm_log {
+                Some(log) => {
+                    let text =
+                        std::fs::read(log).with_context(|| format!("read {}", log.display()))?;
+                    Some(builder::coverage::parse_vm_log(
+                        &String::from_utf8_lossy(&text),
+                        builder::coverage::SCENARIO,
+                    ))
+                }
+                None => None,
+            };
+            let table = builder::coverage::table(&corpus, &records, vm.as_ref());
+            println!("{table}");
+            if let Some(doc) = &args.doc {
+                let text = builder::coverage::document(&corpus, &table, &args.command);
+                std::fs::write(doc, text).with_context(|| format!("write {}", doc.display()))?;
+            }
+            Ok(())
         }
     }
 }

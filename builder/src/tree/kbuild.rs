@@ -55,6 +55,45 @@ impl Make {
         run(self.command(tree).arg("-s").args(objects), tree)
     }
 
+    /// Compile the given objects, going on past the ones that fail (`make -k`): the
+    /// coverage tool compiles every changed object once for its dependency list, and
+    /// one object's compiler error must not hide the others'. Fails only when make
+    /// itself cannot run.
+    pub fn objects_keep_going(&self, tree: &Path, objects: &[String]) -> Result<bool> {
+        if objects.is_empty() {
+            return Ok(true);
+        }
+        let out = self
+            .command(tree)
+            .arg("-s")
+            .arg("-k")
+            .args(objects)
+            .output()
+            .map_err(Error::io("make"))?;
+        Ok(out.status.success())
+    }
+
+    /// What `make -n -k DIR/...` would compile in several directories at once (one
+    /// evaluation of the top Makefile instead of one per directory). A directory make
+    /// cannot build only leaves its objects out.
+    pub fn dry_run_dirs(
+        &self,
+        tree: &Path,
+        dirs: &[String],
+    ) -> Result<HashMap<String, ObjectBuild>> {
+        if dirs.is_empty() {
+            return Ok(HashMap::new());
+        }
+        let out = self
+            .command(tree)
+            .arg("-n")
+            .arg("-k")
+            .args(dirs.iter().map(|d| format!("{d}/")))
+            .output()
+            .map_err(Error::io("make"))?;
+        Ok(parse_compile_lines(&String::from_utf8_lossy(&out.stdout)))
+    }
+
     /// What `make -n DIR/` would compile in `dir`: object → how kbuild builds it.
     pub fn dry_run_dir(&self, tree: &Path, dir: &str) -> Result<HashMap<String, ObjectBuild>> {
         let out = self

@@ -101,6 +101,7 @@ impl<'a> Context<'a> {
                 self.fleet(stream, patches, out)
             }
             Build::Published(p) => published(p),
+            Build::CoverageSample(dir) => coverage_sample(dir),
             Build::CreateMany { patches } => {
                 let mut files = Vec::new();
                 for patch in patches {
@@ -855,6 +856,34 @@ fn unpack_run_pre(pkg: &Path, dir: &Path) -> Result<(String, PackageRunPre)> {
             relocs,
         },
     ))
+}
+
+/// [`Build::CoverageSample`]: nothing to build; the guest gets every sampled package
+/// as PKG<i> with its id (ID<i>) and target (MOD<i>: vmlinux or the module name), the
+/// trust policy of the key that signed them, and the release they were built for.
+fn coverage_sample(dir: &Path) -> Result<Built> {
+    let sample = super::scenario::CoverageSample::load(dir)?;
+    if sample.updates.is_empty() {
+        bail!(
+            "{}: the coverage run built no update to sample",
+            dir.join("sample.json").display()
+        );
+    }
+    let mut built = Built {
+        env: vec![
+            ("COUNT".into(), sample.updates.len().to_string()),
+            ("RELEASE".into(), sample.release.clone()),
+        ],
+        extra: vec![("TRUST_TOML".into(), dir.join(&sample.trust))],
+        ..Built::default()
+    };
+    for (i, u) in sample.updates.iter().enumerate() {
+        let n = i + 1;
+        built.env.push((format!("ID{n}"), u.id.clone()));
+        built.env.push((format!("MOD{n}"), u.target.clone()));
+        built.extra.push((format!("PKG{n}"), dir.join(&u.package)));
+    }
+    Ok(built)
 }
 
 /// [`Build::Published`]: nothing to build; the guest gets the repository, the trust

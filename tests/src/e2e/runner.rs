@@ -386,7 +386,7 @@ impl Harness {
                 .guest
                 .as_ref()
                 .expect("invariant: only guest scenarios are booted");
-            modules.extend(g.modules.iter().copied());
+            modules.extend(g.modules.iter().map(String::as_str));
             let mut line = format!("{} {}", s.name, g.script);
             if !built.file.as_os_str().is_empty() {
                 let dst = root.join("ksplice/pkg").join(&s.name);

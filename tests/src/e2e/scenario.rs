@@ -81,6 +81,53 @@ pub enum Build {
     /// published for the booted release: its TUF repository served to the guest, the
     /// package key's trust policy, and the release's report naming the levels built.
     Published(Published),
+    /// The coverage tool's VM sample (`ci/coverage`, docs/coverage.md): the directory
+    /// `ksplice-build coverage run` wrote (`sample.json`, the packages, `trust.toml`).
+    CoverageSample(PathBuf),
+}
+
+/// The scenario that applies the coverage tool's sample ([`Build::CoverageSample`]);
+/// listed when `KSPLICE_COVERAGE_SAMPLE` names the sample directory.
+pub const COVERAGE: &str = "coverage-sample";
+
+/// `sample.json` as the coverage tool writes it (builder/src/coverage.rs `Sample`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+pub struct CoverageSample {
+    pub release: String,
+    pub trust: String,
+    pub updates: Vec<CoverageUpdate>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+pub struct CoverageUpdate {
+    pub id: String,
+    pub file: String,
+    /// `vmlinux` or the module name.
+    pub target: String,
+    pub package: String,
+}
+
+impl CoverageSample {
+    /// Reads `DIR/sample.json`.
+    pub fn load(dir: &Path) -> anyhow::Result<CoverageSample> {
+        use anyhow::Context as _;
+        let path = dir.join("sample.json");
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("{}: run ci/coverage first", path.display()))?;
+        serde_json::from_str(&text)
+            .with_context(|| format!("{}: not a coverage sample", path.display()))
+    }
+
+    /// Guest seconds: a TCG apply, view and undo take well under 60 s; a module file
+    /// is applied twice.
+    pub fn timeout(&self) -> u64 {
+        let cases: u64 = self
+            .updates
+            .iter()
+            .map(|u| if u.target == "vmlinux" { 1 } else { 2 })
+            .sum();
+        120 + 60 * cases
+    }
 }
 
 /// The release pipeline's output for one release ([`Build::Published`]); the
@@ -140,7 +187,7 @@ pub struct Guest {
     /// Extra variables for the script (the runner adds PKG for the built file).
     pub env: Vec<(String, String)>,
     /// Kernel modules (with dependencies) the initramfs must carry.
-    pub modules: Vec<&'static str>,
+    pub modules: Vec<String>,
 }
 
 /// One end-to-end scenario.
@@ -250,7 +297,7 @@ pub fn all(patches: &Path) -> Vec<Scenario> {
         }
         if stem == "module" {
             // module.patch changes xfs; libcrc32c's soft dependency is crc32c.
-            g.modules = vec!["xfs", "crc32c_generic"];
+            g.modules = vec!["xfs".into(), "crc32c_generic".into()];
         }
         v.push(Scenario {
             name: format!("patch-{stem}"),
@@ -372,9 +419,29 @@ fn behaviour_scenarios(patches: &Path) -> Vec<Scenario> {
             guest: guest("pipeline.sh", &[]),
         });
     }
+    if let Some(dir) = std::env::var_os("KSPLICE_COVERAGE_SAMPLE").map(PathBuf::from) {
+        let mut g = guest("coverage.sh", &[]).expect("invariant: built here");
+        // An unreadable sample fails the scenario's build, which says why.
+        if let Ok(sample) = CoverageSample::load(&dir) {
+            g.modules = sample
+                .updates
+                .iter()
+                .filter(|u| u.target != "vmlinux")
+                .map(|u| u.target.clone())
+                .collect();
+            g.env
+                .push(("SCENARIO_TIMEOUT".into(), sample.timeout().to_string()));
+        }
+        v.push(Scenario {
+            name: COVERAGE.into(),
+            needs: vec![Client],
+            build: Build::CoverageSample(dir),
+            guest: Some(g),
+        });
+    }
     if have(&["macro-callbacks.patch"]) {
         let mut g = guest("callbacks.sh", &[]).expect("invariant: built here");
-        g.modules = vec!["joydev"];
+        g.modules = vec!["joydev".into()];
         v.push(Scenario {
             name: "callbacks-order".into(),
             needs: vec![Client, Profile, Create],
@@ -385,7 +452,7 @@ fn behaviour_scenarios(patches: &Path) -> Vec<Scenario> {
     if have(&["module.patch"]) {
         let mut g = guest("module-after.sh", &[]).expect("invariant: built here");
         // module.patch changes xfs; libcrc32c's soft dependency is crc32c.
-        g.modules = vec!["xfs", "crc32c_generic"];
+        g.modules = vec!["xfs".into(), "crc32c_generic".into()];
         v.push(Scenario {
             name: "module-loaded-after-update".into(),
             needs: vec![Client, Profile, Create],
@@ -442,6 +509,43 @@ fn refusal_reason(base: &str) -> &'static str {
 #[allow(clippy::unwrap_used)] // in tests a panic is the failure report
 mod tests {
     use super::*;
+
+    /// The harness reads the sample the coverage tool writes: same file, same fields,
+    /// same scenario name; a module file gets two cases' time.
+    #[test]
+    fn the_coverage_sample_is_read_as_the_builder_writes_it() {
+        use builder::coverage::{Sample, SampleUpdate, SAMPLE_FILE, SCENARIO};
+        assert_eq!(SCENARIO, COVERAGE);
+        assert_eq!(SAMPLE_FILE, "sample.json");
+        let d = tempfile::tempdir().unwrap();
+        let update = |id: &str, target: &str| SampleUpdate {
+            id: id.into(),
+            file: format!("{id}.c"),
+            target: target.into(),
+            package: format!("ksplice-{id}.tar.gz"),
+        };
+        let written = Sample {
+            release: "6.1.0-53-amd64".into(),
+            seed: 1,
+            trust: "trust.toml".into(),
+            updates: vec![update("a", "vmlinux"), update("b", "xfs")],
+        };
+        std::fs::write(
+            d.path().join(SAMPLE_FILE),
+            serde_json::to_vec(&written).unwrap(),
+        )
+        .unwrap();
+        let read = CoverageSample::load(d.path()).unwrap();
+        assert_eq!(read.release, "6.1.0-53-amd64");
+        assert_eq!(read.updates[1].target, "xfs");
+        assert_eq!(read.updates[1].package, "ksplice-b.tar.gz");
+        assert_eq!(read.timeout(), 120 + 60 * 3);
+        let missing = CoverageSample::load(&d.path().join("nowhere")).unwrap_err();
+        assert!(
+            format!("{missing:#}").contains("run ci/coverage"),
+            "{missing:#}"
+        );
+    }
 
     #[test]
     fn every_patch_gets_a_scenario() {
