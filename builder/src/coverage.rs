@@ -1599,7 +1599,10 @@ pub fn table(corpus: &Corpus, records: &[Record], vm: Option<&VmResults>) -> Str
     );
     row(
         "changed headers too wide for a live update (a class each; not in the `.c` patches)",
-        format!("{} ({} refused as too wide)", c.wide_headers, c.wide_refused),
+        format!(
+            "{} ({} refused as too wide)",
+            c.wide_headers, c.wide_refused
+        ),
     );
     row(
         "other changed files (Makefiles, Kconfig, assembly, docs, …)",
@@ -2110,7 +2113,14 @@ $(deps_fs/proc/cmdline.o):\n";
         };
         let wide = |h: &str| h == "include/linux/list.h" || h == "include/linux/lockdep.h";
         let s = split(&changed, &deps, &|_| vec![], &wide);
-        let get = |f: &str| s.groups.iter().find(|g| g.file == f).unwrap().headers.clone();
+        let get = |f: &str| {
+            s.groups
+                .iter()
+                .find(|g| g.file == f)
+                .unwrap()
+                .headers
+                .clone()
+        };
         assert_eq!(get("fs/a.c"), ["fs/internal.h"]);
         assert!(get("fs/b.c").is_empty());
         assert_eq!(s.wide, ["include/linux/list.h", "include/linux/lockdep.h"]);
@@ -2133,7 +2143,10 @@ $(deps_fs/proc/cmdline.o):\n";
             vec![refusal],
         );
         assert_eq!(header.outcome, Outcome::Refused);
-        assert!(header.reason.as_deref().unwrap().contains("too wide"), "{header:?}");
+        assert!(
+            header.reason.as_deref().unwrap().contains("too wide"),
+            "{header:?}"
+        );
         assert!(is_header_record(&header));
         let corpus = Corpus {
             from: "1".into(),

@@ -1423,7 +1423,9 @@ fn another_modules_export_is_resolved_in_that_module() {
         "{undefined:?}\n{report}"
     );
     assert!(
-        !undefined.iter().any(|n| n.contains(".klp.sym.fixture.cfg80211")),
+        !undefined
+            .iter()
+            .any(|n| n.contains(".klp.sym.fixture.cfg80211")),
         "{undefined:?}"
     );
     let ext = report
@@ -1461,7 +1463,9 @@ fn symbol_of_unknown_home_is_refused_not_guessed() {
     // Defined by another object of the same update: the module step links it.
     let (pre, post) = objects("module-unknown-symbol");
     let mut with_update = cx("fixture");
-    with_update.update_globals.insert("fixture_elsewhere".into());
+    with_update
+        .update_globals
+        .insert("fixture_elsewhere".into());
     let Ok(Outcome::Patch { object, .. }) = diff::diff(&pre, &post, &with_update) else {
         panic!("expected a patch when the update defines the symbol")
     };

@@ -52,7 +52,11 @@ pub(crate) fn external(cx: &Cx, name: &str, defined_here: bool, bind: u8) -> Ext
     // nothing proves are there).
     let object = if defined_here || cx.target_object == "vmlinux" {
         cx.target_object.clone()
-    } else if let Some(m) = cx.module_exports.get(name).filter(|_| bind != elf::STB_LOCAL) {
+    } else if let Some(m) = cx
+        .module_exports
+        .get(name)
+        .filter(|_| bind != elf::STB_LOCAL)
+    {
         m.clone()
     } else {
         cx.target_object.clone()

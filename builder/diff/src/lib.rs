@@ -158,9 +158,9 @@ mod tests {
         let s = vmlinux_exports_from_symvers(text);
         assert!(s.contains("seq_puts"));
         assert!(!s.contains("xfs_foo"));
-        let m = module_exports_from_symvers(
-            &format!("{text}0x3\tsnd_x\tsound/pci/hda/snd-hda-codec\tEXPORT_SYMBOL\t\n"),
-        );
+        let m = module_exports_from_symvers(&format!(
+            "{text}0x3\tsnd_x\tsound/pci/hda/snd-hda-codec\tEXPORT_SYMBOL\t\n"
+        ));
         assert_eq!(m.get("xfs_foo").map(String::as_str), Some("xfs"));
         assert_eq!(m.get("snd_x").map(String::as_str), Some("snd_hda_codec"));
         assert!(!m.contains_key("seq_puts"));

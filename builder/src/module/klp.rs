@@ -80,7 +80,9 @@ pub(crate) fn foreign_owners(objects: &[super::PatchObject]) -> Result<HashMap<S
         })?;
         for sym in file.symbols().filter(|s| s.is_undefined()) {
             let Ok(name) = sym.name() else { continue };
-            let Ok(home) = parse_klp_sym(name) else { continue };
+            let Ok(home) = parse_klp_sym(name) else {
+                continue;
+            };
             if home == obj.target || home == "vmlinux" {
                 own.insert(name.to_owned(), obj.target.clone());
                 continue;
@@ -120,11 +122,7 @@ pub(crate) fn run(ko: &Path, owners: &HashMap<String, String>) -> Result<()> {
 }
 
 /// Returns whether anything changed.
-fn rewrite(
-    builder: &mut Builder<'_>,
-    ko: &Path,
-    owners: &HashMap<String, String>,
-) -> Result<bool> {
+fn rewrite(builder: &mut Builder<'_>, ko: &Path, owners: &HashMap<String, String>) -> Result<bool> {
     // 1. Livepatch symbols, with the patched object their relocations belong to.
     let mut objects: HashMap<usize, String> = HashMap::new();
     for sym in builder.symbols.iter_mut() {
