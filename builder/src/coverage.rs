@@ -882,6 +882,9 @@ pub fn run(opts: &CoverageOptions, progress: &mut dyn Progress) -> Result<(Corpu
         .map(|c| (c.path.clone(), c.status))
         .collect();
     let reach: ReachCache = Default::default();
+    // The include index and its reverse graph, read and built once for every header.
+    let index: std::cell::OnceCell<affected::IncludeIndex> = std::cell::OnceCell::new();
+    let graph: std::cell::OnceCell<affected::Dependents<'_>> = std::cell::OnceCell::new();
     let measure = |files: &[String]| -> Result<()> {
         for f in files {
             let Some(d) = deps(f) else {
@@ -895,7 +898,15 @@ pub fn run(opts: &CoverageOptions, progress: &mut dyn Progress) -> Result<(Corpu
                     path: h.clone(),
                     content: std::fs::read(new_src.join(h)).ok(),
                 };
-                let plan = affected::plan(&pre, &[change])?;
+                if graph.get().is_none() {
+                    if index.get().is_none() {
+                        let _ = index.set(affected::IncludeIndex::load_or_build(&pre)?);
+                    }
+                    if let Some(i) = index.get() {
+                        let _ = graph.set(i.reverse());
+                    }
+                }
+                let plan = affected::plan_with(&pre, &[change], graph.get())?;
                 let r = (plan.objects.len() > affected::MAX_OBJECTS).then_some(plan.refusals);
                 reach.borrow_mut().insert(h.clone(), r);
             }
