@@ -170,6 +170,12 @@ pub struct Split {
     pub groups: Vec<Group>,
     /// Changed headers no changed `.c` file depends on.
     pub header_only: Vec<String>,
+    /// Changed headers some changed `.c` file depends on whose change alone reaches
+    /// more objects than the builder rebuilds for one update (`affected::MAX_OBJECTS`):
+    /// a record class of their own (each refused once, as too wide), left out of the
+    /// `.c` patches so those measure what each `.c` change can give.
+    #[serde(default)]
+    pub wide: Vec<String>,
     /// Every other changed file (no patch of its own).
     pub other: Vec<String>,
 }
@@ -178,10 +184,13 @@ pub struct Split {
 /// the `.c` file's object depends on (kbuild's `.cmd` list), `None` when it is not
 /// known (the file is not built): such a file gets no headers. An added header goes
 /// with each changed `.c` file whose new text includes it by name (`new_includes`).
+/// A header `wide(h)` says is too wide for a live update goes to `Split::wide`
+/// instead of into the patches.
 pub fn split(
     changed: &[Changed],
     deps: &dyn Fn(&str) -> Option<BTreeSet<String>>,
     new_includes: &dyn Fn(&str) -> Vec<String>,
+    wide: &dyn Fn(&str) -> bool,
 ) -> Split {
     let headers: BTreeMap<&str, Status> = changed
         .iter()
@@ -208,6 +217,13 @@ pub fn split(
                 }
             }
             used.extend(hs.iter().cloned());
+            let (too_wide, hs): (BTreeSet<String>, BTreeSet<String>) =
+                hs.into_iter().partition(|h| wide(h));
+            for h in too_wide {
+                if !out.wide.contains(&h) {
+                    out.wide.push(h);
+                }
+            }
             out.groups.push(Group {
                 file: c.path.clone(),
                 status: c.status,
@@ -222,6 +238,7 @@ pub fn split(
         .filter(|h| !used.contains(**h))
         .map(|h| (*h).to_owned())
         .collect();
+    out.wide.sort();
     out
 }
 
@@ -522,7 +539,10 @@ pub fn classify(e: &Error) -> (Outcome, String, Vec<String>) {
 /// Rules by how many patches hit each, most first (ties by name).
 pub fn rank(records: &[Record], outcome: Outcome) -> Vec<(String, usize)> {
     let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
-    for r in records.iter().filter(|r| r.outcome == outcome) {
+    for r in records
+        .iter()
+        .filter(|r| r.outcome == outcome && !is_header_record(r))
+    {
         for rule in &r.rules {
             *counts.entry(rule.as_str()).or_default() += 1;
         }
@@ -853,6 +873,47 @@ pub fn run(opts: &CoverageOptions, progress: &mut dyn Progress) -> Result<(Corpu
             .map(|b| include_names(&b))
             .unwrap_or_default()
     };
+    // Each changed header's own reach, by the builder's rule (`affected::plan` of the
+    // header alone): the builder's refusals when it reaches more than
+    // `affected::MAX_OBJECTS` objects, else `None`. Such a header is a class of its own.
+    let changed_headers: BTreeMap<String, Status> = changed
+        .iter()
+        .filter(|c| c.path.ends_with(".h"))
+        .map(|c| (c.path.clone(), c.status))
+        .collect();
+    let reach: ReachCache = Default::default();
+    // The include index and its reverse graph, read and built once for every header.
+    let index: std::cell::OnceCell<affected::IncludeIndex> = std::cell::OnceCell::new();
+    let graph: std::cell::OnceCell<affected::Dependents<'_>> = std::cell::OnceCell::new();
+    let measure = |files: &[String]| -> Result<()> {
+        for f in files {
+            let Some(d) = deps(f) else {
+                continue;
+            };
+            for h in d.iter().filter(|h| changed_headers.contains_key(*h)) {
+                if reach.borrow().contains_key(h) {
+                    continue;
+                }
+                let change = checkout::Change {
+                    path: h.clone(),
+                    content: std::fs::read(new_src.join(h)).ok(),
+                };
+                if graph.get().is_none() {
+                    if index.get().is_none() {
+                        let _ = index.set(affected::IncludeIndex::load_or_build(&pre)?);
+                    }
+                    if let Some(i) = index.get() {
+                        let _ = graph.set(i.reverse());
+                    }
+                }
+                let plan = affected::plan_with(&pre, &[change], graph.get())?;
+                let r = (plan.objects.len() > affected::MAX_OBJECTS).then_some(plan.refusals);
+                reach.borrow_mut().insert(h.clone(), r);
+            }
+        }
+        Ok(())
+    };
+    let too_wide = |h: &str| reach.borrow().get(h).is_some_and(Option::is_some);
     let planned: Vec<String> = match opts.limit {
         Some(limit) => {
             let first: Vec<String> = order
@@ -861,9 +922,10 @@ pub fn run(opts: &CoverageOptions, progress: &mut dyn Progress) -> Result<(Corpu
                 .cloned()
                 .collect();
             compile(&first, progress)?;
+            measure(&first)?;
             // Header-free patches first: they touch one object, build fastest and are
             // the likeliest to give the sample its updates.
-            let s = split(&changed, &deps, &includes);
+            let s = split(&changed, &deps, &includes, &too_wide);
             let has_headers: BTreeSet<&str> = s
                 .groups
                 .iter()
@@ -892,7 +954,7 @@ pub fn run(opts: &CoverageOptions, progress: &mut dyn Progress) -> Result<(Corpu
         to: new.version.clone(),
         release: profile.release.clone(),
         changed: changed.len(),
-        split: split(&changed, &deps, &includes),
+        split: split(&changed, &deps, &includes, &too_wide),
         built: BTreeMap::new(),
         not_built: BTreeMap::new(),
         planned,
@@ -922,10 +984,36 @@ pub fn run(opts: &CoverageOptions, progress: &mut dyn Progress) -> Result<(Corpu
             break;
         }
         compile(chunk, progress)?;
+        measure(chunk)?;
         // The split as far as the dependency lists go now (the header-only class
         // shrinks as more objects are compiled).
-        corpus.split = split(&changed, &deps, &includes);
+        corpus.split = split(&changed, &deps, &includes, &too_wide);
         write_json(&out.join(CORPUS), &corpus)?;
+        // Each too-wide header once, as a record of its own.
+        for h in &corpus.split.wide {
+            let group = Group {
+                file: h.clone(),
+                status: changed_headers.get(h).copied().unwrap_or(Status::Modified),
+                headers: Vec::new(),
+            };
+            let sha = hex::encode(Sha256::digest(
+                patch_text(&old.source, &new.source, &group)?.as_bytes(),
+            ));
+            if records
+                .iter()
+                .any(|r| r.file == group.file && r.patch_sha256 == sha)
+            {
+                continue;
+            }
+            let refusals = reach.borrow().get(h).cloned().flatten().unwrap_or_default();
+            let record = wide_record(group, sha, refusals);
+            progress.note(&format!(
+                "{h}: {} (a class of its own)",
+                record.reason.as_deref().unwrap_or_default()
+            ));
+            append_record(&out.join(RECORDS), &record)?;
+            records.push(record);
+        }
         let groups: BTreeMap<&str, &Group> = corpus
             .split
             .groups
@@ -979,9 +1067,40 @@ pub fn run(opts: &CoverageOptions, progress: &mut dyn Progress) -> Result<(Corpu
         opts.sample_modules,
         opts.seed,
     )?;
-    let planned: BTreeSet<&str> = corpus.planned.iter().map(String::as_str).collect();
-    records.retain(|r| planned.contains(r.file.as_str()));
+    records.retain(|r| corpus.has_record_of(&r.file));
     Ok((corpus, records))
+}
+
+/// A changed header too wide for a live update, as a record of its own: refused with
+/// the builder's reason (`reaches N objects ...`).
+fn wide_record(group: Group, sha: String, refusals: Vec<crate::error::Refusal>) -> Record {
+    let (outcome, reason, rules) = classify(&Error::Refused(refusals));
+    Record {
+        file: group.file,
+        status: group.status,
+        headers: group.headers,
+        patch_sha256: sha,
+        outcome,
+        object: None,
+        target: None,
+        id: None,
+        package: None,
+        reason: Some(reason),
+        rules,
+        seconds: 0.0,
+    }
+}
+
+/// Whether a record is of a too-wide header (its own class), not of a `.c` patch.
+pub fn is_header_record(r: &Record) -> bool {
+    !r.file.ends_with(".c")
+}
+
+impl Corpus {
+    /// Whether `file` is a planned `.c` patch or a too-wide header of this corpus.
+    pub fn has_record_of(&self, file: &str) -> bool {
+        self.planned.iter().any(|p| p == file) || self.split.wide.iter().any(|h| h == file)
+    }
 }
 
 /// Draw the seeded sample from `records` and write `OUT/sample/`: `sample.json`, the
@@ -1170,6 +1289,9 @@ pub fn patch_text(old: &Path, new: &Path, group: &Group) -> Result<String> {
     }
     Ok(text)
 }
+
+/// Each changed header alone: the builder's refusals when too wide (`Some`), or not.
+type ReachCache = std::cell::RefCell<BTreeMap<String, Option<Vec<crate::error::Refusal>>>>;
 
 /// Header sets known too wide for any one `.c` file (`Some(refusals)`) or not.
 type WideCache = std::cell::RefCell<BTreeMap<Vec<String>, Option<Vec<crate::error::Refusal>>>>;
@@ -1385,6 +1507,10 @@ pub struct Counts {
     pub c_files: usize,
     pub c_added_removed: usize,
     pub header_only: usize,
+    /// Changed headers too wide for a live update (their own class).
+    pub wide_headers: usize,
+    /// Of those, refused with the builder's reason (have a record).
+    pub wide_refused: usize,
     pub other: usize,
     pub not_built: usize,
     pub vmlinux: usize,
@@ -1410,15 +1536,20 @@ pub fn counts(corpus: &Corpus, records: &[Record], vm: Option<&VmResults>) -> Co
             .filter(|g| g.status != Status::Modified)
             .count(),
         header_only: corpus.split.header_only.len(),
+        wide_headers: corpus.split.wide.len(),
         other: corpus.split.other.len(),
         not_built: corpus.not_built.len(),
         vmlinux: corpus.built.values().filter(|t| *t == "vmlinux").count(),
         module: corpus.built.values().filter(|t| *t != "vmlinux").count(),
         planned: corpus.planned.len(),
-        recorded: records.len(),
+        recorded: records.iter().filter(|r| !is_header_record(r)).count(),
         ..Counts::default()
     };
     for r in records {
+        if is_header_record(r) {
+            c.wide_refused += usize::from(r.outcome == Outcome::Refused);
+            continue;
+        }
         *c.by_outcome
             .entry(r.outcome.as_str().to_owned())
             .or_default() += 1;
@@ -1476,6 +1607,13 @@ pub fn table(corpus: &Corpus, records: &[Record], vm: Option<&VmResults>) -> Str
     row(
         "changed headers no changed `.c` file depends on (header-only class)",
         c.header_only.to_string(),
+    );
+    row(
+        "changed headers too wide for a live update (a class each; not in the `.c` patches)",
+        format!(
+            "{} ({} refused as too wide)",
+            c.wide_headers, c.wide_refused
+        ),
     );
     row(
         "other changed files (Makefiles, Kconfig, assembly, docs, …)",
@@ -1670,7 +1808,7 @@ mod tests {
                 vec![]
             }
         };
-        let s = split(&changed, &deps, &includes);
+        let s = split(&changed, &deps, &includes, &|_| false);
         let get = |f: &str| {
             s.groups
                 .iter()
@@ -1905,7 +2043,7 @@ $(deps_fs/proc/cmdline.o):\n";
         let deps = |c: &str| -> Option<BTreeSet<String>> {
             (c == "fs/x.c").then(|| BTreeSet::from(["fs/x.h".to_string()]))
         };
-        let s = split(&changed, &deps, &|_| vec![]);
+        let s = split(&changed, &deps, &|_| vec![], &|_| false);
         assert_eq!(s.header_only, ["include/z.h"]);
         for g in &s.groups {
             let text = patch_text(&a, &b, g).unwrap();
@@ -1953,5 +2091,104 @@ $(deps_fs/proc/cmdline.o):\n";
         assert!(t.contains("1 of 1 (100 %)"), "{t}");
         let c = counts(&corpus, &records, None);
         assert_eq!((c.vmlinux, c.not_built, c.header_only), (1, 1, 1));
+    }
+
+    #[test]
+    fn too_wide_headers_are_a_class_of_their_own() {
+        // Issue 12: every .c file depends on a few changed core headers; carried in
+        // every patch, they made each one "too wide". A header too wide alone is left
+        // out of the patches and counted once; narrower headers stay with their .c.
+        let ch = |p: &str| Changed {
+            path: p.into(),
+            status: Status::Modified,
+        };
+        let changed = vec![
+            ch("fs/a.c"),
+            ch("fs/b.c"),
+            ch("fs/internal.h"),
+            ch("include/linux/list.h"),
+            ch("include/linux/lockdep.h"),
+            ch("include/linux/lonely.h"),
+        ];
+        let deps = |c: &str| -> Option<BTreeSet<String>> {
+            let list: &[&str] = match c {
+                "fs/a.c" => &[
+                    "fs/internal.h",
+                    "include/linux/list.h",
+                    "include/linux/lockdep.h",
+                ],
+                "fs/b.c" => &["include/linux/list.h"],
+                _ => return None,
+            };
+            Some(list.iter().map(|s| s.to_string()).collect())
+        };
+        let wide = |h: &str| h == "include/linux/list.h" || h == "include/linux/lockdep.h";
+        let s = split(&changed, &deps, &|_| vec![], &wide);
+        let get = |f: &str| {
+            s.groups
+                .iter()
+                .find(|g| g.file == f)
+                .unwrap()
+                .headers
+                .clone()
+        };
+        assert_eq!(get("fs/a.c"), ["fs/internal.h"]);
+        assert!(get("fs/b.c").is_empty());
+        assert_eq!(s.wide, ["include/linux/list.h", "include/linux/lockdep.h"]);
+        // Wide headers are not header-only (a .c depends on them), counted once.
+        assert_eq!(s.header_only, ["include/linux/lonely.h"]);
+
+        // Their records: refused with the builder's reason, in their own row, not
+        // among the patches or the ranked reasons of the patches.
+        let refusal = crate::error::Refusal {
+            what: "include/linux/list.h".into(),
+            reason: "reaches 9000 objects (more than 400); too wide for a live update".into(),
+        };
+        let header = wide_record(
+            Group {
+                file: "include/linux/list.h".into(),
+                status: Status::Modified,
+                headers: vec![],
+            },
+            "sha".into(),
+            vec![refusal],
+        );
+        assert_eq!(header.outcome, Outcome::Refused);
+        assert!(
+            header.reason.as_deref().unwrap().contains("too wide"),
+            "{header:?}"
+        );
+        assert!(is_header_record(&header));
+        let corpus = Corpus {
+            from: "1".into(),
+            to: "2".into(),
+            release: "r".into(),
+            changed: changed.len(),
+            split: s.clone(),
+            built: BTreeMap::from([
+                ("fs/a.c".to_string(), "vmlinux".to_string()),
+                ("fs/b.c".to_string(), "xfs".to_string()),
+            ]),
+            not_built: BTreeMap::new(),
+            planned: vec!["fs/a.c".into(), "fs/b.c".into()],
+            limit: None,
+        };
+        assert!(corpus.has_record_of("include/linux/list.h"));
+        assert!(!corpus.has_record_of("include/linux/lonely.h"));
+        let records = vec![
+            rec("fs/a.c", "vmlinux", Outcome::Built),
+            rec("fs/b.c", "xfs", Outcome::Built),
+            header,
+        ];
+        let c = counts(&corpus, &records, None);
+        assert_eq!((c.recorded, c.wide_headers, c.wide_refused), (2, 2, 1));
+        assert_eq!(c.by_outcome.get("refused"), None);
+        assert!(rank(&records, Outcome::Refused).is_empty());
+        let t = table(&corpus, &records, None);
+        assert!(
+            t.contains("| changed headers too wide for a live update (a class each; not in the `.c` patches) | 2 (1 refused as too wide) |"),
+            "{t}"
+        );
+        assert!(!t.contains("**Partial:**"), "{t}");
     }
 }

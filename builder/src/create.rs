@@ -273,7 +273,11 @@ pub fn create(opts: &Options, summary: &mut Summary) -> Result<PathBuf> {
     // 5. Diff every pair in parallel; sympos of duplicate local names from
     //    the target's symbol table, confirmed by the offline run-pre check.
     let map = summary.time("diff", |_| SystemMap::load(&profile.system_map))?;
-    let exports = target_symvers.vmlinux_exports();
+    let exports = Exports {
+        vmlinux: target_symvers.vmlinux_exports(),
+        modules: target_symvers.module_exports(),
+        update: update_globals(&trees.post, &jobs)?,
+    };
     let diffed: Vec<Diffed> = summary.time("diff", |_| {
         jobs.par_iter()
             .enumerate()
@@ -556,12 +560,39 @@ fn defined_names(pre: &[u8]) -> Vec<String> {
         .collect()
 }
 
+/// What an object's undefined symbols may resolve to: the target's exports
+/// (Module.symvers) and the globals the update's own post objects define.
+struct Exports {
+    vmlinux: HashSet<String>,
+    modules: HashMap<String, String>,
+    update: HashSet<String>,
+}
+
+/// Globals defined by the post build of the update's objects: a reference to
+/// one from another object is linked inside the update module (module step).
+fn update_globals(post: &Path, jobs: &[Job]) -> Result<HashSet<String>> {
+    let mut out = HashSet::new();
+    for job in jobs {
+        let p = post.join(&job.object);
+        let data = std::fs::read(&p).map_err(Error::io(&p))?;
+        let Ok(file) = object::File::parse(&*data) else {
+            continue; // the differ reports a malformed object itself
+        };
+        out.extend(
+            file.symbols()
+                .filter(|s| s.is_definition() && s.is_global())
+                .filter_map(|s| s.name().ok().map(str::to_string)),
+        );
+    }
+    Ok(out)
+}
+
 fn diff_one(
     trees: &Trees,
     job: &Job,
     index: usize,
     map: &SystemMap,
-    exports: &HashSet<String>,
+    exports: &Exports,
     profile: &Profile,
 ) -> Result<Diffed> {
     let read = |tree: &Path| {
@@ -572,7 +603,9 @@ fn diff_one(
     let mut cx = diff::Cx {
         target_object: job.target.clone(),
         prefix: format!("ksp{index}_"),
-        vmlinux_exports: exports.clone(),
+        vmlinux_exports: exports.vmlinux.clone(),
+        module_exports: exports.modules.clone(),
+        update_globals: exports.update.clone(),
         sympos: map.sympos_by_neighbours(&job.target, &defined_names(&pre)),
     };
     let mut outcome = diff::diff(&pre, &post, &cx);

@@ -92,9 +92,23 @@ fn exports() -> &'static std::collections::HashSet<String> {
     })
 }
 
+fn module_exports() -> &'static std::collections::HashMap<String, String> {
+    static EXPORTS: OnceLock<std::collections::HashMap<String, String>> = OnceLock::new();
+    EXPORTS.get_or_init(|| {
+        let path = ksplice_tests::kernel_env()
+            .headers
+            .as_path()
+            .join("Module.symvers");
+        let text =
+            std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        diff::module_exports_from_symvers(&text)
+    })
+}
+
 fn cx(target: &str) -> Cx {
     let mut cx = Cx::new(target, "ksp0_");
     cx.vmlinux_exports = exports().clone();
+    cx.module_exports = module_exports().clone();
     cx
 }
 
@@ -1393,4 +1407,67 @@ fn run_pre_skips_the_jump_label_site() {
         skip.iter().any(|&(s, l)| s <= site && site + 2 <= s + l),
         "site {site:#x} not in {skip:?}"
     );
+}
+
+// ---- symbols of other modules (issue 12: the coverage VM sample's wrong result) --------------
+
+#[test]
+fn another_modules_export_is_resolved_in_that_module() {
+    // iwlmvm's mac80211.c calls cfg80211's export: the update said
+    // `.klp.sym.iwlmvm.cfg80211_find_elem_match,0` and the kernel refused it when iwlmvm
+    // was loaded ("symbol not found in symbol table"). It is cfg80211's symbol.
+    let (obj, report) = patch("module-export-other", &["fixture_find"], &[]);
+    let undefined = undefined(&obj);
+    assert!(
+        undefined.contains(".klp.sym.cfg80211.cfg80211_find_elem_match,0"),
+        "{undefined:?}\n{report}"
+    );
+    assert!(
+        !undefined
+            .iter()
+            .any(|n| n.contains(".klp.sym.fixture.cfg80211")),
+        "{undefined:?}"
+    );
+    let ext = report
+        .externals
+        .iter()
+        .find(|e| e.name == "cfg80211_find_elem_match")
+        .expect("external reported");
+    assert_eq!(ext.object, "cfg80211");
+}
+
+#[test]
+fn new_reference_to_another_modules_export_is_refused() {
+    // The running module did not depend on cfg80211: it may be loaded without it, and
+    // livepatch resolves the reference when it loads.
+    let report = refused("module-export-new-dependency", &["fixture_find"]);
+    assert!(
+        report
+            .refusals
+            .iter()
+            .any(|r| r.reason.contains("exported by module cfg80211")),
+        "{report}"
+    );
+}
+
+#[test]
+fn symbol_of_unknown_home_is_refused_not_guessed() {
+    let report = refused("module-unknown-symbol", &["fixture_use"]);
+    assert!(
+        report
+            .refusals
+            .iter()
+            .any(|r| r.reason.contains("fixture_elsewhere") && r.reason.contains("unknown")),
+        "{report}"
+    );
+    // Defined by another object of the same update: the module step links it.
+    let (pre, post) = objects("module-unknown-symbol");
+    let mut with_update = cx("fixture");
+    with_update
+        .update_globals
+        .insert("fixture_elsewhere".into());
+    let Ok(Outcome::Patch { object, .. }) = diff::diff(&pre, &post, &with_update) else {
+        panic!("expected a patch when the update defines the symbol")
+    };
+    assert!(undefined(&object).contains(".klp.sym.fixture.fixture_elsewhere,0"));
 }

@@ -46,11 +46,18 @@ pub(crate) fn external(cx: &Cx, name: &str, defined_here: bool, bind: u8) -> Ext
         };
     }
     // Undefined and not exported by vmlinux: for a vmlinux object it is another vmlinux
-    // symbol; for a module object it is most likely another object of the same module.
-    let object = if defined_here {
+    // symbol. For a module object it is another module's export when Module.symvers says so
+    // (resolved in that module: livepatch looks `.klp.sym.<object>` up in that object only),
+    // else a symbol of another object of the same module (the include pass refuses the ones
+    // nothing proves are there).
+    let object = if defined_here || cx.target_object == "vmlinux" {
         cx.target_object.clone()
-    } else if cx.target_object == "vmlinux" {
-        "vmlinux".to_string()
+    } else if let Some(m) = cx
+        .module_exports
+        .get(name)
+        .filter(|_| bind != elf::STB_LOCAL)
+    {
+        m.clone()
     } else {
         cx.target_object.clone()
     };
@@ -709,6 +716,25 @@ mod tests {
         assert_eq!(
             external(&m, "kmalloc", false, elf::STB_GLOBAL).symbol,
             "kmalloc"
+        );
+        // Another module's export is that module's symbol (issue 12: iwlmvm calling
+        // cfg80211's export was spelled `.klp.sym.iwlmvm.*`, refused by the kernel).
+        let mut w = Cx::new("iwlmvm", "ksp2_");
+        w.module_exports
+            .insert("cfg80211_find_elem_match".into(), "cfg80211".into());
+        w.module_exports
+            .insert("iwl_mvm_own_export".into(), "iwlmvm".into());
+        assert_eq!(
+            external(&w, "cfg80211_find_elem_match", false, elf::STB_GLOBAL).symbol,
+            ".klp.sym.cfg80211.cfg80211_find_elem_match,0"
+        );
+        assert_eq!(
+            external(&w, "iwl_mvm_own_export", false, elf::STB_GLOBAL).symbol,
+            ".klp.sym.iwlmvm.iwl_mvm_own_export,0"
+        );
+        assert_eq!(
+            external(&w, "iwl_other_file", false, elf::STB_GLOBAL).symbol,
+            ".klp.sym.iwlmvm.iwl_other_file,0"
         );
     }
 }

@@ -74,6 +74,8 @@ struct Walk<'p, 'a> {
     sel: Selection,
     queue: Vec<EntId>,
     children: HashMap<String, Vec<EntId>>,
+    /// Global symbols the pre (running) build of the object references but does not define.
+    pre_undefined: std::collections::HashSet<&'p str>,
 }
 
 impl Walk<'_, '_> {
@@ -215,9 +217,58 @@ impl Walk<'_, '_> {
                         };
                         self.sel.problems.push(p);
                     }
+                    Target::Undef { sym, .. } => {
+                        let post = self.post();
+                        let s = post.sym(sym);
+                        if let Some(reason) = self.unproven_external(s.name, s.bind) {
+                            let p = Refusal {
+                                symbol: post.ent(id).name.to_string(),
+                                section: post.sec(sec).name.to_string(),
+                                reason,
+                            };
+                            if !self.sel.problems.contains(&p) {
+                                self.sel.problems.push(p);
+                            }
+                        }
+                    }
                     _ => {}
                 }
             }
+        }
+    }
+
+    /// Why an undefined symbol that included code of a *module* object references cannot be
+    /// resolved by a live update, if it cannot. A module object's undefined symbol is, by how
+    /// the module was linked, either an export (Module.symvers names vmlinux or the module)
+    /// or a symbol of another object of the same module. Its home is known when it is an
+    /// export, when the running build referenced it too (the running module resolved it),
+    /// or when the update itself defines it (the module step links it); anything else would
+    /// be a guess. A *new* reference to another module's export is refused too: livepatch
+    /// resolves it when the target module loads, and only a module the target already
+    /// depended on is sure to be loaded then. Without Module.symvers (no exports at all)
+    /// every undefined symbol is taken to be the module's own, as documented.
+    fn unproven_external(&self, name: &str, bind: u8) -> Option<String> {
+        let cx = self.cx;
+        if cx.target_object == "vmlinux"
+            || bind == object::elf::STB_LOCAL
+            || cx.vmlinux_exports.contains(name)
+            || (cx.vmlinux_exports.is_empty() && cx.module_exports.is_empty())
+        {
+            return None;
+        }
+        let known_before = self.pre_undefined.contains(name);
+        match cx.module_exports.get(name) {
+            Some(m) if *m == cx.target_object => None,
+            Some(_) if known_before => None,
+            Some(m) => Some(format!(
+                "new reference to {name}, exported by module {m}, which the running {} did not use: module {m} may not be loaded when {} is, so livepatch could not resolve it",
+                cx.target_object, cx.target_object
+            )),
+            None if known_before || cx.update_globals.contains(name) => None,
+            None => Some(format!(
+                "{name} is exported by neither vmlinux nor any module (Module.symvers), the running {} object did not reference it and the update does not define it: where it lives is unknown",
+                cx.target_object
+            )),
         }
     }
 
@@ -393,6 +444,15 @@ pub(crate) fn run(
         sel: Selection::default(),
         queue: Vec::new(),
         children,
+        pre_undefined: pair
+            .pre
+            .symbols
+            .iter()
+            .filter(|s| {
+                s.section.is_none() && !s.name.is_empty() && s.bind != object::elf::STB_LOCAL
+            })
+            .map(|s| s.name)
+            .collect(),
     };
     for (i, e) in post.entities.iter().enumerate() {
         let id = EntId(i as u32);

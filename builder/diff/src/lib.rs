@@ -33,6 +33,12 @@ pub struct Cx {
     pub prefix: String,
     /// Symbols exported by vmlinux (from Module.symvers).
     pub vmlinux_exports: HashSet<String>,
+    /// Symbols exported by modules (from Module.symvers): name -> module name as the kernel
+    /// knows it (`KBUILD_MODNAME`: the file name, `-` made `_`; `cfg80211`).
+    pub module_exports: HashMap<String, String>,
+    /// Globals that the update's other patched objects define (the module step links a
+    /// reference to them inside the update module; see docs/differ.md).
+    pub update_globals: HashSet<String>,
     /// sympos of local names in the target's symbol table (missing => 0).
     pub sympos: HashMap<String, u32>,
 }
@@ -123,6 +129,25 @@ pub fn vmlinux_exports_from_symvers(text: &str) -> HashSet<String> {
         .collect()
 }
 
+/// Names exported by modules, from a Module.symvers text: name -> module name
+/// (`drivers/net/wireless/foo-bar` -> `foo_bar`, what the kernel calls the module).
+pub fn module_exports_from_symvers(text: &str) -> HashMap<String, String> {
+    text.lines()
+        .filter_map(|l| {
+            let mut f = l.split('\t');
+            let (_crc, name, module) = (f.next()?, f.next()?, f.next()?);
+            (module != "vmlinux" && !module.is_empty())
+                .then(|| (name.to_string(), module_name(module)))
+        })
+        .collect()
+}
+
+/// The kernel's name of a module from its Module.symvers path: the file name with `-` as `_`
+/// (kbuild's `KBUILD_MODNAME`; livepatch matches `.klp.sym.<name>` against `mod->name`).
+pub fn module_name(path: &str) -> String {
+    path.rsplit('/').next().unwrap_or(path).replace('-', "_")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -133,6 +158,12 @@ mod tests {
         let s = vmlinux_exports_from_symvers(text);
         assert!(s.contains("seq_puts"));
         assert!(!s.contains("xfs_foo"));
+        let m = module_exports_from_symvers(&format!(
+            "{text}0x3\tsnd_x\tsound/pci/hda/snd-hda-codec\tEXPORT_SYMBOL\t\n"
+        ));
+        assert_eq!(m.get("xfs_foo").map(String::as_str), Some("xfs"));
+        assert_eq!(m.get("snd_x").map(String::as_str), Some("snd_hda_codec"));
+        assert!(!m.contains_key("seq_puts"));
     }
 
     #[test]

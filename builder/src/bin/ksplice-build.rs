@@ -346,6 +346,7 @@ fn diff_inner(args: &DiffArgs) -> anyhow::Result<u8> {
         let text =
             std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
         cx.vmlinux_exports = diff::vmlinux_exports_from_symvers(&text);
+        cx.module_exports = diff::module_exports_from_symvers(&text);
     }
     for item in &args.sympos {
         let (name, pos) = item.split_once('=').context("--sympos wants NAME=N")?;
@@ -804,11 +805,9 @@ fn coverage(command: CoverageCommand) -> Result<(), Failure> {
         }
         CoverageCommand::Report(args) => {
             let corpus = builder::coverage::load_corpus(&args.out)?;
-            let planned: std::collections::BTreeSet<&str> =
-                corpus.planned.iter().map(String::as_str).collect();
             let mut records =
                 builder::coverage::load_records(&args.out.join(builder::coverage::RECORDS))?;
-            records.retain(|r| planned.contains(r.file.as_str()));
+            records.retain(|r| corpus.has_record_of(&r.file));
             let vm = match &args.vm_log {
                 Some(log) => {
                     let text =

@@ -106,6 +106,30 @@ const GLOBAL_DIRS: &[&str] = &[
     "include/generated/uapi",
 ];
 
+/// Who includes what, reversed: see [`IncludeIndex::reverse`].
+pub struct Dependents<'a> {
+    reverse: HashMap<&'a str, Vec<&'a str>>,
+}
+
+impl Dependents<'_> {
+    /// Every file that includes `header`, directly or through other headers.
+    /// An include that resolves nowhere in the tree (a Makefile `-I` path)
+    /// counts when its last components match: over-approximate, never miss.
+    pub fn of(&self, header: &str) -> BTreeSet<String> {
+        let reverse = &self.reverse;
+        let mut seen = BTreeSet::new();
+        let mut todo = vec![header.to_string()];
+        while let Some(h) = todo.pop() {
+            for &f in reverse.get(h.as_str()).into_iter().flatten() {
+                if seen.insert(f.to_string()) {
+                    todo.push(f.to_string());
+                }
+            }
+        }
+        seen
+    }
+}
+
 impl IncludeIndex {
     /// Load the cached index of `tree`, or scan the tree's .c and .h files.
     pub fn load_or_build(tree: &Path) -> Result<IncludeIndex> {
@@ -133,10 +157,8 @@ impl IncludeIndex {
         Ok(index)
     }
 
-    /// Every file that includes `header`, directly or through other headers.
-    /// An include that resolves nowhere in the tree (a Makefile `-I` path)
-    /// counts when its last components match: over-approximate, never miss.
-    pub fn dependents(&self, header: &str) -> BTreeSet<String> {
+    /// The reverse include graph, built once for many [`Dependents::of`] questions.
+    pub fn reverse(&self) -> Dependents<'_> {
         let mut by_base: HashMap<&str, Vec<&str>> = HashMap::new();
         for k in self.files.keys() {
             by_base.entry(base(k)).or_default().push(k);
@@ -149,16 +171,7 @@ impl IncludeIndex {
                 }
             }
         }
-        let mut seen = BTreeSet::new();
-        let mut todo = vec![header.to_string()];
-        while let Some(h) = todo.pop() {
-            for &f in reverse.get(h.as_str()).into_iter().flatten() {
-                if seen.insert(f.to_string()) {
-                    todo.push(f.to_string());
-                }
-            }
-        }
-        seen
+        Dependents { reverse }
     }
 
     fn resolve<'a>(
@@ -276,6 +289,16 @@ fn trim_start(s: &[u8]) -> &[u8] {
 /// Work out the objects the change reaches. `index` is only built when a
 /// header (or an included .c file) changed.
 pub fn plan(pre_tree: &Path, changes: &[Change]) -> Result<Plan> {
+    plan_with(pre_tree, changes, None)
+}
+
+/// [`plan`] with the tree's reverse include graph already built (a caller asking
+/// about many changes of one tree reads the index and builds the graph once).
+pub fn plan_with(
+    pre_tree: &Path,
+    changes: &[Change],
+    loaded: Option<&Dependents<'_>>,
+) -> Result<Plan> {
     let mut plan = Plan::default();
     let mut headers = Vec::new();
     for ch in changes {
@@ -297,9 +320,17 @@ pub fn plan(pre_tree: &Path, changes: &[Change]) -> Result<Plan> {
     let needs_index = headers.iter().any(|h| h.ends_with(".h"))
         || headers.iter().any(|c| is_included_c(pre_tree, c));
     if needs_index {
-        let index = IncludeIndex::load_or_build(pre_tree)?;
+        let (index, owned);
+        let graph = match loaded {
+            Some(g) => g,
+            None => {
+                index = IncludeIndex::load_or_build(pre_tree)?;
+                owned = index.reverse();
+                &owned
+            }
+        };
         for h in &headers {
-            for dep in index.dependents(h) {
+            for dep in graph.of(h) {
                 if let Some(stem) = dep.strip_suffix(".c") {
                     plan.objects
                         .entry(format!("{stem}.o"))
@@ -452,7 +483,7 @@ mod tests {
                 ("fs/proc/unrelated.c".into(), vec![inc(false, "linux/c.h")]),
             ]),
         };
-        let deps = index.dependents("include/linux/a.h");
+        let deps = index.reverse().of("include/linux/a.h");
         let want: BTreeSet<String> = [
             "include/linux/b.h",
             "fs/proc/internal.h",

@@ -124,6 +124,11 @@ pub enum Error {
         reason: &'static str,
     },
 
+    /// Another module's symbol is used by patch objects of two patched objects
+    /// (or of its own module): one livepatch relocation section cannot serve both.
+    #[error("livepatch symbol {symbol:?} is used by the patches of {objects}: its relocations cannot be written when either loads; build them as separate updates")]
+    AmbiguousKlpSymbol { symbol: String, objects: String },
+
     /// A section the module loader reads at load time refers to a module's
     /// symbols, which livepatch only relocates when that module loads.
     #[error("{path}: {section} refers to symbols of {object} through livepatch relocations; the loader would read it before they are written")]

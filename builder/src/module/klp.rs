@@ -16,6 +16,15 @@
 //!
 //! Relocations of non-allocated sections (debug information) stay where
 //! they are: the loader never applies those.
+//!
+//! The `<object>` of a `.klp.rela.<object>.*` section is the *patched* object
+//! whose loading makes livepatch write it (klp_apply_object_relocs() applies
+//! only the sections named after a patched object), while the `<object>` of a
+//! `.klp.sym` name is where the symbol lives. They differ for another module's
+//! export called from a patched module (iwlmvm calling cfg80211's
+//! `cfg80211_find_elem_match`): its relocations go to `.klp.rela.iwlmvm.*`,
+//! written when iwlmvm loads (and so cfg80211, which it depends on, is loaded).
+//! [`foreign_owners`] says which patched object each such symbol belongs to.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -55,11 +64,56 @@ const LOAD_TIME_SECTIONS: &[&str] = &[
     ".orc_unwind_ip",
 ];
 
-/// Rewrite the module at `ko` in place.
-pub(crate) fn run(ko: &Path) -> Result<()> {
+/// `.klp.sym` symbols of another module than the patched object that refers to
+/// them: symbol -> that patched object. One symbol used by patch objects of two
+/// patched objects (or of the module it lives in) cannot be given one
+/// relocation section, and is refused.
+pub(crate) fn foreign_owners(objects: &[super::PatchObject]) -> Result<HashMap<String, String>> {
+    use object::{Object as _, ObjectSymbol as _};
+    let mut owners: HashMap<String, String> = HashMap::new();
+    let mut own: HashMap<String, String> = HashMap::new();
+    for obj in objects {
+        let data = std::fs::read(&obj.path).map_err(Error::io(&obj.path))?;
+        let file = object::File::parse(&*data).map_err(|source| Error::ElfRead {
+            path: obj.path.clone(),
+            source,
+        })?;
+        for sym in file.symbols().filter(|s| s.is_undefined()) {
+            let Ok(name) = sym.name() else { continue };
+            let Ok(home) = parse_klp_sym(name) else {
+                continue;
+            };
+            if home == obj.target || home == "vmlinux" {
+                own.insert(name.to_owned(), obj.target.clone());
+                continue;
+            }
+            match owners.get(name) {
+                Some(t) if *t != obj.target => {
+                    return Err(Error::AmbiguousKlpSymbol {
+                        symbol: name.to_owned(),
+                        objects: format!("{t} and {}", obj.target),
+                    })
+                }
+                _ => owners.insert(name.to_owned(), obj.target.clone()),
+            };
+        }
+    }
+    for (name, t) in &owners {
+        if let Some(o) = own.get(name) {
+            return Err(Error::AmbiguousKlpSymbol {
+                symbol: name.clone(),
+                objects: format!("{t} and {o}"),
+            });
+        }
+    }
+    Ok(owners)
+}
+
+/// Rewrite the module at `ko` in place; `owners` from [`foreign_owners`].
+pub(crate) fn run(ko: &Path, owners: &HashMap<String, String>) -> Result<()> {
     let data = std::fs::read(ko).map_err(Error::io(ko))?;
     let mut builder = Builder::read(&*data).map_err(Error::elf(ko))?;
-    if !rewrite(&mut builder, ko)? {
+    if !rewrite(&mut builder, ko, owners)? {
         return Ok(());
     }
     let mut out = Vec::with_capacity(data.len() + 4096);
@@ -68,8 +122,8 @@ pub(crate) fn run(ko: &Path) -> Result<()> {
 }
 
 /// Returns whether anything changed.
-fn rewrite(builder: &mut Builder<'_>, ko: &Path) -> Result<bool> {
-    // 1. Livepatch symbols, with the object their relocations belong to.
+fn rewrite(builder: &mut Builder<'_>, ko: &Path, owners: &HashMap<String, String>) -> Result<bool> {
+    // 1. Livepatch symbols, with the patched object their relocations belong to.
     let mut objects: HashMap<usize, String> = HashMap::new();
     for sym in builder.symbols.iter_mut() {
         let name = String::from_utf8_lossy(sym.name.as_slice()).into_owned();
@@ -89,6 +143,7 @@ fn rewrite(builder: &mut Builder<'_>, ko: &Path) -> Result<bool> {
             });
         }
         sym.st_shndx = SHN_LIVEPATCH;
+        let object = owners.get(&name).map_or(object, String::as_str);
         objects.insert(sym.id().index(), object.to_owned());
     }
     if objects.is_empty() {
@@ -185,6 +240,93 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use object::write;
+
+    /// A relocatable object whose `.text.<func>` calls each of `calls`.
+    fn object_calling(func: &str, calls: &[&str]) -> Vec<u8> {
+        let mut o = write::Object::new(
+            object::BinaryFormat::Elf,
+            object::Architecture::X86_64,
+            object::Endianness::Little,
+        );
+        let text = o.add_section(
+            Vec::new(),
+            format!(".text.{func}").into_bytes(),
+            object::SectionKind::Text,
+        );
+        let code: Vec<u8> = calls.iter().flat_map(|_| [0xe8, 0, 0, 0, 0]).collect();
+        o.append_section_data(text, &code, 16);
+        for (i, name) in calls.iter().enumerate() {
+            let sym = o.add_symbol(write::Symbol {
+                name: name.as_bytes().to_vec(),
+                value: 0,
+                size: 0,
+                kind: object::SymbolKind::Unknown,
+                scope: object::SymbolScope::Linkage,
+                weak: false,
+                section: write::SymbolSection::Undefined,
+                flags: object::SymbolFlags::None,
+            });
+            o.add_relocation(
+                text,
+                write::Relocation {
+                    offset: 5 * i as u64 + 1,
+                    symbol: sym,
+                    addend: -4,
+                    flags: object::RelocationFlags::Elf {
+                        r_type: elf::R_X86_64_PLT32,
+                    },
+                },
+            )
+            .expect("relocation");
+        }
+        o.write().expect("write object")
+    }
+
+    fn klp_rela_sections(bytes: &[u8], owners: &HashMap<String, String>) -> Vec<String> {
+        let mut b = Builder::read(bytes).expect("read");
+        assert!(rewrite(&mut b, Path::new("t.ko"), owners).expect("rewrite"));
+        b.sections
+            .iter()
+            .filter(|s| !s.delete)
+            .map(|s| String::from_utf8_lossy(s.name.as_slice()).into_owned())
+            .filter(|n| n.starts_with(KLP_RELA_PREFIX))
+            .collect()
+    }
+
+    #[test]
+    fn another_modules_symbol_is_relocated_when_the_patched_module_loads() {
+        // Issue 12: iwlmvm's patch calls cfg80211's export. livepatch writes
+        // `.klp.rela.<object>` sections only for patched objects, when they load.
+        let d = tempfile::tempdir().expect("tempdir");
+        let cfg = ".klp.sym.cfg80211.cfg80211_find_elem_match,0";
+        let own = ".klp.sym.iwlmvm.iwl_mvm_helper,0";
+        let path = d.path().join("0.o");
+        std::fs::write(&path, object_calling("ksp0_f", &[cfg, own])).expect("write");
+        let pobj = |target: &str, path: &Path| super::super::PatchObject {
+            target: target.into(),
+            path: path.to_owned(),
+            functions: Vec::new(),
+        };
+        let owners = foreign_owners(&[pobj("iwlmvm", &path)]).expect("owners");
+        assert_eq!(owners.get(cfg).map(String::as_str), Some("iwlmvm"));
+        assert!(!owners.contains_key(own));
+        let bytes = std::fs::read(&path).expect("read");
+        assert_eq!(
+            klp_rela_sections(&bytes, &owners),
+            [".klp.rela.iwlmvm..text.ksp0_f"]
+        );
+        // Used by the patches of two patched modules: refused, never guessed.
+        let other = d.path().join("1.o");
+        std::fs::write(&other, object_calling("ksp1_g", &[cfg])).expect("write");
+        let e = foreign_owners(&[pobj("iwlmvm", &path), pobj("ath11k", &other)])
+            .expect_err("ambiguous");
+        assert!(matches!(e, Error::AmbiguousKlpSymbol { .. }), "{e}");
+        // cfg80211 itself patched in the same update, using its own symbol.
+        let e = foreign_owners(&[pobj("iwlmvm", &path), pobj("cfg80211", &other)])
+            .expect_err("ambiguous");
+        assert!(matches!(e, Error::AmbiguousKlpSymbol { .. }), "{e}");
+    }
 
     #[test]
     fn klp_sym_names_parse_like_the_kernel() {

@@ -212,8 +212,9 @@ pub fn build(inputs: &Inputs) -> Result<PathBuf> {
         .map(|(i, obj)| callbacks::run(obj, i, &defs, &dir.join(generate::shipped_name(i))))
         .collect::<Result<Vec<_>>>()?;
     generate::run(inputs, &targets, &hooks, dir)?;
+    let owners = klp::foreign_owners(&inputs.objects)?;
     let ko = kbuild::run(&inputs.kernel_tree, dir, &inputs.name, inputs.jobs)?;
-    klp::run(&ko)?;
+    klp::run(&ko, &owners)?;
     inspect::check(&ko, &inputs.name, &inputs.release, &inputs.kernel_tree)?;
     Ok(ko)
 }

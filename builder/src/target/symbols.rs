@@ -206,6 +206,18 @@ impl Symvers {
     }
 }
 
+impl Symvers {
+    /// Symbols exported by modules: name -> the kernel's name of the module
+    /// (what `.klp.sym.<module>` must say).
+    pub fn module_exports(&self) -> HashMap<String, String> {
+        self.symbols
+            .iter()
+            .filter(|(_, (_, m))| m != "vmlinux")
+            .map(|(n, (_, m))| (n.clone(), crate::diff::module_name(m)))
+            .collect()
+    }
+}
+
 /// `#SYMVER name 0xcrc` lines kbuild (6.1) appends to an object's `.cmd`
 /// file: the versions of the symbols the object exports.
 pub fn cmd_symvers(cmd_text: &str) -> HashMap<String, u32> {
