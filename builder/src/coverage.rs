@@ -269,19 +269,7 @@ pub fn parse_cmd_deps(text: &str) -> BTreeSet<String> {
 }
 
 /// `a/b/../c` → `a/c` (kbuild names some objects through `../`).
-pub fn normalize(p: &str) -> String {
-    let mut out: Vec<&str> = Vec::new();
-    for c in p.split('/') {
-        match c {
-            "" | "." => {}
-            ".." => {
-                out.pop();
-            }
-            c => out.push(c),
-        }
-    }
-    out.join("/")
-}
+pub use crate::checkout::affected::normalize;
 
 /// `#include` names in a source text (quoted or angle), for added headers.
 fn include_names(text: &[u8]) -> Vec<String> {

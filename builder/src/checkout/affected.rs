@@ -210,7 +210,7 @@ fn base(p: &str) -> &str {
 }
 
 /// `a/b/../c` → `a/c` (paths inside the tree only).
-fn normalize(p: &str) -> String {
+pub fn normalize(p: &str) -> String {
     let mut out: Vec<&str> = Vec::new();
     for c in p.split('/') {
         match c {
