@@ -11,15 +11,19 @@
 //! other changed files (Makefiles, Kconfig, assembly, documentation) are counted,
 //! not built.
 //!
-//! All patches build in one prepared pre tree, and a prepared tree is locked for a
-//! whole run, so patches build one after the other; `--jobs` is make's `-j` inside
-//! each. Records are appended to `records.jsonl` as they finish, so an interrupted
-//! run resumes where it stopped (a patch whose record exists is not built again).
+//! A prepared tree is locked for a whole build, so the patches of one tree build one
+//! after the other; `--lanes N` gives the run N trees (lane 0 the cache's own, lane k
+//! `<cache>/coverage-lane-k`) and builds N patches at a time, one a lane: one build
+//! keeps about one core busy (a single object's compile, the differ, the link).
+//! `--jobs` is make's `-j` inside each. Records are appended to `records.jsonl` as they
+//! finish, so an interrupted run resumes where it stopped (a patch whose record exists
+//! is not built again).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Instant;
 
 use rayon::prelude::*;
@@ -31,6 +35,7 @@ use crate::create::{self, Options};
 use crate::error::{Error, Result};
 use crate::release::ReleaseEnv;
 use crate::summary::Summary;
+use crate::target::identity::TargetImage;
 use crate::target::{ImageInputs, ProfileInputs};
 use crate::tree::kbuild::{self, Make, ObjectBuild};
 use crate::tree::Trees;
@@ -690,9 +695,20 @@ pub struct CoverageOptions {
     /// Build at most this many patches (seeded order, header-free first) and stop as
     /// soon as the sample can be drawn; `None`: every patch.
     pub limit: Option<usize>,
+    /// Patches built at a time, each in a prepared tree of its own ([`lane_cache`]).
+    pub lanes: usize,
     pub cache: PathBuf,
     pub cache_max: u64,
     pub etc_dir: PathBuf,
+}
+
+/// The cache whose prepared trees lane `lane` builds in: the run's own for lane 0
+/// (so a one-lane run shares its tree with every other build of that release).
+pub fn lane_cache(cache: &Path, lane: usize) -> PathBuf {
+    match lane {
+        0 => cache.to_path_buf(),
+        k => cache.join(format!("coverage-lane-{k}")),
+    }
 }
 
 /// `OUT/corpus.json`: the change and how it was split and classified.
@@ -751,6 +767,7 @@ pub fn run(opts: &CoverageOptions, progress: &mut dyn Progress) -> Result<(Corpu
         },
         &profile_dir,
     )?;
+    let image = std::sync::Arc::new(TargetImage::load(&old.vmlinuz)?);
     let version_file = profile_dir.join(manifests::profile::VERSION);
     let kernel_version = std::fs::read_to_string(&version_file)
         .map_err(Error::io(&version_file))?
@@ -904,11 +921,16 @@ pub fn run(opts: &CoverageOptions, progress: &mut dyn Progress) -> Result<(Corpu
     let too_wide = |h: &str| reach.borrow().get(h).is_some_and(Option::is_some);
     let planned: Vec<String> = match opts.limit {
         Some(limit) => {
-            let first: Vec<String> = order
-                .iter()
-                .take(limit.saturating_mul(2))
-                .cloned()
-                .collect();
+            // vmlinux and module files in the sample's proportion: a seeded share of
+            // the corpus has about four module files to one vmlinux file, and the
+            // sample asks for more vmlinux updates than that share gives.
+            let is_vmlinux = |f: &String| {
+                builds
+                    .get(f)
+                    .is_some_and(|b| b.as_ref().is_ok_and(|t| t == "vmlinux"))
+            };
+            let (svm, smod) = (opts.sample_vmlinux, opts.sample_modules);
+            let first = balanced(&order, limit.saturating_mul(2), svm, smod, is_vmlinux);
             compile(&first, progress)?;
             measure(&first)?;
             // Header-free patches first: they touch one object, build fastest and are
@@ -922,8 +944,7 @@ pub fn run(opts: &CoverageOptions, progress: &mut dyn Progress) -> Result<(Corpu
                 .collect();
             let mut o = first;
             o.sort_by_key(|f| has_headers.contains(f.as_str()));
-            o.truncate(limit);
-            o
+            balanced(&o, limit, svm, smod, is_vmlinux)
         }
         None => {
             // Seeded order: a run stopped early is a random sample of the corpus, not
@@ -1008,15 +1029,12 @@ pub fn run(opts: &CoverageOptions, progress: &mut dyn Progress) -> Result<(Corpu
             .iter()
             .map(|g| (g.file.as_str(), g))
             .collect();
+        // This chunk's patches that have no record yet, in order.
+        let mut jobs = Vec::new();
         for (i, file) in chunk.iter().enumerate() {
-            let index = c * CHUNK + i;
             let Some(group) = groups.get(file.as_str()) else {
                 continue;
             };
-            if opts.limit.is_some() && enough_for_sample(&records, opts) {
-                progress.note("the sample has its updates: stopping (--limit)");
-                break 'chunks;
-            }
             let text = patch_text(&old.source, &new.source, group)?;
             let sha = hex::encode(Sha256::digest(text.as_bytes()));
             if records
@@ -1025,25 +1043,75 @@ pub fn run(opts: &CoverageOptions, progress: &mut dyn Progress) -> Result<(Corpu
             {
                 continue;
             }
-            let record = build_one(
-                opts,
-                &out,
-                &old,
-                &profile,
-                &kernel_version,
-                &key_path,
-                &corpus,
-                index,
-                group,
-                &text,
-                sha,
-                &pre,
-                &new.source,
-                &wide,
-            )?;
-            append_record(&out.join(RECORDS), &record)?;
-            progress.record(index, total, &record);
-            records.push(record);
+            jobs.push((c * CHUNK + i, *group, text, sha));
+        }
+        let shared = Shared {
+            opts,
+            out: &out,
+            old: &old,
+            profile: &profile,
+            kernel_version: &kernel_version,
+            key: &key_path,
+            corpus: &corpus,
+            pre: &pre,
+            new_source: &new.source,
+            wide: &wide,
+            image: &image,
+            fingerprint: &co.pre_id,
+        };
+        // Lanes take the next job as they finish one; this thread writes the records
+        // in the order they finish and stops handing out jobs once a limited run's
+        // sample has its updates.
+        let next = AtomicUsize::new(0);
+        let stop = AtomicBool::new(false);
+        let mut first_error = None;
+        let mut sample_ready = false;
+        std::thread::scope(|scope| -> Result<()> {
+            let (tx, rx) = std::sync::mpsc::channel();
+            for lane in 0..opts.lanes.max(1).min(jobs.len().max(1)) {
+                let tx = tx.clone();
+                let (jobs, next, stop, shared) = (&jobs, &next, &stop, &shared);
+                scope.spawn(move || {
+                    let cache = lane_cache(&shared.opts.cache, lane);
+                    while !stop.load(Ordering::SeqCst) {
+                        let Some((index, group, text, sha)) =
+                            jobs.get(next.fetch_add(1, Ordering::SeqCst))
+                        else {
+                            break;
+                        };
+                        let r = build_one(shared, &cache, *index, group, text, sha.clone());
+                        if tx.send((*index, r)).is_err() {
+                            break;
+                        }
+                    }
+                });
+            }
+            drop(tx);
+            for (index, result) in rx {
+                let record = match result {
+                    Ok(record) => record,
+                    Err(e) => {
+                        stop.store(true, Ordering::SeqCst);
+                        first_error.get_or_insert(e);
+                        continue;
+                    }
+                };
+                append_record(&out.join(RECORDS), &record)?;
+                progress.record(index, total, &record);
+                records.push(record);
+                if opts.limit.is_some() && enough_for_sample(&records, opts) {
+                    stop.store(true, Ordering::SeqCst);
+                    sample_ready = true;
+                }
+            }
+            Ok(())
+        })?;
+        if let Some(e) = first_error {
+            return Err(e);
+        }
+        if sample_ready {
+            progress.note("the sample has its updates: stopping (--limit)");
+            break 'chunks;
         }
     }
 
@@ -1139,6 +1207,32 @@ pub fn write_sample(
     };
     write_json(&sdir.join(SAMPLE_FILE), &sample)?;
     Ok(sample)
+}
+
+/// The first `n` files of `order` with vmlinux and module files in the proportion
+/// `vmlinux : modules` (rounded up for vmlinux), the other kind filling in where one
+/// runs short; `order`'s order is kept.
+fn balanced(
+    order: &[String],
+    n: usize,
+    vmlinux: usize,
+    modules: usize,
+    is_vmlinux: impl Fn(&String) -> bool,
+) -> Vec<String> {
+    let want_vmlinux = match vmlinux + modules {
+        0 => 0,
+        total => (n * vmlinux).div_ceil(total),
+    };
+    let vm: Vec<&String> = order.iter().filter(|f| is_vmlinux(f)).collect();
+    let md: Vec<&String> = order.iter().filter(|f| !is_vmlinux(f)).collect();
+    let take_vm = want_vmlinux.min(vm.len()).max(n.saturating_sub(md.len()));
+    let take_md = n.saturating_sub(take_vm).min(md.len());
+    let keep: BTreeSet<&String> = vm
+        .into_iter()
+        .take(take_vm)
+        .chain(md.into_iter().take(take_md))
+        .collect();
+    order.iter().filter(|f| keep.contains(f)).cloned().collect()
 }
 
 fn enough_for_sample(records: &[Record], opts: &CoverageOptions) -> bool {
@@ -1282,25 +1376,49 @@ pub fn patch_text(old: &Path, new: &Path, group: &Group) -> Result<String> {
 type ReachCache = std::cell::RefCell<BTreeMap<String, Option<Vec<crate::error::Refusal>>>>;
 
 /// Header sets known too wide for any one `.c` file (`Some(refusals)`) or not.
-type WideCache = std::cell::RefCell<BTreeMap<Vec<String>, Option<Vec<crate::error::Refusal>>>>;
+type WideCache = std::sync::Mutex<BTreeMap<Vec<String>, Option<Vec<crate::error::Refusal>>>>;
 
-#[allow(clippy::too_many_arguments)]
+/// What every patch's build reads: the run's inputs, shared by the lanes.
+struct Shared<'a> {
+    opts: &'a CoverageOptions,
+    out: &'a Path,
+    old: &'a ReleaseEnv,
+    profile: &'a crate::target::ImageProfile,
+    kernel_version: &'a str,
+    key: &'a Path,
+    corpus: &'a Corpus,
+    /// Lane 0's prepared pre tree (its include index answers the reach of headers).
+    pre: &'a Path,
+    new_source: &'a Path,
+    wide: &'a WideCache,
+    /// The older release's image, decompressed and parsed once for every patch.
+    image: &'a std::sync::Arc<TargetImage>,
+    /// The older release's source fingerprint, taken once (a walk of 75k files).
+    fingerprint: &'a str,
+}
+
+/// Build one patch in the prepared trees of `cache` (its lane's).
 fn build_one(
-    opts: &CoverageOptions,
-    out: &Path,
-    old: &ReleaseEnv,
-    profile: &crate::target::ImageProfile,
-    kernel_version: &str,
-    key: &Path,
-    corpus: &Corpus,
+    cx: &Shared<'_>,
+    cache: &Path,
     index: usize,
     group: &Group,
     text: &str,
     sha: String,
-    pre: &Path,
-    corpus_new: &Path,
-    wide: &WideCache,
 ) -> Result<Record> {
+    let Shared {
+        opts,
+        out,
+        old,
+        profile,
+        kernel_version,
+        key,
+        corpus,
+        pre,
+        new_source: corpus_new,
+        wide,
+        ..
+    } = *cx;
     let started = Instant::now();
     let stem = Path::new(&group.file)
         .file_stem()
@@ -1350,14 +1468,20 @@ fn build_one(
     if !group.headers.is_empty() {
         // Many patches carry the same core headers: their reach is asked once (a
         // different .c file adds at most its own object to it).
-        let cached = wide.borrow().get(&group.headers).cloned();
+        let cached = wide
+            .lock()
+            .expect("invariant: no lane panics holding the cache")
+            .get(&group.headers)
+            .cloned();
         let refusals = match cached {
             Some(r) => r,
             None => {
                 let plan = affected::plan(pre, &changes)?;
                 let r =
                     (plan.objects.len() > affected::MAX_OBJECTS + 1).then(|| plan.refusals.clone());
-                wide.borrow_mut().insert(group.headers.clone(), r.clone());
+                wide.lock()
+                    .expect("invariant: no lane panics holding the cache")
+                    .insert(group.headers.clone(), r.clone());
                 if plan.objects.len() > affected::MAX_OBJECTS {
                     Some(plan.refusals)
                 } else {
@@ -1386,7 +1510,7 @@ fn build_one(
         source: Source::Patch {
             src: old.source.clone(),
             patch,
-            fingerprint: None,
+            fingerprint: Some(cx.fingerprint.to_owned()),
         },
         profile: ProfileInputs {
             src: None,
@@ -1397,7 +1521,7 @@ fn build_one(
             version: Some(kernel_version.to_owned()),
             symvers: Some(old.symvers.clone()),
             system_root: PathBuf::from("/"),
-            loaded_image: None,
+            loaded_image: Some(std::sync::Arc::clone(cx.image)),
         },
         id: Some(id.clone()),
         description: Some(format!(
@@ -1409,7 +1533,7 @@ fn build_one(
         jobs: opts.jobs,
         output: packages,
         work: Some(work.clone()),
-        cache: opts.cache.clone(),
+        cache: cache.to_path_buf(),
         cache_max: opts.cache_max,
         etc_dir: opts.etc_dir.clone(),
         cumulative: None,
@@ -1723,6 +1847,25 @@ pub fn document(corpus: &Corpus, table: &str, command: &str) -> String {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_limited_run_takes_vmlinux_and_module_files_in_the_samples_proportion() {
+        let order: Vec<String> = ["m1", "m2", "v1", "m3", "m4", "v2", "m5", "v3", "m6"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        let is_vm = |f: &String| f.starts_with('v');
+        // 5 : 3 of 4 is 3 vmlinux (rounded up) and 1 module, in the order given.
+        assert_eq!(balanced(&order, 4, 5, 3, is_vm), ["m1", "v1", "v2", "v3"]);
+        // Only 3 vmlinux files: modules fill the rest.
+        assert_eq!(
+            balanced(&order, 6, 5, 3, is_vm),
+            ["m1", "m2", "v1", "m3", "v2", "v3"]
+        );
+        // More asked than there are: all of them.
+        assert_eq!(balanced(&order, 20, 5, 3, is_vm), order);
+        assert_eq!(balanced(&order, 2, 0, 3, is_vm), ["m1", "m2"]);
+    }
 
     fn write(root: &Path, rel: &str, text: &str) {
         let p = root.join(rel);

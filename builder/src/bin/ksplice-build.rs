@@ -701,10 +701,13 @@ struct CoverageRunArgs {
     /// Seed of the sample (and of the --limit order).
     #[arg(long, default_value_t = 1)]
     seed: u64,
-    /// Parallel compile jobs inside each build (patches share one prepared tree and
-    /// build one after the other).
+    /// Parallel compile jobs inside each build.
     #[arg(short = 'j', long = "jobs", default_value_t = 2)]
     jobs: usize,
+    /// Patches built at a time, each lane in a prepared tree of its own (lane 0 the
+    /// cache's, lane K `$KSPLICE_CACHE/coverage-lane-K`: about 3 GB each).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=16))]
+    lanes: u16,
     /// Build at most K patches, in seeded order, stopping once the sample has its
     /// updates (the test command's small run); default every patch.
     #[arg(long, value_name = "K")]
@@ -775,6 +778,7 @@ fn coverage(command: CoverageCommand) -> Result<(), Failure> {
                 seed: args.seed,
                 jobs: args.jobs,
                 limit: args.limit,
+                lanes: usize::from(args.lanes),
                 cache: cache_dir(),
                 cache_max,
                 etc_dir: args.out.join("etc"),
