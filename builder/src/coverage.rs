@@ -987,6 +987,28 @@ pub fn run(opts: &CoverageOptions, progress: &mut dyn Progress) -> Result<(Corpu
     let wide = WideCache::default();
     let total = corpus.planned.len();
     let planned = corpus.planned.clone();
+    let trees = (old.source.as_path(), new.source.as_path());
+    let mut deferred: Vec<(usize, String)> = Vec::new();
+    let mut sample_ready = false;
+    // What every build reads (a macro: `corpus` changes between chunks).
+    macro_rules! shared {
+        () => {
+            Shared {
+                opts,
+                out: &out,
+                old: &old,
+                profile: &profile,
+                kernel_version: &kernel_version,
+                key: &key_path,
+                corpus: &corpus,
+                pre: &pre,
+                new_source: &new.source,
+                wide: &wide,
+                image: &image,
+                fingerprint: &co.pre_id,
+            }
+        };
+    }
     'chunks: for (c, chunk) in planned.chunks(CHUNK).enumerate() {
         if opts.limit.is_some() && enough_for_sample(&records, opts) {
             progress.note("the sample has its updates: stopping (--limit)");
@@ -1029,90 +1051,50 @@ pub fn run(opts: &CoverageOptions, progress: &mut dyn Progress) -> Result<(Corpu
             .iter()
             .map(|g| (g.file.as_str(), g))
             .collect();
-        // This chunk's patches that have no record yet, in order.
+        // This chunk's patches that have no record yet, in order; in a full run the
+        // ones carrying headers wait for the end (each rebuilds every object its
+        // headers reach, minutes for one patch), so a run stopped early has the most
+        // records and the header-free share of the table complete.
         let mut jobs = Vec::new();
         for (i, file) in chunk.iter().enumerate() {
             let Some(group) = groups.get(file.as_str()) else {
                 continue;
             };
-            let text = patch_text(&old.source, &new.source, group)?;
-            let sha = hex::encode(Sha256::digest(text.as_bytes()));
-            if records
-                .iter()
-                .any(|r| r.file == group.file && r.patch_sha256 == sha)
-            {
+            if opts.limit.is_none() && !group.headers.is_empty() {
+                deferred.push((c * CHUNK + i, file.clone()));
                 continue;
             }
-            jobs.push((c * CHUNK + i, *group, text, sha));
-        }
-        let shared = Shared {
-            opts,
-            out: &out,
-            old: &old,
-            profile: &profile,
-            kernel_version: &kernel_version,
-            key: &key_path,
-            corpus: &corpus,
-            pre: &pre,
-            new_source: &new.source,
-            wide: &wide,
-            image: &image,
-            fingerprint: &co.pre_id,
-        };
-        // Lanes take the next job as they finish one; this thread writes the records
-        // in the order they finish and stops handing out jobs once a limited run's
-        // sample has its updates.
-        let next = AtomicUsize::new(0);
-        let stop = AtomicBool::new(false);
-        let mut first_error = None;
-        let mut sample_ready = false;
-        std::thread::scope(|scope| -> Result<()> {
-            let (tx, rx) = std::sync::mpsc::channel();
-            for lane in 0..opts.lanes.max(1).min(jobs.len().max(1)) {
-                let tx = tx.clone();
-                let (jobs, next, stop, shared) = (&jobs, &next, &stop, &shared);
-                scope.spawn(move || {
-                    let cache = lane_cache(&shared.opts.cache, lane);
-                    while !stop.load(Ordering::SeqCst) {
-                        let Some((index, group, text, sha)) =
-                            jobs.get(next.fetch_add(1, Ordering::SeqCst))
-                        else {
-                            break;
-                        };
-                        let r = build_one(shared, &cache, *index, group, text, sha.clone());
-                        if tx.send((*index, r)).is_err() {
-                            break;
-                        }
-                    }
-                });
+            if let Some(job) = job_of(trees, &records, c * CHUNK + i, group)? {
+                jobs.push(job);
             }
-            drop(tx);
-            for (index, result) in rx {
-                let record = match result {
-                    Ok(record) => record,
-                    Err(e) => {
-                        stop.store(true, Ordering::SeqCst);
-                        first_error.get_or_insert(e);
-                        continue;
-                    }
-                };
-                append_record(&out.join(RECORDS), &record)?;
-                progress.record(index, total, &record);
-                records.push(record);
-                if opts.limit.is_some() && enough_for_sample(&records, opts) {
-                    stop.store(true, Ordering::SeqCst);
-                    sample_ready = true;
-                }
-            }
-            Ok(())
-        })?;
-        if let Some(e) = first_error {
-            return Err(e);
         }
-        if sample_ready {
+        if build_in_lanes(&shared!(), &jobs, &mut records, total, progress)? {
             progress.note("the sample has its updates: stopping (--limit)");
+            sample_ready = true;
             break 'chunks;
         }
+    }
+    if !sample_ready && !deferred.is_empty() {
+        // The split is final now: the groups of the patches that waited.
+        let groups: BTreeMap<&str, &Group> = corpus
+            .split
+            .groups
+            .iter()
+            .map(|g| (g.file.as_str(), g))
+            .collect();
+        let mut jobs = Vec::new();
+        for (index, file) in &deferred {
+            if let Some(group) = groups.get(file.as_str()) {
+                if let Some(job) = job_of(trees, &records, *index, group)? {
+                    jobs.push(job);
+                }
+            }
+        }
+        progress.note(&format!(
+            "{} patches carrying headers, last",
+            jobs.len()
+        ));
+        build_in_lanes(&shared!(), &jobs, &mut records, total, progress)?;
     }
 
     write_sample(
@@ -1125,6 +1107,86 @@ pub fn run(opts: &CoverageOptions, progress: &mut dyn Progress) -> Result<(Corpu
     )?;
     records.retain(|r| corpus.has_record_of(&r.file));
     Ok((corpus, records))
+}
+
+/// A patch to build: its index in the plan, group, text and the text's digest.
+type Job<'a> = (usize, &'a Group, String, String);
+
+/// The job of `group`, or `None` when `records` has its record already (a resumed run).
+fn job_of<'a>(
+    (old, new): (&Path, &Path),
+    records: &[Record],
+    index: usize,
+    group: &'a Group,
+) -> Result<Option<Job<'a>>> {
+    let text = patch_text(old, new, group)?;
+    let sha = hex::encode(Sha256::digest(text.as_bytes()));
+    let done = records
+        .iter()
+        .any(|r| r.file == group.file && r.patch_sha256 == sha);
+    Ok((!done).then_some((index, group, text, sha)))
+}
+
+/// Build `jobs` in the run's lanes, appending each record as it comes; returns whether
+/// a limited run's sample has its updates (the lanes then take no more jobs).
+fn build_in_lanes(
+    shared: &Shared<'_>,
+    jobs: &[Job<'_>],
+    records: &mut Vec<Record>,
+    total: usize,
+    progress: &mut dyn Progress,
+) -> Result<bool> {
+    let opts = shared.opts;
+    // Lanes take the next job as they finish one; this thread writes the records in
+    // the order they finish.
+    let next = AtomicUsize::new(0);
+    let stop = AtomicBool::new(false);
+    let mut first_error = None;
+    let mut sample_ready = false;
+    std::thread::scope(|scope| -> Result<()> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        for lane in 0..opts.lanes.max(1).min(jobs.len().max(1)) {
+            let tx = tx.clone();
+            let (next, stop) = (&next, &stop);
+            scope.spawn(move || {
+                let cache = lane_cache(&shared.opts.cache, lane);
+                while !stop.load(Ordering::SeqCst) {
+                    let Some((index, group, text, sha)) =
+                        jobs.get(next.fetch_add(1, Ordering::SeqCst))
+                    else {
+                        break;
+                    };
+                    let r = build_one(shared, &cache, *index, group, text, sha.clone());
+                    if tx.send((*index, r)).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+        drop(tx);
+        for (index, result) in rx {
+            let record = match result {
+                Ok(record) => record,
+                Err(e) => {
+                    stop.store(true, Ordering::SeqCst);
+                    first_error.get_or_insert(e);
+                    continue;
+                }
+            };
+            append_record(&shared.out.join(RECORDS), &record)?;
+            progress.record(index, total, &record);
+            records.push(record);
+            if opts.limit.is_some() && enough_for_sample(records, opts) {
+                stop.store(true, Ordering::SeqCst);
+                sample_ready = true;
+            }
+        }
+        Ok(())
+    })?;
+    match first_error {
+        Some(e) => Err(e),
+        None => Ok(sample_ready),
+    }
 }
 
 /// A changed header too wide for a live update, as a record of its own: refused with
@@ -1549,12 +1611,51 @@ fn build_one(
             record.outcome = outcome;
             record.reason = Some(reason);
             record.rules = rules;
+            // The pre object compiled, so a compile error after the change comes from
+            // the change; when headers it depends on were left out as too wide, that
+            // is the change needing them, which no live update can carry.
+            let left_out = wide_dependencies(pre, &group.file, &corpus.split.wide);
+            if matches!(e, Error::Command { .. }) && !left_out.is_empty() {
+                needs_wide_headers(&mut record, &left_out);
+            }
         }
     }
     // Scratch is large (patched sources, objects): only the record stays.
     let _ = std::fs::remove_dir_all(&work);
     record.seconds = started.elapsed().as_secs_f64();
     Ok(record)
+}
+
+/// The rule of a `.c` change that does not compile without a changed header left out
+/// of its patch as too wide ([`Split::wide`]).
+pub const NEEDS_WIDE_HEADER: &str = "needs a header change too wide for a live update";
+
+/// The too-wide changed headers (`wide`) that `file`'s pre object depends on, by its
+/// `.cmd` file in the prepared tree `pre`.
+fn wide_dependencies(pre: &Path, file: &str, wide: &[String]) -> Vec<String> {
+    let cmd = kbuild::object_outputs(pre, &object_of(file))[1].clone();
+    let Ok(text) = std::fs::read_to_string(cmd) else {
+        return Vec::new();
+    };
+    let deps = parse_cmd_deps(&text);
+    wide.iter().filter(|h| deps.contains(*h)).cloned().collect()
+}
+
+/// A build error of a patch whose too-wide headers were left out becomes a refusal
+/// that names them (and keeps the compiler's first error as the evidence).
+fn needs_wide_headers(record: &mut Record, left_out: &[String]) {
+    let error = record.reason.take().unwrap_or_default();
+    record.outcome = Outcome::Refused;
+    record.reason = Some(bounded(
+        &format!(
+            "refused:\n  {}: {NEEDS_WIDE_HEADER}: it does not compile without the change of {} \
+             (left out of its patch as too wide); the first error without it: {error}",
+            record.file,
+            left_out.join(", ")
+        ),
+        4000,
+    ));
+    record.rules = vec![NEEDS_WIDE_HEADER.to_owned()];
 }
 
 fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<()> {
@@ -1847,6 +1948,61 @@ pub fn document(corpus: &Corpus, table: &str, command: &str) -> String {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    /// nfnetlink_queue.c of 6.1.190-1 calls `ip_check_csum_start`, which the same
+    /// update adds to `include/net/ip.h`, a header too wide for a live update: its
+    /// patch cannot compile, and that is a refusal naming the header, not a builder bug.
+    #[test]
+    fn a_build_error_with_a_too_wide_header_left_out_is_a_refusal_naming_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let pre = dir.path();
+        std::fs::create_dir_all(pre.join("net/netfilter")).unwrap();
+        std::fs::write(
+            pre.join("net/netfilter/.nfnetlink_queue.o.cmd"),
+            "cmd_net/netfilter/nfnetlink_queue.o := gcc ...\n\n\
+             deps_net/netfilter/nfnetlink_queue.o := \\\n  \
+             net/netfilter/nfnetlink_queue.c \\\n  \
+             include/net/ip.h \\\n  \
+             include/linux/skbuff.h \\\n\n\
+             net/netfilter/nfnetlink_queue.o: $(deps_net/netfilter/nfnetlink_queue.o)\n",
+        )
+        .unwrap();
+        let wide = [
+            "include/linux/list.h".to_owned(),
+            "include/net/ip.h".to_owned(),
+        ];
+        let left_out = wide_dependencies(pre, "net/netfilter/nfnetlink_queue.c", &wide);
+        assert_eq!(left_out, ["include/net/ip.h"]);
+        // A file whose object was never compiled depends on nothing we know of.
+        assert!(wide_dependencies(pre, "net/core/dev.c", &wide).is_empty());
+
+        let mut r = Record {
+            file: "net/netfilter/nfnetlink_queue.c".into(),
+            status: Status::Modified,
+            headers: Vec::new(),
+            patch_sha256: String::new(),
+            outcome: Outcome::BuildError,
+            object: None,
+            target: None,
+            id: None,
+            package: None,
+            reason: Some("nfnetlink_queue.c:378:21: error: implicit declaration".into()),
+            rules: vec!["build error: implicit declaration".into()],
+            seconds: 0.0,
+        };
+        needs_wide_headers(&mut r, &left_out);
+        assert_eq!(r.outcome, Outcome::Refused);
+        assert_eq!(r.rules, [NEEDS_WIDE_HEADER]);
+        let reason = r.reason.unwrap();
+        assert!(
+            reason.contains("the change of include/net/ip.h"),
+            "{reason}"
+        );
+        assert!(
+            reason.ends_with("378:21: error: implicit declaration"),
+            "{reason}"
+        );
+    }
 
     #[test]
     fn a_limited_run_takes_vmlinux_and_module_files_in_the_samples_proportion() {
