@@ -1090,10 +1090,7 @@ pub fn run(opts: &CoverageOptions, progress: &mut dyn Progress) -> Result<(Corpu
                 }
             }
         }
-        progress.note(&format!(
-            "{} patches carrying headers, last",
-            jobs.len()
-        ));
+        progress.note(&format!("{} patches carrying headers, last", jobs.len()));
         build_in_lanes(&shared!(), &jobs, &mut records, total, progress)?;
     }
 
