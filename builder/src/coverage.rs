@@ -185,6 +185,13 @@ pub struct Split {
     pub other: Vec<String>,
 }
 
+impl Split {
+    /// The `.c` patches by their file.
+    fn by_file(&self) -> BTreeMap<&str, &Group> {
+        self.groups.iter().map(|g| (g.file.as_str(), g)).collect()
+    }
+}
+
 /// Split `changed` into one group per changed `.c` file. `deps(c)` gives the headers
 /// the `.c` file's object depends on (kbuild's `.cmd` list), `None` when it is not
 /// known (the file is not built): such a file gets no headers. An added header goes
@@ -1045,12 +1052,7 @@ pub fn run(opts: &CoverageOptions, progress: &mut dyn Progress) -> Result<(Corpu
             append_record(&out.join(RECORDS), &record)?;
             records.push(record);
         }
-        let groups: BTreeMap<&str, &Group> = corpus
-            .split
-            .groups
-            .iter()
-            .map(|g| (g.file.as_str(), g))
-            .collect();
+        let groups = corpus.split.by_file();
         // This chunk's patches that have no record yet, in order; in a full run the
         // ones carrying headers wait for the end (each rebuilds every object its
         // headers reach, minutes for one patch), so a run stopped early has the most
@@ -1076,12 +1078,7 @@ pub fn run(opts: &CoverageOptions, progress: &mut dyn Progress) -> Result<(Corpu
     }
     if !sample_ready && !deferred.is_empty() {
         // The split is final now: the groups of the patches that waited.
-        let groups: BTreeMap<&str, &Group> = corpus
-            .split
-            .groups
-            .iter()
-            .map(|g| (g.file.as_str(), g))
-            .collect();
+        let groups = corpus.split.by_file();
         let mut jobs = Vec::new();
         for (index, file) in &deferred {
             if let Some(group) = groups.get(file.as_str()) {
