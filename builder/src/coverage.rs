@@ -1087,7 +1087,21 @@ pub fn run(opts: &CoverageOptions, progress: &mut dyn Progress) -> Result<(Corpu
                 }
             }
         }
-        progress.note(&format!("{} patches carrying headers, last", jobs.len()));
+        // The largest batches first (one set of headers, one lane), so the lanes end
+        // together.
+        let mut size: BTreeMap<Vec<String>, usize> = BTreeMap::new();
+        for (_, group, _, _) in &jobs {
+            *size.entry(group.headers.clone()).or_default() += 1;
+        }
+        jobs.sort_by(|a, b| {
+            let (ha, hb) = (&a.1.headers, &b.1.headers);
+            size[hb].cmp(&size[ha]).then(ha.cmp(hb)).then(a.0.cmp(&b.0))
+        });
+        progress.note(&format!(
+            "{} patches carrying headers, last ({} sets of headers)",
+            jobs.len(),
+            size.len()
+        ));
         build_in_lanes(&shared!(), &jobs, &mut records, total, progress)?;
     }
 
@@ -1131,8 +1145,11 @@ fn build_in_lanes(
     progress: &mut dyn Progress,
 ) -> Result<bool> {
     let opts = shared.opts;
-    // Lanes take the next job as they finish one; this thread writes the records in
-    // the order they finish.
+    // Lanes take the next batch as they finish one; this thread writes the records in
+    // the order they finish. A batch is the patches carrying one set of headers: built
+    // one after the other in one lane's tree, each but the first finds the objects its
+    // headers reach compiled already by the compiler cache (ci/coverage's ccache).
+    let batches = &batches(jobs);
     let next = AtomicUsize::new(0);
     let stop = AtomicBool::new(false);
     let mut first_error = None;
@@ -1144,15 +1161,15 @@ fn build_in_lanes(
             let (next, stop) = (&next, &stop);
             scope.spawn(move || {
                 let cache = lane_cache(&shared.opts.cache, lane);
-                while !stop.load(Ordering::SeqCst) {
-                    let Some((index, group, text, sha)) =
-                        jobs.get(next.fetch_add(1, Ordering::SeqCst))
-                    else {
-                        break;
-                    };
-                    let r = build_one(shared, &cache, *index, group, text, sha.clone());
-                    if tx.send((*index, r)).is_err() {
-                        break;
+                'batches: while let Some(batch) = batches.get(next.fetch_add(1, Ordering::SeqCst)) {
+                    for &(index, group, ref text, ref sha) in batch.iter().map(|&j| &jobs[j]) {
+                        if stop.load(Ordering::SeqCst) {
+                            break 'batches;
+                        }
+                        let r = build_one(shared, &cache, index, group, text, sha.clone());
+                        if tx.send((index, r)).is_err() {
+                            break 'batches;
+                        }
                     }
                 }
             });
@@ -1181,6 +1198,28 @@ fn build_in_lanes(
         Some(e) => Err(e),
         None => Ok(sample_ready),
     }
+}
+
+/// `jobs` (by position) in batches a lane builds one after the other: the patches
+/// carrying the same changed headers together, in the order of their first job; a
+/// header-free patch is a batch of its own.
+fn batches(jobs: &[Job<'_>]) -> Vec<Vec<usize>> {
+    let mut out: Vec<Vec<usize>> = Vec::new();
+    let mut by_headers: BTreeMap<&[String], usize> = BTreeMap::new();
+    for (j, (_, group, _, _)) in jobs.iter().enumerate() {
+        if group.headers.is_empty() {
+            out.push(vec![j]);
+            continue;
+        }
+        match by_headers.get(group.headers.as_slice()) {
+            Some(&b) => out[b].push(j),
+            None => {
+                by_headers.insert(&group.headers, out.len());
+                out.push(vec![j]);
+            }
+        }
+    }
+    out
 }
 
 /// A changed header too wide for a live update, as a record of its own: refused with

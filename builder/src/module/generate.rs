@@ -22,6 +22,7 @@ pub(crate) fn run(
     inputs: &Inputs,
     targets: &[Target<'_>],
     hooks: &[Hooks],
+    imports: &[String],
     dir: &Path,
 ) -> Result<()> {
     // modpost reads the .cmd file of every object of a module (for its
@@ -33,7 +34,7 @@ pub(crate) fn run(
         ));
         std::fs::write(&path, "").map_err(Error::io(&path))?;
     }
-    let c = update_c(inputs, targets, hooks);
+    let c = update_c(inputs, targets, hooks, imports);
     let path = dir.join(UPDATE_C);
     std::fs::write(&path, c).map_err(Error::io(&path))?;
     let path = dir.join("Kbuild");
@@ -59,7 +60,12 @@ fn kbuild(inputs: &Inputs) -> String {
 /// The C source of the tables.  Symbol names were validated (letters,
 /// digits, `_`, `.`, `$`), so they can go into string literals and asm labels
 /// as they are.
-fn update_c(inputs: &Inputs, targets: &[Target<'_>], hooks: &[Hooks]) -> String {
+fn update_c(
+    inputs: &Inputs,
+    targets: &[Target<'_>],
+    hooks: &[Hooks],
+    imports: &[String],
+) -> String {
     let mut c = String::new();
     let w = &mut c;
     // Writing into a String cannot fail; the results are ignored below.
@@ -72,6 +78,14 @@ fn update_c(inputs: &Inputs, targets: &[Target<'_>], hooks: &[Hooks]) -> String 
          #include \"ksplice.h\"\n",
         inputs.name
     );
+    if !imports.is_empty() {
+        // The replaced code uses exports of these namespaces, as its module did.
+        let _ = writeln!(w, "#include <linux/module.h>\n");
+        for ns in imports {
+            let _ = writeln!(w, "MODULE_IMPORT_NS({ns});");
+        }
+        let _ = writeln!(w);
+    }
 
     for (t, target) in targets.iter().enumerate() {
         let funcs: Vec<_> = target
@@ -351,7 +365,7 @@ mod tests {
         ] {
             let inputs = one_function(patching);
             let targets = crate::module::validate(&inputs).expect("valid");
-            let c = update_c(&inputs, &targets, &[Hooks::default()]);
+            let c = update_c(&inputs, &targets, &[Hooks::default()], &[]);
             let lines: Vec<&str> = c.lines().collect();
             assert_eq!(
                 lines
@@ -409,7 +423,13 @@ mod tests {
         let targets = crate::module::validate(&inputs).expect("valid");
         let mut hooks = vec![Hooks::default(), Hooks::default()];
         hooks[0].by_kind[0].push("__ksplice_cb_0_pre_patch_0".into());
-        let c = update_c(&inputs, &targets, &hooks);
+        let imports = ["FIRMWARE_LOADER_PRIVATE".to_owned()];
+        let c = update_c(&inputs, &targets, &hooks, &imports);
+        assert!(
+            c.contains("#include <linux/module.h>\n\nMODULE_IMPORT_NS(FIRMWARE_LOADER_PRIVATE);\n"),
+            "{c}"
+        );
+        assert!(!update_c(&inputs, &targets, &hooks, &[]).contains("MODULE_IMPORT_NS"));
         let lines: Vec<&str> = c.lines().collect();
         assert_eq!(
             lines[..5],

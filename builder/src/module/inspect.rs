@@ -140,6 +140,43 @@ pub fn exported_symbols(tree: &Path) -> Result<HashSet<String>> {
         .collect())
 }
 
+/// The symbol namespaces (`EXPORT_SYMBOL_NS`) of the target's exports that the
+/// objects at `objects` use, from the tree's `Module.symvers`: the update module
+/// imports each (`MODULE_IMPORT_NS`), as the module its code comes from did, or
+/// modpost and the kernel's loader refuse it. Sorted; only names that are C
+/// identifiers (the macro stringifies its argument).
+pub fn imported_namespaces(tree: &Path, objects: &[std::path::PathBuf]) -> Result<Vec<String>> {
+    let path = tree.join("Module.symvers");
+    let text = match std::fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(Error::SymversMissing { path })
+        }
+        Err(e) => return Err(Error::io(&path)(e)),
+    };
+    let namespace_of: std::collections::HashMap<&str, &str> = text
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split('\t').collect();
+            let ns = f.get(4).map(|n| n.trim()).filter(|n| !n.is_empty())?;
+            Some((f[1], ns))
+        })
+        .collect();
+    let mut out = std::collections::BTreeSet::new();
+    for obj in objects {
+        for name in read(obj)?.undefined {
+            if let Some(ns) = namespace_of.get(name.as_str()) {
+                let ident = ns.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+                    && !ns.as_bytes()[0].is_ascii_digit();
+                if ident {
+                    out.insert((*ns).to_owned());
+                }
+            }
+        }
+    }
+    Ok(out.into_iter().collect())
+}
+
 /// The builder's final check of the module at `ko`.
 pub(crate) fn check(ko: &Path, name: &ModuleName, release: &str, tree: &Path) -> Result<()> {
     let report = read(ko)?;
@@ -199,4 +236,67 @@ pub(crate) fn check(ko: &Path, name: &ModuleName, release: &str, tree: &Path) ->
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use object::write;
+
+    /// A relocatable object that refers to each of `names` (undefined symbols).
+    fn object_using(names: &[&str]) -> Vec<u8> {
+        let mut o = write::Object::new(
+            object::BinaryFormat::Elf,
+            object::Architecture::X86_64,
+            object::Endianness::Little,
+        );
+        let text = o.add_section(Vec::new(), b".text.f".to_vec(), object::SectionKind::Text);
+        o.append_section_data(text, &[0xc3], 16);
+        for name in names {
+            o.add_symbol(write::Symbol {
+                name: name.as_bytes().to_vec(),
+                value: 0,
+                size: 0,
+                kind: object::SymbolKind::Unknown,
+                scope: object::SymbolScope::Linkage,
+                weak: false,
+                section: write::SymbolSection::Undefined,
+                flags: object::SymbolFlags::None,
+            });
+        }
+        o.write().expect("write object")
+    }
+
+    #[test]
+    fn namespaces_of_the_exports_an_update_uses_are_imported() {
+        // Issue 12: fallback.c's update uses fw_fallback_config, exported in
+        // FIRMWARE_LOADER_PRIVATE; modpost refused the module that did not import it.
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(
+            dir.path().join("Module.symvers"),
+            "0xd3ae7756\tfw_fallback_config\tvmlinux\tEXPORT_SYMBOL_GPL\tFIRMWARE_LOADER_PRIVATE\n\
+             0x12345678\tprintk\tvmlinux\tEXPORT_SYMBOL\t\n\
+             0x0000000a\tdma_buf_get\tvmlinux\tEXPORT_SYMBOL_GPL\tDMA_BUF\n\
+             0x0000000b\tbad_ns\tvmlinux\tEXPORT_SYMBOL_GPL\tX); evil(\n\
+             0x0000000c\tunused\tvmlinux\tEXPORT_SYMBOL_GPL\tUNUSED_NS\n",
+        )
+        .expect("symvers");
+        let a = dir.path().join("a.o");
+        let b = dir.path().join("b.o");
+        std::fs::write(&a, object_using(&["fw_fallback_config", "printk"])).expect("a");
+        std::fs::write(
+            &b,
+            object_using(&["dma_buf_get", "bad_ns", "fw_fallback_config"]),
+        )
+        .expect("b");
+        assert_eq!(
+            imported_namespaces(dir.path(), &[a.clone(), b]).expect("namespaces"),
+            ["DMA_BUF", "FIRMWARE_LOADER_PRIVATE"]
+        );
+        std::fs::remove_file(dir.path().join("Module.symvers")).expect("rm");
+        assert!(matches!(
+            imported_namespaces(dir.path(), &[a]),
+            Err(Error::SymversMissing { .. })
+        ));
+    }
 }

@@ -211,7 +211,11 @@ pub fn build(inputs: &Inputs) -> Result<PathBuf> {
         .enumerate()
         .map(|(i, obj)| callbacks::run(obj, i, &defs, &dir.join(generate::shipped_name(i))))
         .collect::<Result<Vec<_>>>()?;
-    generate::run(inputs, &targets, &hooks, dir)?;
+    let shipped: Vec<PathBuf> = (0..inputs.objects.len())
+        .map(|i| dir.join(generate::shipped_name(i)))
+        .collect();
+    let imports = inspect::imported_namespaces(&inputs.kernel_tree, &shipped)?;
+    generate::run(inputs, &targets, &hooks, &imports, dir)?;
     let owners = klp::foreign_owners(&inputs.objects)?;
     let ko = kbuild::run(&inputs.kernel_tree, dir, &inputs.name, inputs.jobs)?;
     klp::run(&ko, &owners)?;
