@@ -734,6 +734,11 @@ pub struct Corpus {
     /// The patches this run builds, in order (all of them, seeded order, unless `--limit`).
     pub planned: Vec<String>,
     pub limit: Option<usize>,
+    /// Changed `.c` files that are no object of their own but `#include`d by built
+    /// `.c` files: file → the first includer's object (its `.cmd` file gives the
+    /// headers; the builder rebuilds every includer).
+    #[serde(default)]
+    pub via: BTreeMap<String, String>,
 }
 
 /// Where a long run reports progress.
@@ -805,6 +810,7 @@ pub fn run(opts: &CoverageOptions, progress: &mut dyn Progress) -> Result<(Corpu
             opts.cache_max,
         )
     };
+    let mut via = BTreeMap::new();
     let (pre, builds, changed, order) = {
         let t = Instant::now();
         let trees = open_trees()?;
@@ -825,7 +831,7 @@ pub fn run(opts: &CoverageOptions, progress: &mut dyn Progress) -> Result<(Corpu
             c_files.sort();
         }
         let t = Instant::now();
-        let builds = kbuild_builds(&make, &trees.pre, &c_files)?;
+        let builds = kbuild_builds(&make, &trees.pre, &c_files, &mut via)?;
         progress.note(&format!(
             "kbuild builds {} of {} changed .c files ({:.0} s)",
             builds.iter().filter(|(_, b)| b.is_ok()).count(),
@@ -850,6 +856,7 @@ pub fn run(opts: &CoverageOptions, progress: &mut dyn Progress) -> Result<(Corpu
         (trees.pre.clone(), builds, changed, order)
     };
     let is_built = |f: &str| builds.get(f).is_some_and(|b| b.is_ok());
+    let obj_of = |f: &str| via.get(f).cloned().unwrap_or_else(|| object_of(f));
     // A changed .c file's headers come from its pre object's `.cmd` file, so the pre
     // objects are compiled before their patches (they are the pre side of the build
     // after, too), a chunk at a time under the tree's lock, so records come early.
@@ -857,7 +864,7 @@ pub fn run(opts: &CoverageOptions, progress: &mut dyn Progress) -> Result<(Corpu
         let objects: Vec<String> = files
             .iter()
             .filter(|f| is_built(f))
-            .map(|f| object_of(f))
+            .map(|f| obj_of(f))
             .filter(|o| !kbuild::object_outputs(&pre, o)[1].is_file())
             .collect();
         if objects.is_empty() {
@@ -874,7 +881,7 @@ pub fn run(opts: &CoverageOptions, progress: &mut dyn Progress) -> Result<(Corpu
         Ok(())
     };
     let deps = |c: &str| -> Option<BTreeSet<String>> {
-        let cmd = kbuild::object_outputs(&pre, &object_of(c))[1].clone();
+        let cmd = kbuild::object_outputs(&pre, &obj_of(c))[1].clone();
         std::fs::read_to_string(cmd)
             .ok()
             .map(|t| parse_cmd_deps(&t))
@@ -975,6 +982,7 @@ pub fn run(opts: &CoverageOptions, progress: &mut dyn Progress) -> Result<(Corpu
         not_built: BTreeMap::new(),
         planned,
         limit: opts.limit,
+        via: via.clone(),
     };
     for (f, b) in &builds {
         match b {
@@ -1248,6 +1256,14 @@ pub fn is_header_record(r: &Record) -> bool {
 }
 
 impl Corpus {
+    /// The object whose build compiles `file`: its own, or its includer's.
+    pub fn object_of(&self, file: &str) -> String {
+        self.via
+            .get(file)
+            .cloned()
+            .unwrap_or_else(|| object_of(file))
+    }
+
     /// Whether `file` is a planned `.c` patch or a too-wide header of this corpus.
     pub fn has_record_of(&self, file: &str) -> bool {
         self.planned.iter().any(|p| p == file) || self.split.wide.iter().any(|h| h == file)
@@ -1347,13 +1363,15 @@ fn object_of(c: &str) -> String {
 }
 
 /// For each changed `.c` file: `Ok(vmlinux or module)` when kbuild builds it under
-/// the tree's config, else `Err(why)`. kbuild answers: the `.cmd` file of an earlier
+/// the tree's config, else `Err(why)`; a file built only as `#include`d by other
+/// `.c` files goes into `via` with the first includer's object. kbuild answers: the `.cmd` file of an earlier
 /// build, else `make -n -k` of the directories (objects kbuild names through `../`
 /// are matched by their normalized path), then the parents' descent rules.
 fn kbuild_builds(
     make: &Make,
     tree: &Path,
     files: &[&Changed],
+    via: &mut BTreeMap<String, String>,
 ) -> Result<BTreeMap<String, std::result::Result<String, String>>> {
     let config_path = tree.join(".config");
     let config = std::fs::read_to_string(&config_path).map_err(Error::io(&config_path))?;
@@ -1412,9 +1430,40 @@ fn kbuild_builds(
             known.entry(normalize(&obj)).or_insert(b);
         }
     }
+    // A file that is no object of its own may be `#include`d by .c files that are
+    // (kernel/sched/build_utility.c includes cpufreq_schedutil.c): it is built where
+    // they are. Their objects were asked about with the file's own directory.
+    let mut includers: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    let unknown: Vec<&&Changed> = files
+        .iter()
+        .filter(|f| !known.contains_key(&object_of(&f.path)))
+        .collect();
+    if !unknown.is_empty() {
+        let index = affected::IncludeIndex::load_or_build(tree)?;
+        let graph = index.reverse();
+        for f in unknown {
+            let objs: Vec<String> = graph
+                .of(&f.path)
+                .iter()
+                .filter(|d| d.ends_with(".c") && !affected::is_boot_code(d))
+                .map(|d| object_of(d))
+                .filter(|o| known.contains_key(o))
+                .collect();
+            if !objs.is_empty() {
+                includers.insert(f.path.clone(), objs);
+            }
+        }
+    }
     let mut out = BTreeMap::new();
     for f in files {
-        let obj = object_of(&f.path);
+        let own = object_of(&f.path);
+        let obj = match includers.get(&f.path) {
+            Some(objs) => {
+                via.insert(f.path.clone(), objs[0].clone());
+                objs[0].clone()
+            }
+            None => own,
+        };
         let answer = match known.get(&obj) {
             None => Err("kbuild does not compile it under this config".to_owned()),
             Some(b) => match affected::dir_disabled(
@@ -1536,7 +1585,7 @@ fn build_one(
     };
     match corpus.built.get(&group.file) {
         Some(target) => {
-            record.object = Some(object_of(&group.file));
+            record.object = Some(corpus.object_of(&group.file));
             record.target = Some(target.clone());
         }
         // An added or removed file goes to the builder, which says why it refuses.
@@ -1647,7 +1696,8 @@ fn build_one(
             // The pre object compiled, so a compile error after the change comes from
             // the change; when headers it depends on were left out as too wide, that
             // is the change needing them, which no live update can carry.
-            let left_out = wide_dependencies(pre, &group.file, &corpus.split.wide);
+            let left_out =
+                wide_dependencies(pre, &corpus.object_of(&group.file), &corpus.split.wide);
             if matches!(e, Error::Command { .. }) && !left_out.is_empty() {
                 needs_wide_headers(&mut record, &left_out);
             }
@@ -1663,10 +1713,10 @@ fn build_one(
 /// of its patch as too wide ([`Split::wide`]).
 pub const NEEDS_WIDE_HEADER: &str = "needs a header change too wide for a live update";
 
-/// The too-wide changed headers (`wide`) that `file`'s pre object depends on, by its
-/// `.cmd` file in the prepared tree `pre`.
-fn wide_dependencies(pre: &Path, file: &str, wide: &[String]) -> Vec<String> {
-    let cmd = kbuild::object_outputs(pre, &object_of(file))[1].clone();
+/// The too-wide changed headers (`wide`) that the pre object `object` depends on, by
+/// its `.cmd` file in the prepared tree `pre`.
+fn wide_dependencies(pre: &Path, object: &str, wide: &[String]) -> Vec<String> {
+    let cmd = kbuild::object_outputs(pre, object)[1].clone();
     let Ok(text) = std::fs::read_to_string(cmd) else {
         return Vec::new();
     };
@@ -2004,10 +2054,10 @@ mod tests {
             "include/linux/list.h".to_owned(),
             "include/net/ip.h".to_owned(),
         ];
-        let left_out = wide_dependencies(pre, "net/netfilter/nfnetlink_queue.c", &wide);
+        let left_out = wide_dependencies(pre, "net/netfilter/nfnetlink_queue.o", &wide);
         assert_eq!(left_out, ["include/net/ip.h"]);
         // A file whose object was never compiled depends on nothing we know of.
-        assert!(wide_dependencies(pre, "net/core/dev.c", &wide).is_empty());
+        assert!(wide_dependencies(pre, "net/core/dev.o", &wide).is_empty());
 
         let mut r = Record {
             file: "net/netfilter/nfnetlink_queue.c".into(),
@@ -2403,6 +2453,7 @@ $(deps_fs/proc/cmdline.o):\n";
             not_built: BTreeMap::from([("fs/y.c".to_string(), "off".to_string())]),
             planned: vec!["fs/x.c".into(), "fs/y.c".into()],
             limit: None,
+            via: BTreeMap::new(),
         };
         let records = vec![rec("fs/x.c", "vmlinux", Outcome::Built)];
         let t = table(&corpus, &records, None);
@@ -2492,6 +2543,7 @@ $(deps_fs/proc/cmdline.o):\n";
             not_built: BTreeMap::new(),
             planned: vec!["fs/a.c".into(), "fs/b.c".into()],
             limit: None,
+            via: BTreeMap::new(),
         };
         assert!(corpus.has_record_of("include/linux/list.h"));
         assert!(!corpus.has_record_of("include/linux/lonely.h"));

@@ -437,6 +437,11 @@ fn classify_objects(
     let mut dirs: HashMap<String, HashMap<String, ObjectBuild>> = HashMap::new();
     let mut jobs = Vec::new();
     for (obj, reasons) in objects {
+        // Reached through a header or an included .c file: boot code is never the
+        // running kernel's (a changed boot .c file itself is refused by the plan).
+        if affected::is_boot_code(obj) {
+            continue;
+        }
         let build = make.locate(pre, obj, &mut dirs)?;
         let c_file = format!("{}.c", obj.trim_end_matches(".o"));
         // kbuild compiles a listed object even when no parent descends into
@@ -466,6 +471,12 @@ fn classify_objects(
             None if !changed.contains(c_file.as_str()) => {
                 let _ = reasons;
             }
+            // A changed .c file that is no object of its own but `#include`d by
+            // another .c file (sched/build_utility.c includes cpufreq_schedutil.c):
+            // the includers' objects carry its change.
+            None if objects
+                .iter()
+                .any(|(o, r)| o != obj && r.contains(c_file.as_str())) => {}
             None => refusals.push(Refusal {
                 what: c_file,
                 reason: "not built by the target's config".into(),

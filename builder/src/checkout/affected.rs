@@ -32,6 +32,20 @@ enum Kind {
     Refused(&'static str),
 }
 
+/// Why code of the decompressor or the EFI stub is refused.
+pub const BOOT_CODE: &str =
+    "boot code (decompressor, EFI stub) runs before the kernel; not live patchable";
+
+/// A file of the decompressor (`arch/*/boot/`) or of the EFI stub: compiled into
+/// the boot image, never the running kernel's code, even where it `#include`s a
+/// kernel .c file (`arch/x86/boot/compressed/ident_map_64.c` includes
+/// `arch/x86/mm/ident_map.c`).
+pub fn is_boot_code(path: &str) -> bool {
+    let parts: Vec<&str> = path.split('/').collect();
+    (parts.len() > 3 && parts[0] == "arch" && parts[2] == "boot")
+        || path.starts_with("drivers/firmware/efi/libstub/")
+}
+
 fn classify(path: &str, exists_in_pre: bool, deleted: bool) -> Kind {
     let p = Path::new(path);
     let name = p
@@ -57,6 +71,9 @@ fn classify(path: &str, exists_in_pre: bool, deleted: bool) -> Kind {
         return Kind::Refused(
             "lib/ code is linked into the decompressor and boot stubs as well; not live patchable",
         );
+    }
+    if is_boot_code(path) {
+        return Kind::Refused(BOOT_CODE);
     }
     if parts.iter().any(|c| c.contains("vdso")) {
         return Kind::Refused("vDSO code runs in user space mappings; not live patchable");
@@ -437,6 +454,16 @@ mod tests {
     fn classification_refuses_what_cannot_be_patched() {
         let r = |p: &str| classify(p, true, false);
         assert_eq!(r("fs/proc/cmdline.c"), Kind::C);
+        assert_eq!(
+            r("arch/x86/boot/compressed/ident_map_64.c"),
+            Kind::Refused(BOOT_CODE)
+        );
+        assert_eq!(
+            r("drivers/firmware/efi/libstub/x86-stub.c"),
+            Kind::Refused(BOOT_CODE)
+        );
+        assert_eq!(r("arch/x86/mm/ident_map.c"), Kind::C);
+        assert_eq!(r("arch/x86/kernel/boot.c"), Kind::C);
         assert_eq!(r("include/linux/seq_file.h"), Kind::Header);
         assert!(
             matches!(r("arch/x86/entry/entry_64.S"), Kind::Refused(s) if s.starts_with("assembly"))
