@@ -122,18 +122,20 @@ fn parse(data: &[u8]) -> std::result::Result<ModuleReport, object::read::Error> 
     Ok(report)
 }
 
+/// The kernel tree's `Module.symvers`, which the update module is checked against.
+fn read_symvers(tree: &Path) -> Result<String> {
+    let path = tree.join("Module.symvers");
+    match std::fs::read_to_string(&path) {
+        Ok(t) => Ok(t),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(Error::SymversMissing { path }),
+        Err(e) => Err(Error::io(&path)(e)),
+    }
+}
+
 /// Names exported by the kernel tree's `Module.symvers`
 /// (`crc<TAB>name<TAB>module<TAB>export type[<TAB>namespace]`).
 pub fn exported_symbols(tree: &Path) -> Result<HashSet<String>> {
-    let path = tree.join("Module.symvers");
-    let text = match std::fs::read_to_string(&path) {
-        Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return Err(Error::SymversMissing { path })
-        }
-        Err(e) => return Err(Error::io(&path)(e)),
-    };
-    Ok(text
+    Ok(read_symvers(tree)?
         .lines()
         .filter_map(|l| l.split('\t').nth(1))
         .map(str::to_owned)
@@ -146,14 +148,7 @@ pub fn exported_symbols(tree: &Path) -> Result<HashSet<String>> {
 /// modpost and the kernel's loader refuse it. Sorted; only names that are C
 /// identifiers (the macro stringifies its argument).
 pub fn imported_namespaces(tree: &Path, objects: &[std::path::PathBuf]) -> Result<Vec<String>> {
-    let path = tree.join("Module.symvers");
-    let text = match std::fs::read_to_string(&path) {
-        Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return Err(Error::SymversMissing { path })
-        }
-        Err(e) => return Err(Error::io(&path)(e)),
-    };
+    let text = read_symvers(tree)?;
     let namespace_of: std::collections::HashMap<&str, &str> = text
         .lines()
         .filter_map(|l| {
