@@ -436,6 +436,9 @@ fn classify_objects(
     let config = std::fs::read_to_string(&config_path).map_err(Error::io(&config_path))?;
     let mut dirs: HashMap<String, HashMap<String, ObjectBuild>> = HashMap::new();
     let mut jobs = Vec::new();
+    // Objects that became jobs, and changed .c files kbuild builds no object of.
+    let mut built: HashSet<&str> = HashSet::new();
+    let mut unbuilt = Vec::new();
     for (obj, reasons) in objects {
         // Reached through a header or an included .c file: boot code is never the
         // running kernel's (a changed boot .c file itself is refused by the plan).
@@ -463,24 +466,32 @@ fn classify_objects(
         }
         match build {
             // make is asked for the name kbuild gives it (`amdgpu/../display/..`).
-            Some(b) => jobs.push(Job {
-                object: b.path,
-                target: b.module.unwrap_or_else(|| "vmlinux".to_string()),
-            }),
+            Some(b) => {
+                built.insert(obj.as_str());
+                jobs.push(Job {
+                    object: b.path,
+                    target: b.module.unwrap_or_else(|| "vmlinux".to_string()),
+                });
+            }
             // Reached only through a header: not in this kernel, nothing to patch.
             None if !changed.contains(c_file.as_str()) => {
                 let _ = reasons;
             }
-            // A changed .c file that is no object of its own but `#include`d by
+            // A changed .c file that is no object of its own may be `#include`d by
             // another .c file (sched/build_utility.c includes cpufreq_schedutil.c):
-            // the includers' objects carry its change.
-            None if objects
-                .iter()
-                .any(|(o, r)| o != obj && r.contains(c_file.as_str())) => {}
-            None => refusals.push(Refusal {
+            // the includers' objects carry its change, if one of them is built.
+            None => unbuilt.push(c_file),
+        }
+    }
+    for c_file in unbuilt {
+        let carried = objects
+            .iter()
+            .any(|(o, r)| built.contains(o.as_str()) && r.contains(c_file.as_str()));
+        if !carried {
+            refusals.push(Refusal {
                 what: c_file,
                 reason: "not built by the target's config".into(),
-            }),
+            });
         }
     }
     Ok(jobs)
