@@ -278,10 +278,16 @@ pub fn create(opts: &Options, summary: &mut Summary) -> Result<PathBuf> {
         modules: target_symvers.module_exports(),
         update: update_globals(&trees.post, &jobs)?,
     };
+    let tables = summary.time("diff", |s| {
+        module_tables(&profile, &map, &jobs, &mut s.notes)
+    })?;
     let diffed: Vec<Diffed> = summary.time("diff", |_| {
         jobs.par_iter()
             .enumerate()
-            .map(|(index, job)| diff_one(&trees, job, index, &map, &exports, &profile))
+            .map(|(index, job)| {
+                let table = tables.get(&job.target);
+                diff_one(&trees, job, index, &map, table, &exports, &profile)
+            })
             .collect::<Result<Vec<_>>>()
     })?;
 
@@ -609,11 +615,109 @@ fn update_globals(post: &Path, jobs: &[Job]) -> Result<HashSet<String>> {
     Ok(out)
 }
 
+/// The symbol tables of the modules the jobs patch that the target's map does
+/// not cover (a System.map has vmlinux only), read from the target's `.ko`
+/// files. A module without one is noted: the kernel alone then tells whether
+/// its local names are unique, when the update loads.
+fn module_tables(
+    profile: &Profile,
+    map: &SystemMap,
+    jobs: &[Job],
+    notes: &mut Vec<String>,
+) -> Result<HashMap<String, symbols::ModuleTable>> {
+    let wanted: std::collections::BTreeSet<&str> = jobs
+        .iter()
+        .map(|j| j.target.as_str())
+        .filter(|t| *t != "vmlinux" && !map.covers(t))
+        .collect();
+    let mut out = HashMap::new();
+    if wanted.is_empty() {
+        return Ok(out);
+    }
+    let files = match &profile.modules {
+        Some(dir) => symbols::module_files(dir)?,
+        None => HashMap::new(),
+    };
+    for module in wanted {
+        match files.get(module) {
+            Some(ko) => {
+                out.insert(
+                    module.to_string(),
+                    symbols::ModuleTable::load(ko, &profile.release)?,
+                );
+            }
+            None => notes.push(format!(
+                "no {module}.ko of the target (its lib/modules/{}): the kernel checks \
+                 that its local names are unique when the update loads",
+                profile.release
+            )),
+        }
+    }
+    Ok(out)
+}
+
+/// The named local symbols of an object that are not undefined, labels
+/// (`.LC0`) too, in table order: what places it among a module's symbols.
+fn local_names(pre: &[u8]) -> Vec<String> {
+    let Ok(file) = object::File::parse(pre) else {
+        return Vec::new();
+    };
+    file.symbols()
+        .filter(|s| s.is_local() && !s.is_undefined())
+        .filter_map(|s| s.name().ok().map(str::to_string))
+        .filter(|n| !n.is_empty())
+        .collect()
+}
+
+/// A reference by `.klp.sym.<object>.<name>,0` or a replaced function with
+/// sympos 0 that meets more than one `name` in the target object's table:
+/// livepatch refuses such an update when it loads ("unresolvable
+/// ambiguity"). Refused here instead, naming the symbol and its count.
+fn ambiguous(
+    report: &diff::Report,
+    object: &str,
+    count: impl Fn(&str) -> usize,
+) -> Vec<diff::Refusal> {
+    let rule = |n: usize| {
+        format!(
+            "occurs {n} times in {object}'s symbol table and nothing tells which \
+             one this object's is (livepatch would refuse the ambiguity)"
+        )
+    };
+    let mut out = Vec::new();
+    for f in &report.functions {
+        if f.status == diff::FunctionStatus::Changed && f.sympos == 0 {
+            let n = count(&f.name);
+            if n > 1 {
+                out.push(diff::Refusal {
+                    symbol: f.name.clone(),
+                    section: format!(".text.{}", f.name),
+                    reason: rule(n),
+                });
+            }
+        }
+    }
+    for e in &report.externals {
+        if e.object == object && e.sympos == 0 && e.symbol.starts_with(".klp.sym.") {
+            let n = count(&e.name);
+            if n > 1 && !out.iter().any(|r| r.symbol == e.name) {
+                out.push(diff::Refusal {
+                    symbol: e.name.clone(),
+                    section: e.symbol.clone(),
+                    reason: rule(n),
+                });
+            }
+        }
+    }
+    out
+}
+
 fn diff_one(
     trees: &Trees,
     job: &Job,
     index: usize,
     map: &SystemMap,
+    table: Option<&symbols::ModuleTable>,
     exports: &Exports,
     profile: &Profile,
 ) -> Result<Diffed> {
@@ -628,7 +732,10 @@ fn diff_one(
         vmlinux_exports: exports.vmlinux.clone(),
         module_exports: exports.modules.clone(),
         update_globals: exports.update.clone(),
-        sympos: map.sympos_by_neighbours(&job.target, &defined_names(&pre)),
+        sympos: match table {
+            Some(t) => t.sympos_by_order(&local_names(&pre)),
+            None => map.sympos_by_neighbours(&job.target, &defined_names(&pre)),
+        },
     };
     let mut outcome = diff::diff(&pre, &post, &cx);
     // Offline run-pre: each replaced function's pre code must be in the image.
@@ -657,6 +764,19 @@ fn diff_one(
     // Value-check only the relocations whose symbols the kernel can resolve.
     if let Ok(diff::Outcome::Patch { report, .. }) = &mut outcome {
         crate::target::runpre::prune(report, map);
+    }
+    if let Ok(diff::Outcome::Patch { report, .. }) = &outcome {
+        let refusals = ambiguous(report, &job.target, |name| match table {
+            Some(t) => t.count(name),
+            None => map.lookup(&job.target, name).count(),
+        });
+        if !refusals.is_empty() {
+            let mut report = report.clone();
+            report.refusals.extend(refusals);
+            outcome = Err(diff::Error::Refused {
+                report: Box::new(report),
+            });
+        }
     }
     Ok(Diffed {
         job: job.clone(),
@@ -814,6 +934,65 @@ fn write_trust(etc: &Path, trust: &Path, policy: &manifests::TrustPolicy) -> Res
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Issue 12: `.klp.sym.amdgpu._rs.17,0` met 10 `_rs.17` in amdgpu and the
+    /// kernel refused the update as it loaded; the builder refuses it, naming
+    /// the symbol and the count, and lets a decided or unique name through.
+    #[test]
+    fn a_reference_or_function_livepatch_cannot_resolve_is_refused() {
+        let ext = |name: &str, object: &str, sympos: u32| diff::External {
+            symbol: format!(".klp.sym.{object}.{name},{sympos}"),
+            object: object.into(),
+            name: name.into(),
+            sympos,
+        };
+        let func = |name: &str, sympos: u32| diff::FunctionChange {
+            name: name.into(),
+            status: diff::FunctionStatus::Changed,
+            symbol: Some(format!("ksp0_{name}")),
+            sympos,
+            old_size: Some(8),
+            new_size: Some(8),
+            pre_sha256: None,
+        };
+        let report = diff::Report {
+            target_object: "amdgpu".into(),
+            functions: vec![func("show", 0), func("store", 2), func("unique_fn", 0)],
+            externals: vec![
+                ext("_rs.17", "amdgpu", 0),
+                ext("_rs.17", "amdgpu", 0),
+                ext("__func__.3", "amdgpu", 4),
+                ext("cfg80211_find_elem_match", "cfg80211", 0),
+                ext("only_once", "amdgpu", 0),
+            ],
+            ..Default::default()
+        };
+        let counts = HashMap::from([
+            ("_rs.17", 10),
+            ("show", 2),
+            ("store", 3),
+            ("__func__.3", 9),
+            ("only_once", 1),
+        ]);
+        let got = ambiguous(&report, "amdgpu", |n| counts.get(n).copied().unwrap_or(0));
+        let named: Vec<(&str, &str)> = got
+            .iter()
+            .map(|r| (r.symbol.as_str(), r.section.as_str()))
+            .collect();
+        assert_eq!(
+            named,
+            [
+                ("show", ".text.show"),
+                ("_rs.17", ".klp.sym.amdgpu._rs.17,0")
+            ]
+        );
+        assert!(
+            got[1]
+                .reason
+                .starts_with("occurs 10 times in amdgpu's symbol table"),
+            "{got:?}"
+        );
+    }
 
     /// `--cumulative` defaults: stream "main", level = 1 + replaced ids;
     /// explicit options win; the manifest's stream rules refuse bad values.

@@ -8,7 +8,7 @@ pub(crate) mod identity;
 pub mod kallsyms;
 pub mod profile;
 pub(crate) mod runpre;
-pub(crate) mod symbols;
+pub mod symbols;
 
 pub use from_image::{write_profile, ImageInputs, ImageProfile};
 pub use profile::ProfileInputs;

@@ -37,6 +37,9 @@ pub struct Profile {
     pub system_map: PathBuf,
     pub symvers: PathBuf,
     pub image: Option<Arc<TargetImage>>,
+    /// The target's `lib/modules/<release>`: beside the image's `boot/` (an
+    /// unpacked image package) or under the system root.
+    pub modules: Option<PathBuf>,
 }
 
 fn read_trimmed(path: &Path) -> Result<Option<String>> {
@@ -232,6 +235,18 @@ impl Profile {
             first_existing(&cands).unwrap_or_default()
         };
 
+        // 8. The target's modules, for the positions of module-local names.
+        let beside_image = image
+            .as_ref()
+            .and_then(|i| i.path.parent())
+            .filter(|boot| boot.file_name().is_some_and(|n| n == "boot"))
+            .and_then(Path::parent)
+            .map(|root| root.join("lib/modules").join(&release));
+        let modules = beside_image
+            .into_iter()
+            .chain([inp.system_root.join("lib/modules").join(&release)])
+            .find(|d| d.join("kernel").is_dir());
+
         Ok(Profile {
             release,
             version,
@@ -241,6 +256,7 @@ impl Profile {
             system_map,
             symvers,
             image,
+            modules,
         })
     }
 }
