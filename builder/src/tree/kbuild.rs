@@ -150,6 +150,22 @@ impl Make {
         if names_objects(&own) {
             return Ok(None);
         }
+        // The nearest ancestor whose Makefile names objects may compile it by
+        // a path below itself (mlx5's `mlx5_core-y += esw/bridge.o`, where
+        // `esw/Makefile` only sets flags).
+        let owner = Path::new(&own)
+            .ancestors()
+            .skip(1)
+            .take_while(|a| a.components().count() >= 2)
+            .map(|a| a.to_string_lossy().into_owned())
+            .find(|a| names_objects(a));
+        if let Some(owner) = owner {
+            if let Ok(listing) = self.listing(tree, &owner, listings) {
+                if let Some(b) = listing.get(obj) {
+                    return Ok(Some(b.clone()));
+                }
+            }
+        }
         let mut dirs = Vec::new();
         let mut ancestor = Path::new(&own).parent();
         while let Some(a) = ancestor.filter(|a| a.components().count() >= 2) {
@@ -341,6 +357,59 @@ pub fn is_built(tree: &Path, obj: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A tree whose top Makefile answers `make -n DIR/` with the compile
+    /// line given for DIR in `lines` (the recipe make prints), else nothing.
+    fn fake_tree(files: &[(&str, &str)], lines: &[(&str, &str)]) -> tempfile::TempDir {
+        let d = tempfile::tempdir().expect("tempdir");
+        let mut top = String::from(".PHONY: FORCE\nFORCE:\n");
+        for (dir, line) in lines {
+            top.push_str(&format!("{dir}/: FORCE\n\t{line}\n"));
+        }
+        top.push_str("%/: FORCE\n\t@true\n");
+        std::fs::write(d.path().join("Makefile"), top).expect("write");
+        for (path, text) in files {
+            let p = d.path().join(path);
+            std::fs::create_dir_all(p.parent().expect("parent")).expect("mkdir");
+            std::fs::write(p, text).expect("write");
+        }
+        d
+    }
+
+    /// Issue 12: mlx5's esw/bridge.c is compiled by `mlx5/core/Makefile`
+    /// (`mlx5_core-y += esw/bridge.o`); `esw/Makefile` only sets flags. In a
+    /// tree where it had not been built yet (no `.cmd` file), it was refused
+    /// as "not built by the target's config".
+    #[test]
+    fn an_object_the_parent_makefile_names_by_a_subpath_is_located() {
+        let compile = "gcc -DMODULE -DKBUILD_BASENAME=bridge -DKBUILD_MODNAME=mlx5_core -c -o d/m/core/esw/bridge.o d/m/core/esw/bridge.c";
+        let t = fake_tree(
+            &[
+                (
+                    "d/m/core/Makefile",
+                    "obj-m += mlx5_core.o\nmlx5_core-y += esw/bridge.o\n",
+                ),
+                ("d/m/core/esw/Makefile", "subdir-ccflags-y += -I$(src)/..\n"),
+                ("d/m/core/esw/bridge.c", ""),
+                ("d/m/core/esw/off.c", ""),
+            ],
+            &[("d/m/core", compile)],
+        );
+        let make = Make {
+            jobs: 1,
+            release: "6.1.0-test".into(),
+        };
+        let mut listings = HashMap::new();
+        let b = make
+            .locate(t.path(), "d/m/core/esw/bridge.o", &mut listings)
+            .expect("make runs")
+            .expect("located");
+        assert_eq!(b.module.as_deref(), Some("mlx5_core"));
+        assert_eq!(b.path, "d/m/core/esw/bridge.o");
+        // One the owner does not compile stays unbuilt.
+        let off = make.locate(t.path(), "d/m/core/esw/off.o", &mut listings);
+        assert_eq!(off.expect("make runs"), None);
+    }
 
     #[test]
     fn an_object_is_built_when_it_and_its_cmd_file_exist() {
