@@ -35,6 +35,12 @@ impl ModuleTree {
     }
 
     /// `names` and everything they depend on (the `depends` field of modinfo).
+    /// `names` and what they need: `depends` and the soft dependencies
+    /// modprobe loads first or after (libcrc32c's `pre: crc32c`, without
+    /// which xfs does not load). A soft dependency may name an alias
+    /// (`crc32c`): it resolves to the modules named after it
+    /// (`crc32c_generic`, `crc32c_intel`) whose aliases include it; one that
+    /// resolves to nothing is left out, as modprobe leaves it.
     pub fn closure(&self, names: &[&str]) -> Result<BTreeSet<String>> {
         let mut done = BTreeSet::new();
         let mut todo: Vec<String> = names.iter().map(|n| canonical(n)).collect();
@@ -42,22 +48,26 @@ impl ModuleTree {
             if !done.insert(name.clone()) {
                 continue;
             }
-            let path = self.path(&name)?;
-            let out = Command::new("modinfo")
-                .args(["-F", "depends"])
-                .arg(path)
-                .output()
-                .context("run modinfo (package kmod)")?;
-            if !out.status.success() {
-                bail!("modinfo {} failed", path.display());
+            let info = modinfo(self.path(&name)?)?;
+            let (depends, soft) = needs(&info);
+            todo.extend(depends);
+            for want in soft {
+                if self.by_name.contains_key(&want) {
+                    todo.push(want);
+                    continue;
+                }
+                let prefix = format!("{want}_");
+                for (other, path) in &self.by_name {
+                    if other.starts_with(&prefix)
+                        && modinfo(path)?
+                            .lines()
+                            .filter_map(|l| l.strip_prefix("alias:"))
+                            .any(|a| canonical(a.trim()) == want)
+                    {
+                        todo.push(other.clone());
+                    }
+                }
             }
-            let deps = String::from_utf8_lossy(&out.stdout);
-            todo.extend(
-                deps.trim()
-                    .split(',')
-                    .filter(|d| !d.is_empty())
-                    .map(canonical),
-            );
         }
         Ok(done)
     }
@@ -104,6 +114,51 @@ impl ModuleTree {
     }
 }
 
+fn modinfo(path: &Path) -> Result<String> {
+    let out = Command::new("modinfo")
+        .arg(path)
+        .output()
+        .context("run modinfo (package kmod)")?;
+    if !out.status.success() {
+        bail!("modinfo {} failed", path.display());
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// The `depends` modules and the soft dependencies (`softdep: pre: a b post: c`)
+/// of `modinfo` output, canonical.
+fn needs(info: &str) -> (Vec<String>, Vec<String>) {
+    let field = |key: &str| -> Vec<String> {
+        info.lines()
+            .filter_map(|l| l.strip_prefix(key))
+            .flat_map(|v| v.split([',', ' ', '\t']))
+            .filter(|w| !w.is_empty() && !w.ends_with(':'))
+            .map(canonical)
+            .collect()
+    };
+    (field("depends:"), field("softdep:"))
+}
+
 fn canonical(name: &str) -> String {
     name.replace('-', "_")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hard_and_soft_dependencies_of_modinfo_output() {
+        let info = "filename:       /x/libcrc32c.ko\nsoftdep:        pre: crc32c\n\
+                    depends:        \nname:           libcrc32c\n";
+        assert_eq!(needs(info), (vec![], vec!["crc32c".to_string()]));
+        let info = "depends:        libcrc32c,xor-x\nsoftdep:        pre: a b post: c-d\n";
+        assert_eq!(
+            needs(info),
+            (
+                vec!["libcrc32c".to_string(), "xor_x".to_string()],
+                vec!["a".into(), "b".into(), "c_d".into()]
+            )
+        );
+    }
 }
