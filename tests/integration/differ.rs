@@ -963,6 +963,54 @@ fn warn_bug_table_entries_follow_included_code() {
     assert_eq!(section_size(&obj, "__bug_table"), 12);
 }
 
+/// Issue 12: `pr_warn_once` flags live in `.data.once`; a changed function
+/// using them was refused ("refers into .data.once"), 18 real patches, because
+/// `.data.once - 5` (a `cmpb $0` of the flag at 0) resolved before the
+/// section. With decoded instruction lengths each reference finds its own
+/// flag, copied fresh into the patch, and addresses that copy's byte.
+#[test]
+fn once_flags_are_copied_fresh_and_each_reference_reaches_its_own() {
+    let (_, post) = objects("warn-once");
+    assert_eq!(section_size(&post, ".data.once"), 2);
+    let (obj, report) = patch("warn-once", &["fixture_once"], &[]);
+    let flags: BTreeSet<&str> = report
+        .included
+        .iter()
+        .filter(|i| i.section == ".data.once")
+        .map(|i| i.symbol.as_str())
+        .collect();
+    assert_eq!(flags.len(), 2, "{report}");
+    // Every reference to a copied flag addresses byte 0 of its 1-byte copy:
+    // the addend is minus the bytes from the field to its instruction's end,
+    // which objdump shows as the operand's address.
+    let file = object::File::parse(&*obj).expect("parse patch");
+    let text = file
+        .sections()
+        .find(|s| s.name().is_ok_and(|n| n.ends_with("fixture_once")))
+        .expect("patched function");
+    let code = text.data().expect("code");
+    let mut seen = 0;
+    for (at, r) in text.relocations() {
+        let object::RelocationTarget::Symbol(i) = r.target() else {
+            continue;
+        };
+        let sym = file.symbol_by_index(i).expect("symbol");
+        if !sym.name().is_ok_and(|n| n.starts_with("__already_done")) {
+            continue;
+        }
+        let at = at as usize;
+        // `cmpb $imm8, disp(%rip)` (80 3d) and `movb $imm8, disp(%rip)` (c6 05)
+        // end one byte after the field; a load (0f b6 05 / 8a 05) right after it.
+        let tail = match (code[at - 2], code[at - 1]) {
+            (0x80, 0x3d) | (0xc6, 0x05) => 5,
+            _ => 4,
+        };
+        assert_eq!(r.addend() + tail, 0, "{:?} at {at:#x}", sym.name());
+        seen += 1;
+    }
+    assert!(seen >= 2, "references to both flags, got {seen}");
+}
+
 #[test]
 fn entry_sizes_match_kernel_headers() {
     let (pre, _) = objects("entry-sizes");

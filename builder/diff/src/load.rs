@@ -93,6 +93,9 @@ pub(crate) struct Rela {
     pub r_type: u32,
     pub sym: SymId,
     pub addend: i64,
+    /// For a PC-relative field in code: bytes from the field to the end of
+    /// its instruction, decoded (`None`: not decoded, 4 is assumed).
+    pub insn_tail: Option<u8>,
 }
 
 impl Rela {
@@ -108,12 +111,14 @@ impl Rela {
             _ => 4,
         }
     }
-    /// PC-relative relocations in code usually sit 4 bytes before the end of the instruction,
-    /// so the addressed byte is `addend + 4`; used only to pick the symbol a section-relative
-    /// reference means, never to change the arithmetic.
+    /// The CPU adds a PC-relative field to the end of its instruction, so the
+    /// addressed byte is `addend + (end - field)`: 4 for a plain displacement,
+    /// more when an immediate follows it (`cmpb $0, flag(%rip)`: 5). Decoded
+    /// where the instruction could be, else 4. Used only to pick the symbol a
+    /// section-relative reference means, never to change the arithmetic.
     pub fn code_bias(&self) -> i64 {
         match self.r_type {
-            elf::R_X86_64_PC32 | elf::R_X86_64_PLT32 => 4,
+            elf::R_X86_64_PC32 | elf::R_X86_64_PLT32 => i64::from(self.insn_tail.unwrap_or(4)),
             _ => 0,
         }
     }
@@ -179,6 +184,50 @@ fn malformed(side: Side, detail: impl Into<String>) -> Error {
     Error::Malformed {
         side,
         detail: detail.into(),
+    }
+}
+
+/// Fill `insn_tail` of the PC-relative relocations of one code section by
+/// decoding it from its start, instruction after instruction. A relocation
+/// keeps `None` unless an instruction's RIP-relative displacement or 32-bit
+/// immediate (a relative branch's target) is exactly its field: data in
+/// code, or a decode that lost step, never yields a wrong length.
+fn decode_tails(code: &[u8], relas: &mut [Rela]) {
+    use iced_x86::{Decoder, DecoderOptions};
+    let pc = |r: &Rela| matches!(r.r_type, elf::R_X86_64_PC32 | elf::R_X86_64_PLT32);
+    if code.is_empty() || !relas.iter().any(pc) {
+        return;
+    }
+    let mut decoder = Decoder::with_ip(64, code, 0, DecoderOptions::NONE);
+    let mut next = 0;
+    while decoder.can_decode() && next < relas.len() {
+        let insn = decoder.decode();
+        let (start, end) = (insn.ip(), insn.next_ip());
+        if insn.is_invalid() {
+            continue;
+        }
+        while next < relas.len() && relas[next].offset < start {
+            next += 1;
+        }
+        let offsets = decoder.get_constant_offsets(&insn);
+        // A RIP-relative displacement (an immediate may follow it), or a
+        // relative branch's 32-bit target (always the instruction's end).
+        let fields = [
+            (offsets.has_displacement()
+                && insn.is_ip_rel_memory_operand()
+                && offsets.displacement_size() == 4)
+                .then(|| start + offsets.displacement_offset() as u64),
+            (offsets.has_immediate() && offsets.immediate_size() == 4)
+                .then(|| start + offsets.immediate_offset() as u64),
+        ];
+        let mut k = next;
+        while k < relas.len() && relas[k].offset < end {
+            let r = &mut relas[k];
+            if pc(r) && fields.contains(&Some(r.offset)) {
+                r.insn_tail = u8::try_from(end - r.offset).ok();
+            }
+            k += 1;
+        }
     }
 }
 
@@ -363,9 +412,13 @@ pub(crate) fn run(data: &[u8], side: Side) -> Result<Object<'_>, Error> {
                 r_type: r.r_type(endian, false),
                 sym: SymId(sym),
                 addend: r.r_addend(endian),
+                insn_tail: None,
             });
         }
         out.sort_by_key(|r| r.offset);
+        if matches!(sec.kind, Kind::Text | Kind::Init | Kind::AltReplacement) {
+            decode_tails(sec.data, &mut out);
+        }
         sections[target].relas = out;
     }
 
@@ -627,5 +680,44 @@ impl<'a> Object<'a> {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pc32(offset: u64) -> Rela {
+        Rela {
+            offset,
+            r_type: elf::R_X86_64_PC32,
+            sym: SymId(1),
+            addend: -4,
+            insn_tail: None,
+        }
+    }
+
+    /// The bytes from each PC-relative field to its instruction's end, as the
+    /// CPU adds them: more than 4 when an immediate follows the displacement.
+    #[test]
+    fn pc_relative_fields_get_their_instructions_tail() {
+        let code = [
+            0x80, 0x3d, 0, 0, 0, 0, 0x00, // cmpb $0, x(%rip): field at 2, tail 5
+            0xc6, 0x05, 0, 0, 0, 0, 0x01, // movb $1, x(%rip): field at 9, tail 5
+            0xc7, 0x05, 0, 0, 0, 0, 1, 0, 0, 0, // movl $1, x(%rip): field at 16, tail 8
+            0x48, 0x8b, 0x05, 0, 0, 0, 0, // mov x(%rip), %rax: field at 27, tail 4
+            0xe8, 0, 0, 0, 0,    // call f: field at 32, tail 4
+            0x90, // nop, no field at 37
+        ];
+        let mut relas: Vec<Rela> = [2, 9, 16, 27, 32, 37].map(pc32).to_vec();
+        decode_tails(&code, &mut relas);
+        let tails: Vec<Option<u8>> = relas.iter().map(|r| r.insn_tail).collect();
+        assert_eq!(tails, [Some(5), Some(5), Some(8), Some(4), Some(4), None]);
+        assert_eq!(relas[0].code_bias(), 5);
+        assert_eq!(relas[5].code_bias(), 4, "not decoded: the usual 4");
+        // A field that is no instruction's (data in code) keeps the default.
+        let mut off = vec![pc32(3)];
+        decode_tails(&code, &mut off);
+        assert_eq!(off[0].insn_tail, None);
     }
 }
