@@ -578,11 +578,16 @@ fn symver_target_mismatch(
 
 /// Names the pre object defines (for sympos of duplicates).
 fn defined_names(pre: &[u8]) -> Vec<String> {
+    names_where(pre, |s| s.is_definition())
+}
+
+/// The named symbols of an object that `keep` takes, in table order.
+fn names_where(pre: &[u8], keep: impl Fn(&object::Symbol<'_, '_>) -> bool) -> Vec<String> {
     let Ok(file) = object::File::parse(pre) else {
         return Vec::new();
     };
     file.symbols()
-        .filter(|s| s.is_definition())
+        .filter(|s| keep(s))
         .filter_map(|s| s.name().ok().map(str::to_string))
         .filter(|n| !n.is_empty())
         .collect()
@@ -659,14 +664,7 @@ fn module_tables(
 /// The named local symbols of an object that are not undefined, labels
 /// (`.LC0`) too, in table order: what places it among a module's symbols.
 fn local_names(pre: &[u8]) -> Vec<String> {
-    let Ok(file) = object::File::parse(pre) else {
-        return Vec::new();
-    };
-    file.symbols()
-        .filter(|s| s.is_local() && !s.is_undefined())
-        .filter_map(|s| s.name().ok().map(str::to_string))
-        .filter(|n| !n.is_empty())
-        .collect()
+    names_where(pre, |s| s.is_local() && !s.is_undefined())
 }
 
 /// A reference by `.klp.sym.<object>.<name>,0` or a replaced function with
